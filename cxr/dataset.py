@@ -1,0 +1,42 @@
+"""The in-memory data set a trial trains on: decoded images, labels and the manifest's splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr.data import scan
+from cxr.images import load_images
+
+
+@dataclass
+class CxrData:
+    images: np.ndarray  # (N, S, S) uint8, grayscale
+    manifest: pd.DataFrame  # path, label, patient, split, source_split; row i is images[i]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.manifest["label"].to_numpy(np.int64)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.manifest["split"].to_numpy() == split)
+
+    def in_memory(self) -> "CxrData":
+        """A copy with the images read into RAM, for shipping through an object store."""
+        return CxrData(np.ascontiguousarray(self.images), self.manifest)
+
+
+def load_dataset(
+    root: str | Path, *, image_size: int, val_fraction: float = 0.2, seed: int = 0, cache_dir: str | Path | None = None
+) -> CxrData:
+    """Scan a Kaggle-layout folder, split train/val by patient, decode once (cached) at image_size."""
+    manifest = scan(root, val_fraction=val_fraction, seed=seed)
+    return CxrData(load_images(manifest["path"], image_size, cache_dir), manifest)
+

@@ -1,0 +1,117 @@
+"""timm backbones with a one-logit head and control over how many trailing blocks train.
+
+Grayscale films are fed as 3 identical channels so every pretrained stem works unchanged.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import group_parameters
+from torch import nn
+
+from cxr.errors import InputError
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".bin")
+
+
+class CxrNet(nn.Module):
+    """A timm backbone whose frozen normalisation layers stay in eval mode whatever train() is told."""
+
+    def __init__(self, backbone: nn.Module, frozen_norms: list[nn.Module]):
+        super().__init__()
+        self.backbone = backbone
+        self._frozen_norms = frozen_norms  # plain list: not registered twice as submodules
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images).squeeze(-1)
+
+    def train(self, mode: bool = True) -> "CxrNet":
+        super().train(mode)
+        for norm in self._frozen_norms:
+            norm.eval()  # running statistics of frozen blocks must keep their pretrained values
+        return self
+
+
+def create_model(
+    backbone: str,
+    *,
+    pretrained: bool = True,
+    dropout: float = 0.0,
+    unfrozen_blocks: int | None = None,
+    weights_dir: str | Path | None = None,
+) -> CxrNet:
+    """A timm model with Dropout(p) + Linear(1) head; the last `unfrozen_blocks` blocks and the head train."""
+    check_backbone(backbone)
+    kwargs = {"num_classes": 1, "drop_rate": dropout}
+    if pretrained and weights_dir is not None:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(_weights_file(backbone, Path(weights_dir)))}
+    try:
+        model = timm.create_model(backbone, pretrained=pretrained, **kwargs)
+    except Exception as exc:  # timm raises many kinds (hub, network, missing file): all mean no weights
+        if not pretrained:
+            raise
+        raise InputError(
+            f"no pretrained weights for '{backbone}' ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "
+            f"put {backbone}.safetensors in a folder and pass weights_dir (--weights-dir), "
+            "or train from scratch with pretrained=False (--no-pretrained)"
+        ) from None
+    return CxrNet(model, _freeze(model, unfrozen_blocks))
+
+
+def check_backbone(backbone: str) -> None:
+    if not timm.is_model(backbone):
+        close = difflib.get_close_matches(backbone, timm.list_models(), n=5, cutoff=0.6)
+        raise InputError(f"unknown backbone '{backbone}': close timm models are {close or 'none'}; see timm.list_models()")
+
+
+@functools.lru_cache(maxsize=None)
+def count_blocks(backbone: str) -> int:
+    """Number of blocks (stem first) that unfrozen_blocks counts from the end; the head is not one."""
+    check_backbone(backbone)
+    with torch.device("meta"):  # structure only: no memory, no weights
+        model = timm.create_model(backbone, pretrained=False, num_classes=1)
+    return len(_blocks(model))
+
+
+def data_config(model: CxrNet) -> dict:
+    """timm's pretrained data config (mean, std, input size) of the backbone."""
+    return timm.data.resolve_model_data_config(model.backbone)
+
+
+def _blocks(model: nn.Module) -> list[list[str]]:
+    """Parameter names per block from timm's coarse group_matcher, in forward order; last group is the head."""
+    if not hasattr(model, "group_matcher"):
+        raise InputError(f"{type(model).__name__} has no timm group_matcher: use unfrozen_blocks=None")
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    return [groups[k] for k in sorted(groups)][:-1]
+
+
+def _freeze(model: nn.Module, unfrozen_blocks: int | None) -> list[nn.Module]:
+    blocks = _blocks(model)
+    if unfrozen_blocks is None or unfrozen_blocks >= len(blocks):
+        return []
+    frozen = {name for block in blocks[: len(blocks) - unfrozen_blocks] for name in block}
+    for name, param in model.named_parameters():
+        param.requires_grad = name not in frozen
+    return [
+        module
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and not any(p.requires_grad for p in module.parameters(recurse=False))
+    ]
+
+
+def _weights_file(backbone: str, weights_dir: Path) -> Path:
+    for suffix in WEIGHT_SUFFIXES:
+        candidate = weights_dir / f"{backbone}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise InputError(
+        f"no weights for '{backbone}' in {weights_dir} (looked for {backbone}{{{','.join(WEIGHT_SUFFIXES)}}}): "
+        "add the file, or train from scratch with pretrained=False (--no-pretrained)"
+    )

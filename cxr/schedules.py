@@ -1,0 +1,33 @@
+"""Optimizer and learning-rate schedule factories from a TrainConfig (torch's own classes)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+
+from cxr.config import TrainConfig
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """step, plateau and cosine step once per epoch; onecycle steps once per batch."""
+    if config.scheduler == "step":
+        return lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    if config.scheduler == "plateau":
+        return lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.gamma, patience=config.plateau_patience)
+    if config.scheduler == "onecycle":
+        return lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=config.pct_start
+        )
+    warmup = min(config.warmup_epochs, config.epochs - 1)
+    cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs - warmup))
+    if warmup == 0:
+        return cosine
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
+    return lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])

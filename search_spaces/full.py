@@ -1,0 +1,42 @@
+"""The product's space: six ImageNet backbones fine-tuned at 224 px, with the two reference projects first."""
+
+from cxr.models import count_blocks
+
+BACKBONES = ["tf_efficientnetv2_s", "densenet121", "resnet50", "convnext_tiny", "efficientnet_b0", "resnet18"]
+
+# The two hand-tuned reference projects, run first so the search has to beat them.
+BASELINES = [
+    {  # EfficientNetV2-S: Adam 1e-4, StepLR(5, 0.1), batch 32, every block trains
+        "backbone": "tf_efficientnetv2_s", "lr": 1e-4, "weight_decay": 1e-6, "optimizer": "adam",
+        "scheduler": "step", "step_size": 5, "gamma": 0.1, "dropout": 0.2,
+        "unfrozen_blocks": count_blocks("tf_efficientnetv2_s"), "batch_size": 32, "augment": 0.5,
+    },
+    {  # DenseNet121: Adam 1e-4, ReduceLROnPlateau, Dropout(0.3), only denseblock3/4 (+ head) train
+        "backbone": "densenet121", "lr": 1e-4, "weight_decay": 1e-6, "optimizer": "adam",
+        "scheduler": "plateau", "plateau_patience": 2, "gamma": 0.1, "dropout": 0.3,
+        "unfrozen_blocks": 2, "batch_size": 32, "augment": 0.5,
+    },
+]
+
+
+def space(trial):
+    backbone = trial.suggest_categorical("backbone", BACKBONES)
+    trial.suggest_float("lr", 1e-5, 3e-3, log=True)
+    trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
+    trial.suggest_categorical("optimizer", ["adam", "adamw"])
+    scheduler = trial.suggest_categorical("scheduler", ["step", "plateau", "cosine", "onecycle"])
+    if scheduler == "step":
+        trial.suggest_int("step_size", 2, 10)
+        trial.suggest_float("gamma", 0.05, 0.5)
+    elif scheduler == "plateau":
+        trial.suggest_int("plateau_patience", 1, 4)
+        trial.suggest_float("gamma", 0.05, 0.5)
+    elif scheduler == "cosine":
+        trial.suggest_int("warmup_epochs", 0, 3)
+    else:
+        trial.suggest_float("pct_start", 0.1, 0.4)
+    trial.suggest_float("dropout", 0.0, 0.5)
+    trial.suggest_int("unfrozen_blocks", 0, count_blocks(backbone))
+    trial.suggest_categorical("batch_size", [16, 32, 64])
+    trial.suggest_float("augment", 0.0, 1.0)
+    return {"image_size": 224, "pretrained": True, "epochs": 30, "early_stopping_patience": 5, "hflip": True}

@@ -1,0 +1,146 @@
+"""The experiment folder results/<name>/: paths, DataFrame and JSON writers, and load() for readers."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from safetensors.torch import save_file
+
+from cxr.evaluate import FinalReport
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    root: Path
+
+    run = property(lambda self: self.root / "run.json")
+    splits = property(lambda self: self.root / "splits.parquet")
+    trials = property(lambda self: self.root / "trials.parquet")
+    epochs = property(lambda self: self.root / "epochs.parquet")
+    best = property(lambda self: self.root / "best.json")
+    final = property(lambda self: self.root / "final")
+    metrics = property(lambda self: self.root / "final" / "metrics.json")
+    predictions = property(lambda self: self.root / "final" / "predictions.parquet")
+    history = property(lambda self: self.root / "final" / "history.parquet")
+    model = property(lambda self: self.root / "final" / "model.safetensors")
+    model_config = property(lambda self: self.root / "final" / "config.json")
+
+
+@dataclass
+class Results:
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    splits: pd.DataFrame
+    predictions: pd.DataFrame | None
+    best: dict
+    test: dict | None  # final/metrics.json: threshold, val and test metrics
+
+
+def load(path: str | Path) -> Results:
+    """Read an experiment folder written by tune.run."""
+    p = ExperimentPaths(Path(path))
+    final = read_json(p.metrics) if p.metrics.exists() else None
+    return Results(
+        trials=pd.read_parquet(p.trials),
+        epochs=pd.read_parquet(p.epochs),
+        splits=pd.read_parquet(p.splits),
+        predictions=pd.read_parquet(p.predictions) if p.predictions.exists() else None,
+        best=read_json(p.best),
+        test=final,
+    )
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_jsonable(value), indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def write_table(path: Path, frame: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+
+
+def write_final(paths: ExperimentPaths, report: FinalReport, config: dict, state: dict) -> None:
+    """final/: the model's weights and config, metrics.json, predictions and the retrain's history."""
+    paths.final.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(paths.model))
+    write_json(paths.model_config, {"config": config, "rebuild": "cxr.models.create_model(config['backbone'], "
+               "pretrained=False, dropout=config['dropout'], unfrozen_blocks=config['unfrozen_blocks']) then "
+               "load_state_dict(safetensors.torch.load_file('model.safetensors'))"})
+    write_json(paths.metrics, report.summary())
+    write_table(paths.predictions, report.predictions)
+    write_table(paths.history, pd.DataFrame(report.fit.history))
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN is not JSON: write it as null."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+@dataclass
+class TrialRecord:
+    """What the search left of one trial, free of Ray types."""
+
+    trial_id: str
+    config: dict
+    epochs: pd.DataFrame  # one row per reported epoch
+    error: str | None
+
+
+TRIAL_COLUMNS = ["trial_id", "status", "epochs_run", "time_s", "node_id", "node_ip", "error"]
+
+
+def build_tables(records: list[TrialRecord], metric: str, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials (one row per trial: status, config keys, best/last val metrics) and epochs (one row per epoch)."""
+    rows, frames = [], []
+    for record in records:
+        epochs = record.epochs
+        frames.append(epochs.assign(trial_id=record.trial_id))
+        row = {"trial_id": record.trial_id, "status": _status(record, max_epochs), "epochs_run": len(epochs),
+               "time_s": float(epochs["time_total_s"].iloc[-1]) if len(epochs) else 0.0,
+               "node_id": _last(epochs, "node_id"), "node_ip": _last(epochs, "node_ip"), "error": record.error}
+        row.update(record.config)
+        for column in [c for c in epochs.columns if c.startswith("val_") or c == "gpu_peak_mem_mb"]:
+            best = epochs[column].min() if column.endswith("loss") else epochs[column].max()
+            row[f"best_{column}"] = best
+            row[f"last_{column}"] = epochs[column].iloc[-1]
+        rows.append(row)
+    trials = pd.DataFrame(rows)
+    if f"best_{metric}" in trials:
+        trials = trials.sort_values(f"best_{metric}", ascending=False, na_position="last", kind="stable")
+    epochs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return trials.reset_index(drop=True), epochs
+
+
+def _status(record: TrialRecord, max_epochs: int) -> str:
+    """error | completed (all epochs) | early_stopped (patience ran out) | pruned (stopped by the scheduler)."""
+    if record.error:
+        return "error"
+    if len(record.epochs) >= record.config.get("epochs", max_epochs):
+        return "completed"
+    if len(record.epochs) and bool(record.epochs["stopped_early"].iloc[-1]):
+        return "early_stopped"
+    return "pruned"
+
+
+def _last(frame: pd.DataFrame, column: str):
+    return frame[column].iloc[-1] if column in frame and len(frame) else None

@@ -1,0 +1,165 @@
+"""Every Ray call of the product: cluster connection, resource checks, the Tune search and the retrain task."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import ray
+from ray import tune as ray_tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+import cxr
+import search_spaces
+import tune
+from cxr.config import TrainConfig
+from cxr.dataset import CxrData
+from cxr.engine import fit
+from cxr.errors import InputError
+from cxr.evaluate import FinalReport, retrain_and_evaluate
+from tune.results import TrialRecord
+from tune.spaces import CheckedSpace, Space
+
+TUNE_DIR_NAME = "tune"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    metric: str
+    num_samples: int
+    max_epochs: int
+    scheduler: str  # asha | fifo
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int
+    seed: int
+    storage_path: str  # folder or URI holding the Ray Tune experiment
+    weights_dir: str | None
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at address (shipping our packages to its workers), or start a private local one."""
+    if address:
+        ray.init(address=address, runtime_env={"py_modules": [cxr, tune, search_spaces]},
+                 logging_level="WARNING", log_to_driver=True)
+    else:
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Fail fast when no node can ever hold one trial: Ray would leave it PENDING forever."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for kind, wanted, flag in (("GPU", gpus_per_trial, "--gpus-per-trial"), ("CPU", cpus_per_trial, "--cpus-per-trial")):
+        largest = max((n.get(kind, 0.0) for n in nodes), default=0.0)
+        if wanted > largest:
+            total = sum(n.get(kind, 0.0) for n in nodes)
+            raise InputError(
+                f"{flag} {wanted:g} but the largest node has {largest:g} {kind}s ({total:g} in the whole cluster): "
+                f"lower {flag} or add nodes with more {kind}s"
+            )
+
+
+def experiment_exists(storage_path: str) -> bool:
+    return ray_tune.Tuner.can_restore(_tune_dir(storage_path))
+
+
+def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data: CxrData, resume: bool) -> list[TrialRecord]:
+    """Run (or resume) the Tune experiment; every trial's config, per-epoch metrics and error."""
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(_train_trial, data=data.in_memory(), weights_dir=settings.weights_dir),
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+    )
+    if resume:
+        tuner = ray_tune.Tuner.restore(_tune_dir(settings.storage_path), trainable=trainable,
+                                       resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = ray_tune.Tuner(trainable, tune_config=_tune_config(settings, space, checked), run_config=_run_config(settings))
+    grid = tuner.fit()
+    return [_record(result) for result in grid]
+
+
+def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace) -> ray_tune.TuneConfig:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = OptunaSearch(
+        space=space.fn, metric=settings.metric, mode="max", points_to_evaluate=checked.points_to_evaluate or None,
+        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+    )
+    if settings.scheduler == "asha":
+        # grace period: a trial gets at least an eighth of the budget before it can be stopped
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_epochs,
+                                  grace_period=max(1, settings.max_epochs // 8), reduction_factor=3)
+    else:
+        scheduler = FIFOScheduler()
+    return ray_tune.TuneConfig(metric=settings.metric, mode="max", search_alg=searcher, scheduler=scheduler,
+                               num_samples=settings.num_samples, max_concurrent_trials=settings.max_concurrent,
+                               trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
+
+
+def _trial_name(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _run_config(settings: SearchSettings) -> ray_tune.RunConfig:
+    return ray_tune.RunConfig(
+        name=TUNE_DIR_NAME,
+        storage_path=settings.storage_path,
+        checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+        failure_config=ray_tune.FailureConfig(max_failures=2),
+        verbose=1,
+    )
+
+
+def _tune_dir(storage_path: str) -> str:
+    return f"{storage_path.rstrip('/')}/{TUNE_DIR_NAME}"
+
+
+def _train_trial(config: dict, data: CxrData, weights_dir: str | None) -> None:
+    """The trainable: config dict -> TrainConfig -> cxr fit, one report (with checkpoint) per epoch."""
+    train_config = TrainConfig.from_dict(config)
+    node = {"node_id": ray.get_runtime_context().get_node_id()}
+
+    def report(epoch: int, metrics: dict, save_checkpoint) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(folder)
+            ray_tune.report({**metrics, **node}, checkpoint=ray_tune.Checkpoint.from_directory(folder))
+
+    checkpoint = ray_tune.get_checkpoint()
+    if checkpoint is None:
+        fit(train_config, data, report, weights_dir=weights_dir)
+        return
+    with checkpoint.as_directory() as folder:
+        fit(train_config, data, report, resume_from=folder, weights_dir=weights_dir)
+
+
+def _record(result) -> TrialRecord:
+    epochs = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+    epochs = epochs.drop(columns=[c for c in epochs.columns if c.startswith("config/")])
+    error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:2000]
+    return TrialRecord(Path(result.path).name.removeprefix("trial_"), dict(result.config), epochs.reset_index(drop=True), error)
+
+
+def retrain(config: TrainConfig, data: CxrData, settings: SearchSettings) -> FinalReport:
+    """Retrain the best config from scratch on a cluster node with one trial's resources."""
+    task = _retrain_task.options(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial)
+    return ray.get(task.remote(config, data.in_memory(), settings.weights_dir))
+
+
+@ray.remote(max_retries=0)
+def _retrain_task(config: TrainConfig, data: CxrData, weights_dir: str | None) -> FinalReport:
+    def log(epoch: int, metrics: dict, _save) -> None:
+        print(f"retrain epoch {epoch}/{config.epochs}: val_loss {metrics['val_loss']:.4f} "
+              f"val_auroc {metrics['val_auroc']:.4f} val_spec_at_recall {metrics['val_spec_at_recall']:.4f}", flush=True)
+
+    report = retrain_and_evaluate(config, data, weights_dir=weights_dir, on_epoch_end=log)
+    report.fit.model.cpu()
+    return report
+
+
+def shutdown() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+

@@ -1,0 +1,133 @@
+"""Search spaces: Optuna define-by-run modules, found by name in search_spaces/ or by file path, and
+validated before Ray starts."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+import search_spaces
+from cxr.config import TrainConfig
+from cxr.errors import InputError
+from cxr.models import check_backbone
+
+SpaceFn = Callable[[optuna.Trial], dict | None]
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    fn: SpaceFn
+    baselines: list[dict] = field(default_factory=list)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Space":
+        """The same space with some keys pinned (CLI flags such as --max-epochs win over the space)."""
+        baselines = [{k: v for k, v in b.items() if k not in overrides} for b in self.baselines]
+        return Space(self.name, _Pinned(self.fn, dict(overrides)), baselines)
+
+
+@dataclass(frozen=True)
+class _Pinned:
+    """A picklable space wrapper (Ray saves the searcher with pickle for --resume)."""
+
+    fn: SpaceFn
+    overrides: dict
+
+    def __call__(self, trial: optuna.Trial) -> dict:
+        return {**(self.fn(trial) or {}), **self.overrides}
+
+
+def available() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(search_spaces.__path__) if not m.name.startswith("_"))
+
+
+def load_space(name_or_path: str) -> Space:
+    """A space by name (search_spaces/<name>.py) or by path to a .py file defining space(trial)."""
+    path = Path(name_or_path)
+    if path.suffix == ".py":
+        if not path.is_file():
+            raise InputError(f"space file {path} does not exist: pass an existing .py file or one of {available()}")
+        module = _import_file(path)
+    elif name_or_path in available():
+        module = importlib.import_module(f"search_spaces.{name_or_path}")
+    else:
+        raise InputError(
+            f"unknown space '{name_or_path}': available are {', '.join(available())}, "
+            "or pass a path to a .py file that defines space(trial)"
+        )
+    if not callable(getattr(module, "space", None)):
+        raise InputError(f"space '{name_or_path}' defines no space(trial) function: add one (see search_spaces/smoke.py)")
+    return Space(path.stem, module.space, list(getattr(module, "BASELINES", [])))
+
+
+def _import_file(path: Path):
+    module_name = f"_user_space_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise InputError(f"space file {path} failed to import ({type(exc).__name__}: {exc}): fix the file") from None
+    # Ray pickles the searcher by reference: --resume imports the file again under this same name
+    return module
+
+
+def sample(space: Space, trial: optuna.Trial) -> dict[str, Any]:
+    """One full config from a trial: suggested keys plus the fixed ones the space returns."""
+    fixed = space.fn(trial) or {}
+    return {**trial.params, **fixed}
+
+
+@dataclass(frozen=True)
+class CheckedSpace:
+    points_to_evaluate: list[dict]  # the baselines, as the suggested parameters Optuna enqueues
+    image_size: int
+    max_epochs: int
+
+
+def validate(space: Space, n_samples: int = 16, seed: int = 0) -> CheckedSpace:
+    """Sample the space on a throwaway study and check every config and baseline: fails before Ray starts."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    for baseline in space.baselines:
+        study.enqueue_trial(baseline)
+    configs, points = [], []
+    for i in range(len(space.baselines) + n_samples):
+        trial = study.ask()
+        try:
+            config = sample(space, trial)
+            TrainConfig.from_dict(config)
+            check_backbone(config.get("backbone", TrainConfig.backbone))
+        except InputError as exc:
+            raise InputError(f"space '{space.name}' draws an invalid config: {exc}") from None
+        except Exception as exc:
+            raise InputError(f"space '{space.name}' failed while sampling ({type(exc).__name__}: {exc}): fix its space(trial)") from None
+        study.tell(trial, 0.0)
+        configs.append(config)
+        if i < len(space.baselines):
+            _check_baseline(space, space.baselines[i], config)
+            points.append(dict(trial.params))
+    sizes = {c.get("image_size", TrainConfig.image_size) for c in configs}
+    if len(sizes) > 1:
+        raise InputError(f"space '{space.name}' searches image_size {sorted(sizes)}: fix it (images are decoded once, at one size)")
+    epochs = max(c.get("epochs", TrainConfig.epochs) for c in configs)
+    return CheckedSpace(points, sizes.pop(), epochs)
+
+
+def _check_baseline(space: Space, baseline: dict, config: dict) -> None:
+    unknown = set(baseline) - set(config)
+    differs = {k: (v, config[k]) for k, v in baseline.items() if k in config and config[k] != v}
+    if unknown or differs:
+        raise InputError(
+            f"space '{space.name}': baseline {baseline} is not reachable through space(trial) "
+            f"(keys never drawn: {sorted(unknown)}; drawn differently: {differs}): make every baseline key a "
+            "suggested parameter with the baseline's value in range, or a fixed key with that value"
+        )

@@ -101,12 +101,10 @@ class TrialRecord:
     """What the search left of one trial, free of Ray types."""
 
     trial_id: str
+    trial_index: int  # creation order, 1 = first (the baselines come first)
     config: dict
     epochs: pd.DataFrame  # one row per reported epoch
     error: str | None
-
-
-TRIAL_COLUMNS = ["trial_id", "status", "epochs_run", "time_s", "node_id", "node_ip", "error"]
 
 
 def build_tables(records: list[TrialRecord], metric: str, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -114,8 +112,8 @@ def build_tables(records: list[TrialRecord], metric: str, max_epochs: int) -> tu
     rows, frames = [], []
     for record in records:
         epochs = record.epochs
-        frames.append(epochs.assign(trial_id=record.trial_id))
-        row = {"trial_id": record.trial_id, "status": _status(record, max_epochs), "epochs_run": len(epochs),
+        frames.append(epochs.assign(trial_id=record.trial_id, trial_index=record.trial_index))
+        row = {"trial_id": record.trial_id, "trial_index": record.trial_index, "status": _status(record, max_epochs), "epochs_run": len(epochs),
                "time_s": float(epochs["time_total_s"].iloc[-1]) if len(epochs) else 0.0,
                "node_id": _last(epochs, "node_id"), "node_ip": _last(epochs, "node_ip"), "error": record.error}
         row.update(record.config)

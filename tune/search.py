@@ -100,7 +100,9 @@ def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace) 
 
 
 def _trial_name(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    """trial_<index>_<id>: the index (1 = first created) is the tag Ray numbers trials with."""
+    index = int(trial.experiment_tag.split("_", 1)[0])
+    return f"trial_{index:04d}_{trial.trial_id}"
 
 
 def _run_config(settings: SearchSettings) -> ray_tune.RunConfig:
@@ -139,7 +141,8 @@ def _record(result) -> TrialRecord:
     epochs = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
     epochs = epochs.drop(columns=[c for c in epochs.columns if c.startswith("config/")])
     error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:2000]
-    return TrialRecord(Path(result.path).name.removeprefix("trial_"), dict(result.config), epochs.reset_index(drop=True), error)
+    _, index, trial_id = Path(result.path).name.split("_", 2)
+    return TrialRecord(trial_id, int(index), dict(result.config), epochs.reset_index(drop=True), error)
 
 
 def retrain(config: TrainConfig, data: CxrData, settings: SearchSettings) -> FinalReport:

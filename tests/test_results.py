@@ -1,0 +1,52 @@
+"""Result tables and files: trial status, best/last columns, JSON without NaN, load() round trip."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from tune.results import ExperimentPaths, TrialRecord, build_tables, load, read_json, write_json, write_table
+
+
+def _epochs(aurocs, stopped_early=False):
+    n = len(aurocs)
+    return pd.DataFrame({"epoch": range(1, n + 1), "val_auroc": aurocs, "val_loss": [1.0 / (i + 1) for i in range(n)],
+                         "stopped_early": [False] * (n - 1) + [stopped_early], "time_total_s": [float(i + 1) for i in range(n)],
+                         "node_ip": ["127.0.0.1"] * n})
+
+
+def _records():
+    return [
+        TrialRecord("a", 1, {"lr": 1e-3, "epochs": 3}, _epochs([0.6, 0.7, 0.65]), None),
+        TrialRecord("b", 2, {"lr": 1e-2, "epochs": 3}, _epochs([0.5]), None),
+        TrialRecord("c", 3, {"lr": 1e-4, "epochs": 3}, _epochs([0.8, 0.9], stopped_early=True), None),
+        TrialRecord("d", 4, {"lr": 1e-1, "epochs": 3}, pd.DataFrame(), "RuntimeError: boom"),
+    ]
+
+
+def test_statuses_and_best_first():
+    trials, epochs = build_tables(_records(), "val_auroc", max_epochs=3)
+    assert list(trials["trial_id"]) == ["c", "a", "b", "d"]
+    assert dict(zip(trials["trial_id"], trials["status"])) == {"a": "completed", "b": "pruned", "c": "early_stopped", "d": "error"}
+    a = trials.set_index("trial_id").loc["a"]
+    assert (a["best_val_auroc"], a["last_val_auroc"], a["epochs_run"], a["lr"]) == (0.7, 0.65, 3, 1e-3)
+    assert a["best_val_loss"] == min(_epochs([0, 0, 0])["val_loss"])
+    assert len(epochs) == 6 and set(epochs["trial_id"]) == {"a", "b", "c"}
+
+
+def test_json_writes_nan_as_null(tmp_path):
+    write_json(tmp_path / "x.json", {"a": math.nan, "b": [1.5, float("nan")]})
+    assert read_json(tmp_path / "x.json") == {"a": None, "b": [1.5, None]}
+
+
+def test_load_round_trip(tmp_path):
+    paths = ExperimentPaths(tmp_path)
+    trials, epochs = build_tables(_records(), "val_auroc", max_epochs=3)
+    write_table(paths.trials, trials)
+    write_table(paths.epochs, epochs)
+    write_table(paths.splits, pd.DataFrame({"path": ["x"], "label": [1], "patient": ["p1"], "split": ["train"]}))
+    write_json(paths.best, {"trial_id": "c"})
+    results = load(tmp_path)
+    assert results.best == {"trial_id": "c"} and results.test is None and results.predictions is None
+    pd.testing.assert_frame_equal(results.trials, trials)

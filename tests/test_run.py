@@ -1,0 +1,180 @@
+"""End to end: python -m tune.run as a user runs it (subprocesses, a private local Ray cluster each)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tune.results import load
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tune.run", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_input_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    """Exit 2, no traceback, and the last stderr line is our one-line message naming the problem."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), proc.stderr[-2000:]
+    for word in words:
+        assert word in last, last
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """The README's demo command (smoke space, synthetic data, ASHA, 8 trials) into a temporary results dir."""
+    results = tmp_path_factory.mktemp("results")
+    env_cache = tmp_path_factory.mktemp("cache")
+    os.environ["CXR_CACHE_DIR"] = str(env_cache)
+    start = time.monotonic()
+    proc = run_cli("--space", "smoke", "--dataset", "synthetic", "--results-dir", str(results), "--name", "demo")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert time.monotonic() - start < 300, "the demo must finish within 5 minutes"
+    assert "leaderboard" in proc.stdout and "test: recall" in proc.stdout
+    return results / "demo"
+
+
+@pytest.mark.slow
+def test_demo_writes_every_result_file(demo: Path):
+    for name in ["run.json", "splits.parquet", "trials.parquet", "epochs.parquet", "best.json", "final/metrics.json",
+                 "final/predictions.parquet", "final/model.safetensors", "final/config.json"]:
+        assert (demo / name).is_file(), name
+    results = load(demo)
+    assert len(results.trials) == 8 and results.trials["trial_id"].is_unique
+    for column in ["backbone", "lr", "scheduler", "dropout", "unfrozen_blocks", "epochs_run", "status",
+                   "best_val_auroc", "last_val_auroc", "best_val_spec_at_recall", "time_s", "node_id"]:
+        assert column in results.trials, column
+    assert set(results.epochs["trial_id"]) == set(results.trials["trial_id"])
+    assert results.epochs.groupby("trial_id").size().sum() == results.trials["epochs_run"].sum()
+    test = results.test["test"]
+    assert test["tp"] + test["fn"] + test["tn"] + test["fp"] == (results.splits["split"] == "test").sum()
+    assert 0.0 <= results.test["threshold"] <= 1.0
+    assert results.best["trial_id"] == results.trials.iloc[0]["trial_id"]
+
+
+@pytest.mark.slow
+def test_asha_stops_some_trials_early(demo: Path):
+    trials = load(demo).trials
+    assert (trials["status"] == "pruned").any(), trials[["trial_id", "status", "epochs_run"]]
+    assert (trials.loc[trials["status"] == "pruned", "epochs_run"] < 2).all()
+    assert (trials["epochs_run"] == 2).any()
+
+
+@pytest.mark.slow
+def test_splits_keep_patients_apart_and_test_unseen(demo: Path):
+    results = load(demo)
+    splits = results.splits
+    train = set(splits.loc[splits["split"] == "train", "patient"])
+    val = set(splits.loc[splits["split"] == "val", "patient"])
+    assert not train & val
+    test_paths = set(splits.loc[splits["split"] == "test", "path"])
+    assert test_paths and all("/test/" in p for p in test_paths)
+    assert (splits.loc[splits["source_split"] == "test", "split"] == "test").all()
+    predicted = results.predictions
+    assert set(predicted.loc[predicted["split"] == "test", "path"]) == test_paths
+
+
+@pytest.mark.slow
+def test_full_space_runs_baselines_first(tmp_path):
+    proc = run_cli("--space", "full", "--dataset", "synthetic", "--no-pretrained", "--max-epochs", "1",
+                   "--num-samples", "6", "--image-size", "32", "--results-dir", str(tmp_path), "--name", "full")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    trials = load(tmp_path / "full").trials.sort_values("trial_index")
+    first, second = trials.iloc[0], trials.iloc[1]
+    assert (first["backbone"], first["scheduler"], first["lr"], first["step_size"]) == ("tf_efficientnetv2_s", "step", 1e-4, 5)
+    assert (second["backbone"], second["scheduler"], second["dropout"], second["unfrozen_blocks"]) == ("densenet121", "plateau", 0.3, 2)
+    assert trials["backbone"].nunique() >= 2 and trials["scheduler"].nunique() >= 2
+    assert (trials["image_size"] == 32).all() and not trials["pretrained"].any()
+
+
+def _finished_trials(tune_dir: Path, epochs: int) -> dict[str, int]:
+    """Trial folder -> result lines, for trials that reported all their epochs."""
+    done = {}
+    for result in tune_dir.glob("trial_*/result.json"):
+        lines = result.read_text().count("\n")
+        if lines >= epochs:
+            done[result.parent.name] = lines
+    return done
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    args = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "5", "--scheduler", "fifo",
+            "--max-concurrent", "1", "--results-dir", str(tmp_path), "--name", "killed"]
+    driver = subprocess.Popen([sys.executable, "-m", "tune.run", *args], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tune_dir = tmp_path / "killed" / "tune"
+    deadline = time.monotonic() + 300
+    while len(_finished_trials(tune_dir, 2)) < 2 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    before = _finished_trials(tune_dir, 2)
+    assert 2 <= len(before) < 5, "the kill must land mid-search"
+    proc = run_cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    trials = load(tmp_path / "killed").trials
+    assert len(trials) == 5 and trials["trial_id"].is_unique
+    after = _finished_trials(tune_dir, 2)
+    assert all(after[name] == lines for name, lines in before.items()), "a finished trial ran again"
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_existing_name_is_refused_and_untouched(demo: Path):
+    before = _digest(demo)
+    proc = run_cli("--space", "smoke", "--dataset", "synthetic", "--results-dir", str(demo.parent), "--name", "demo")
+    assert_input_error(proc, "demo", "--resume")
+    assert _digest(demo) == before
+
+
+def test_unknown_space_lists_available(tmp_path):
+    assert_input_error(run_cli("--space", "nope", "--dataset", "synthetic", "--results-dir", str(tmp_path)), "nope", "smoke", "full")
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_data_dir(tmp_path):
+    assert_input_error(run_cli("--data-dir", str(tmp_path / "absent"), "--results-dir", str(tmp_path)), "absent", "does not exist")
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("def space(trial):\n    trial.suggest_float('lr', 1e-4, 1e-2)\n    return {'learning_rate': 1}\n", ["learning_rate"]),
+        ("def space(trial):\n    trial.suggest_float('dropout', 0.0, 1.5)\n    return {}\n", ["dropout"]),
+    ],
+)
+def test_bad_space_file(tmp_path, body, words):
+    space = tmp_path / "myspace.py"
+    space.write_text(body)
+    proc = run_cli("--space", str(space), "--dataset", "synthetic", "--results-dir", str(tmp_path / "r"))
+    assert_input_error(proc, *words)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_more_gpus_than_the_cluster_fails_fast(tmp_path):
+    start = time.monotonic()
+    proc = run_cli("--dataset", "synthetic", "--gpus-per-trial", "1", "--results-dir", str(tmp_path), timeout=120)
+    assert_input_error(proc, "--gpus-per-trial", "GPU")
+    assert time.monotonic() - start < 90
+    assert not any(tmp_path.iterdir()), "nothing is written for a run that cannot start"

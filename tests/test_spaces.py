@@ -1,0 +1,68 @@
+"""Search spaces: lookup, validation before Ray starts, baselines, overrides, picklability for --resume."""
+
+from __future__ import annotations
+
+import pickle
+
+import optuna
+import pytest
+
+from cxr.errors import InputError
+from tune.spaces import available, load_space, sample, validate
+
+
+def test_shipped_spaces_are_listed_and_valid():
+    assert {"smoke", "full"} <= set(available())
+    assert validate(load_space("smoke")).image_size == 64
+
+
+def test_full_space_baselines_are_enqueued_points():
+    checked = validate(load_space("full"))
+    assert [p["backbone"] for p in checked.points_to_evaluate] == ["tf_efficientnetv2_s", "densenet121"]
+    assert checked.points_to_evaluate[1]["unfrozen_blocks"] == 2
+    assert checked.image_size == 224 and checked.max_epochs == 30
+
+
+def test_overrides_pin_keys_and_survive_pickle():
+    space = load_space("full").with_overrides({"epochs": 1, "image_size": 32, "pretrained": False})
+    checked = validate(space)
+    assert (checked.image_size, checked.max_epochs) == (32, 1)
+    restored = pickle.loads(pickle.dumps(space.fn))  # Ray saves the searcher with pickle
+    config = sample(space, optuna.create_study().ask())
+    assert config["epochs"] == 1 and config["pretrained"] is False
+    assert restored(optuna.create_study().ask())["image_size"] == 32
+
+
+def _write(tmp_path, body):
+    path = tmp_path / "user_space.py"
+    path.write_text(body)
+    return str(path)
+
+
+def test_unknown_name_lists_the_available_ones():
+    with pytest.raises(InputError, match="available are .*full.*smoke"):
+        load_space("nonexistent")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_space(str(tmp_path / "absent.py"))
+
+
+def test_unreachable_baseline_is_named(tmp_path):
+    path = _write(tmp_path, "BASELINES = [{'lr': 0.5, 'dropout': 0.1}]\n"
+                            "def space(trial):\n    trial.suggest_float('lr', 1e-4, 1e-2)\n    return {'dropout': 0.0}\n")
+    with pytest.raises(InputError, match="baseline .*dropout"):
+        validate(load_space(path))
+
+
+def test_searched_image_size_is_refused(tmp_path):
+    path = _write(tmp_path, "def space(trial):\n    trial.suggest_categorical('image_size', [64, 128])\n    return {}\n")
+    with pytest.raises(InputError, match="image_size"):
+        validate(load_space(path))
+
+
+def test_unknown_backbone_in_space(tmp_path):
+    path = _write(tmp_path, "def space(trial):\n    return {'backbone': 'resnet5O'}\n")
+    with pytest.raises(InputError, match="resnet5O.*resnet50"):
+        validate(load_space(path))

@@ -59,6 +59,7 @@ def run_experiment(experiment: Experiment, *, resume: bool = False) -> int:
     try:
         search.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial)
         settings = _settings(experiment, checked.max_epochs, paths)
+        search.check_storage(settings.storage_path)
         if not resume:
             _create(paths, experiment, data)
         records = search.run_search(settings, space, checked, data, resume=resume)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import ray
 from ray import tune as ray_tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import cxr
 import search_spaces
@@ -42,7 +45,9 @@ class SearchSettings:
 
 
 def connect(address: str | None) -> None:
-    """Join the cluster at address (shipping our packages to its workers), or start a private local one."""
+    """Join the cluster at address or $RAY_ADDRESS (shipping our packages to its workers), or start a
+    private local one."""
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env={"py_modules": [cxr, tune, search_spaces]},
                  logging_level="WARNING", log_to_driver=True)
@@ -63,8 +68,35 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
             )
 
 
-def experiment_exists(storage_path: str) -> bool:
-    return ray_tune.Tuner.can_restore(_tune_dir(storage_path))
+def check_storage(storage_path: str) -> None:
+    """On several nodes Ray Tune (>= 2.7) needs storage they all share: check that each node sees a marker
+    file the driver writes, before any trial starts. URIs (s3://, gs://, ...) are shared by nature."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2 or "://" in storage_path:
+        return
+    folder = Path(storage_path).resolve()
+    while not folder.exists():  # the experiment folder itself is created only once every check passed
+        folder = folder.parent
+    marker = folder / f".cxr-shared-check-{uuid.uuid4().hex}"
+    marker.touch()
+    try:
+        seen = ray.get([
+            _exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker))
+            for n in nodes
+        ])
+    finally:
+        marker.unlink()
+    blind = [n["NodeManagerAddress"] + f" ({n['NodeID'][:8]})" for n, ok in zip(nodes, seen) if not ok]
+    if blind:
+        raise InputError(
+            f"storage {storage_path} is node-local: nodes {', '.join(blind)} cannot see it, and Ray Tune needs "
+            "storage every node shares on a multi-node cluster: pass --storage-path on NFS or a URI (s3://, gs://)"
+        )
+
+
+@ray.remote(num_cpus=0)
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
 
 
 def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data: CxrData, resume: bool) -> list[TrialRecord]:

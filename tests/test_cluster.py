@@ -1,0 +1,99 @@
+"""A real two-node Ray cluster on loopback, started and torn down by the test (only its own processes)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from test_run import assert_input_error, run_cli
+from tune.results import load
+
+RAY = str(Path(sys.executable).with_name("ray"))
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_args() -> list[str]:
+    return ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--block",
+            "--dashboard-agent-listen-port", str(_free_port()), "--metrics-export-port", str(_free_port())]
+
+
+@contextmanager
+def two_node_cluster(tmp_path: Path, worker_prefix: list[str] = ()):
+    """Head and worker started as their own process groups; the address is yielded, both groups killed after."""
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    logs = [open(tmp_path / "head.log", "w"), open(tmp_path / "worker.log", "w")]
+    head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false",
+                             "--ray-client-server-port", str(_free_port()), *_node_args()],
+                            env=env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)
+    procs = [head]
+    try:
+        _wait_for(lambda: _nodes_up(port, env) >= 1)
+        worker = subprocess.Popen([*worker_prefix, RAY, "start", "--address", f"127.0.0.1:{port}", *_node_args()],
+                                  env=env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(worker)
+        _wait_for(lambda: _nodes_up(port, env) >= 2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        for proc in reversed(procs):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for log in logs:
+            log.close()
+
+
+def _nodes_up(port: int, env: dict) -> int:
+    code = (f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR'); "
+            "print(sum(n['Alive'] for n in ray.nodes()))")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else 0
+
+
+def _wait_for(condition, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the Ray node did not come up")
+        time.sleep(1)
+
+
+def test_trials_run_on_both_nodes(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    with two_node_cluster(tmp_path) as address:
+        proc = run_cli("--address", address, "--space", "smoke", "--dataset", "synthetic", "--num-samples", "4",
+                       "--scheduler", "fifo", "--max-epochs", "1", "--results-dir", str(tmp_path / "results"), "--name", "c")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = load(tmp_path / "results" / "c")
+    assert len(results.trials) == 4 and (results.trials["status"] == "completed").all()
+    assert results.trials["node_id"].nunique() == 2, results.trials[["trial_id", "node_id", "node_ip"]]
+    assert results.test is not None
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare to hide a path from one node")
+def test_node_local_storage_fails_before_any_trial(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    results = tmp_path / "results"
+    results.mkdir()
+    # the worker node gets its own empty tmpfs at the results path: storage there is truly node-local
+    hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -t tmpfs none "{results}" && exec "$0" "$@"']
+    with two_node_cluster(tmp_path, worker_prefix=hide) as address:
+        proc = run_cli("--address", address, "--space", "smoke", "--dataset", "synthetic",
+                       "--results-dir", str(results), "--name", "local", timeout=180)
+    assert_input_error(proc, "node-local", "--storage-path")
+    assert not any(results.iterdir())
+

@@ -38,16 +38,15 @@ def two_node_cluster(tmp_path: Path, worker_prefix: list[str] = ()):
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     logs = [open(tmp_path / "head.log", "w"), open(tmp_path / "worker.log", "w")]
-    head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false",
-                             "--ray-client-server-port", str(_free_port()), *_node_args()],
+    head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *_node_args()],
                             env=env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)
     procs = [head]
     try:
-        _wait_for(lambda: _nodes_up(port, env) >= 1)
+        _wait_for(lambda: _nodes_up(port, env, procs) >= 1)
         worker = subprocess.Popen([*worker_prefix, RAY, "start", "--address", f"127.0.0.1:{port}", *_node_args()],
                                   env=env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(worker)
-        _wait_for(lambda: _nodes_up(port, env) >= 2)
+        _wait_for(lambda: _nodes_up(port, env, procs) >= 2)
         yield f"127.0.0.1:{port}"
     finally:
         for proc in reversed(procs):
@@ -57,7 +56,9 @@ def two_node_cluster(tmp_path: Path, worker_prefix: list[str] = ()):
             log.close()
 
 
-def _nodes_up(port: int, env: dict) -> int:
+def _nodes_up(port: int, env: dict, procs: list[subprocess.Popen]) -> int:
+    if any(p.poll() is not None for p in procs):
+        raise RuntimeError(f"a ray start process exited early (code {[p.poll() for p in procs]}): see head.log/worker.log")
     code = (f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR'); "
             "print(sum(n['Alive'] for n in ray.nodes()))")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)

@@ -10,7 +10,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from cxr.augment import BatchPipeline
 from cxr.config import TrainConfig
@@ -74,6 +76,11 @@ class _Run:
         self.amp = device.type == "cuda"
         if self.amp:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.rank, self.world = _process_group()
+        self.train_model = self.model
+        if self.world > 1:  # data parallel: each process trains on its share of every global batch
+            self.train_model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            torch.manual_seed(config.seed + self.rank)  # same initial weights (DDP broadcasts), different augmentation
         dc = data_config(self.model)
         self.pipeline = BatchPipeline(config.image_size, dc["mean"], dc["std"], config.augment, config.hflip).to(device)
         self.train_idx, self.val_idx = data.indices("train"), data.indices("val")
@@ -118,13 +125,14 @@ class _Run:
         return metrics
 
     def _train_pass(self) -> float:
-        self.model.train()
+        self.train_model.train()
         total, seen = 0.0, 0
-        for batch in _batches(self.train_idx, self.config.batch_size, self.sampler):
+        for global_batch in _batches(self.train_idx, self.config.batch_size, self.sampler):
+            batch = global_batch[self.rank :: self.world]
             x = self.pipeline(torch.from_numpy(self.data.images[batch]), train=True)
             y = torch.from_numpy(self.labels[batch]).float().to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss = self.loss_fn(self.model(_layout(x, self.amp)).float(), y)
+                loss = self.loss_fn(self.train_model(_layout(x, self.amp)).float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -225,6 +233,13 @@ def _batches(idx: np.ndarray, batch_size: int, generator: torch.Generator | None
         if generator is not None and len(batch) < 2:
             return
         yield np.sort(batch)  # sorted reads are sequential in the memory-mapped cache
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group (e.g. set up by Ray Train), else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -178,3 +178,18 @@ def test_more_gpus_than_the_cluster_fails_fast(tmp_path):
     assert_input_error(proc, "--gpus-per-trial", "GPU")
     assert time.monotonic() - start < 90
     assert not any(tmp_path.iterdir()), "nothing is written for a run that cannot start"
+
+
+@pytest.mark.slow
+def test_data_parallel_trial_reports_like_a_single_process_one(demo: Path, tmp_path):
+    proc = run_cli("--space", "smoke", "--dataset", "synthetic", "--num-samples", "1", "--workers-per-trial", "2",
+                   "--cpus-per-trial", "0.5", "--scheduler", "fifo", "--results-dir", str(tmp_path), "--name", "ddp")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    parallel = load(tmp_path / "ddp")
+    trial = parallel.trials.iloc[0]
+    assert (trial["status"], trial["epochs_run"]) == ("completed", 2)
+    single = load(demo).epochs
+    metric_columns = {c for c in single.columns if c.startswith(("val_", "train_")) or c in ("epoch", "lr", "best_epoch")}
+    assert metric_columns <= set(parallel.epochs.columns)
+    assert list(parallel.epochs["epoch"]) == [1, 2]
+    assert parallel.epochs[sorted(metric_columns)].notna().all().all()

@@ -37,6 +37,7 @@ class Experiment:
     scheduler: str = "asha"
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1
     max_concurrent: int = 0
     results_dir: str = "results"
     name: str | None = None
@@ -57,12 +58,13 @@ def run_experiment(experiment: Experiment, *, resume: bool = False) -> int:
     data = _load_data(experiment, checked.image_size)
     search.connect(experiment.address)
     try:
-        search.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial)
+        search.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial, experiment.workers_per_trial)
         settings = _settings(experiment, checked.max_epochs, paths)
         search.check_storage(settings.storage_path)
         if not resume:
             _create(paths, experiment, data)
-        records = search.run_search(settings, space, checked, data, resume=resume)
+        data_ref = search.share(data)
+        records = search.run_search(settings, space, checked, data_ref, resume=resume)
         trials, epochs = build_tables(records, experiment.metric, checked.max_epochs)
         write_table(paths.trials, trials)
         write_table(paths.epochs, epochs)
@@ -71,7 +73,7 @@ def run_experiment(experiment: Experiment, *, resume: bool = False) -> int:
         _print_leaderboard(trials, experiment.metric)
         config = TrainConfig.from_dict(best["config"])
         print(f"\nretraining the best trial {best['trial_id']} for up to {config.epochs} epochs ...", flush=True)
-        report = search.retrain(config, data, settings)
+        report = search.retrain(config, data_ref, settings)
         write_final(paths, report, config.to_dict(), report.fit.best_state)
         _print_final(report.summary(), paths)
         return 0
@@ -95,7 +97,7 @@ def _resolve(experiment: Experiment, resume: bool) -> Experiment:
         raise InputError(f"experiment '{name}' already exists in {experiment.results_dir}: add --resume to continue it or pick another --name")
     if experiment.data_dir is None and experiment.dataset is None:
         raise InputError("no data: pass --data-dir <Kaggle chest_xray folder> or --dataset synthetic")
-    for flag, value in (("--num-samples", experiment.num_samples), ("--max-epochs", experiment.max_epochs or 1),
+    for flag, value in (("--num-samples", experiment.num_samples), ("--workers-per-trial", experiment.workers_per_trial), ("--max-epochs", experiment.max_epochs or 1),
                         ("--image-size", experiment.image_size or 16)):
         if value < 1 or (flag == "--image-size" and value < 16):
             raise InputError(f"{flag} {value} is out of range: use a positive value (image size at least 16)")
@@ -130,7 +132,7 @@ def _settings(experiment: Experiment, max_epochs: int, paths: ExperimentPaths) -
     return search.SearchSettings(
         metric=experiment.metric, num_samples=experiment.num_samples, max_epochs=max_epochs,
         scheduler=experiment.scheduler, cpus_per_trial=experiment.cpus_per_trial,
-        gpus_per_trial=experiment.gpus_per_trial, max_concurrent=experiment.max_concurrent, seed=experiment.seed,
+        gpus_per_trial=experiment.gpus_per_trial, workers_per_trial=experiment.workers_per_trial, max_concurrent=experiment.max_concurrent, seed=experiment.seed,
         storage_path=storage, weights_dir=str(Path(experiment.weights_dir).resolve()) if experiment.weights_dir else None,
     )
 

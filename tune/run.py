@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha", help="asha stops weak trials early; fifo runs all to the end")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; fractions pack trials on one GPU (0.25 = four per GPU)")
+    p.add_argument("--workers-per-trial", type=int, default=1,
+                   help="data-parallel processes per trial (Ray Train, NCCL on GPUs, gloo on CPU); --cpus/--gpus-per-trial are then per worker")
     p.add_argument("--max-concurrent", type=int, default=0, help="trials running at once (0: as many as resources allow)")
     p.add_argument("--results-dir", default="results", help="experiment folders are created here")
     p.add_argument("--name", help="experiment name (default: <space>-<timestamp>); an existing name needs --resume")
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             space=args.space, data_dir=args.data_dir, dataset=args.dataset, num_samples=args.num_samples,
             max_epochs=args.max_epochs, image_size=args.image_size, metric=args.metric,
             target_recall=args.target_recall, scheduler=args.scheduler, cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent, results_dir=args.results_dir,
+            gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent, results_dir=args.results_dir,
             name=args.name, seed=args.seed, val_fraction=args.val_fraction, weights_dir=args.weights_dir,
             pretrained=not args.no_pretrained, cache_dir=args.cache_dir, address=args.address,
             storage_path=args.storage_path,

@@ -11,7 +11,12 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import ray
+from ray import train as ray_train
 from ray import tune as ray_tune
+from ray.train import ScalingConfig
+from ray.train import torch as ray_train_torch
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -28,6 +33,8 @@ from tune.results import TrialRecord
 from tune.spaces import CheckedSpace, Space
 
 TUNE_DIR_NAME = "tune"
+# with --workers-per-trial > 1 the Tune trial only coordinates its Ray Train worker group (Ray rejects 0)
+COORDINATOR_CPU = 0.01
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,9 @@ class SearchSettings:
     num_samples: int
     max_epochs: int
     scheduler: str  # asha | fifo
-    cpus_per_trial: float
+    cpus_per_trial: float  # per worker with workers_per_trial > 1
     gpus_per_trial: float
+    workers_per_trial: int
     max_concurrent: int
     seed: int
     storage_path: str  # folder or URI holding the Ray Tune experiment
@@ -55,16 +63,17 @@ def connect(address: str | None) -> None:
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
 
 
-def check_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
-    """Fail fast when no node can ever hold one trial: Ray would leave it PENDING forever."""
+def check_resources(cpus_per_trial: float, gpus_per_trial: float, workers_per_trial: int = 1) -> None:
+    """Fail fast when the cluster can never hold one trial: Ray would leave it PENDING forever."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     for kind, wanted, flag in (("GPU", gpus_per_trial, "--gpus-per-trial"), ("CPU", cpus_per_trial, "--cpus-per-trial")):
         largest = max((n.get(kind, 0.0) for n in nodes), default=0.0)
-        if wanted > largest:
-            total = sum(n.get(kind, 0.0) for n in nodes)
+        total = sum(n.get(kind, 0.0) for n in nodes)
+        coordinator = COORDINATOR_CPU if kind == "CPU" and workers_per_trial > 1 else 0.0
+        if wanted > largest or wanted * workers_per_trial + coordinator > total:
             raise InputError(
-                f"{flag} {wanted:g} but the largest node has {largest:g} {kind}s ({total:g} in the whole cluster): "
-                f"lower {flag} or add nodes with more {kind}s"
+                f"{flag} {wanted:g} x {workers_per_trial} worker(s) but the largest node has {largest:g} {kind}s "
+                f"({total:g} in the whole cluster): lower {flag} or --workers-per-trial, or add nodes with more {kind}s"
             )
 
 
@@ -99,12 +108,30 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data: CxrData, resume: bool) -> list[TrialRecord]:
+def share(data: CxrData) -> ray.ObjectRef:
+    """Put the decoded data set in the object store once: every trial and the retrain read this one copy."""
+    return ray.put(data.in_memory())
+
+
+@dataclass(frozen=True)
+class _TrialContext:
+    """What every trial needs besides its config (small: the data travels as an object reference)."""
+
+    data_ref: ray.ObjectRef
+    weights_dir: str | None
+    workers: int
+    cpus: float
+    gpus: float
+    storage_path: str
+
+
+def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data_ref: ray.ObjectRef, resume: bool) -> list[TrialRecord]:
     """Run (or resume) the Tune experiment; every trial's config, per-epoch metrics and error."""
-    trainable = ray_tune.with_resources(
-        ray_tune.with_parameters(_train_trial, data=data.in_memory(), weights_dir=settings.weights_dir),
-        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
-    )
+    context = _TrialContext(data_ref, settings.weights_dir, settings.workers_per_trial,
+                            settings.cpus_per_trial, settings.gpus_per_trial, settings.storage_path)
+    # with several workers the Train worker group holds the resources; the Tune trial only coordinates
+    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial} if settings.workers_per_trial == 1 else {"cpu": COORDINATOR_CPU}
+    trainable = ray_tune.with_resources(ray_tune.with_parameters(_train_trial, context=context), resources)
     if resume:
         tuner = ray_tune.Tuner.restore(_tune_dir(settings.storage_path), trainable=trainable,
                                        resume_unfinished=True, resume_errored=True)
@@ -151,22 +178,48 @@ def _tune_dir(storage_path: str) -> str:
     return f"{storage_path.rstrip('/')}/{TUNE_DIR_NAME}"
 
 
-def _train_trial(config: dict, data: CxrData, weights_dir: str | None) -> None:
-    """The trainable: config dict -> TrainConfig -> cxr fit, one report (with checkpoint) per epoch."""
+def _train_trial(config: dict, context: _TrialContext) -> None:
+    """The trainable: one process, or a Ray Train data-parallel worker group launched from the Tune trial."""
+    if context.workers == 1:
+        _fit_and_report(config, context, ray_tune.report, ray_tune.Checkpoint, ray_tune.get_checkpoint(), rank=0)
+        return
+    use_gpu = context.gpus > 0
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": config, "context": context},
+        scaling_config=ScalingConfig(num_workers=context.workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": context.cpus, **({"GPU": context.gpus} if use_gpu else {})}),
+        run_config=ray_train.RunConfig(name=f"trial_{ray_tune.get_context().get_trial_id()}",
+                                       storage_path=f"{context.storage_path}/train", callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+
+
+def _train_worker(loop_config: dict) -> None:
+    rank = ray_train.get_context().get_world_rank()
+    _fit_and_report(loop_config["config"], loop_config["context"], ray_train.report, ray_train.Checkpoint,
+                    ray_train.get_checkpoint(), rank=rank, device=ray_train_torch.get_device())
+
+
+def _fit_and_report(config: dict, context: _TrialContext, report_fn, checkpoint_cls, checkpoint, rank: int, device=None) -> None:
+    """config dict -> TrainConfig -> cxr fit, one report per epoch (rank 0 adds the resumable checkpoint)."""
     train_config = TrainConfig.from_dict(config)
+    data = ray.get(context.data_ref)
     node = {"node_id": ray.get_runtime_context().get_node_id()}
 
     def report(epoch: int, metrics: dict, save_checkpoint) -> None:
         with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(folder)
-            ray_tune.report({**metrics, **node}, checkpoint=ray_tune.Checkpoint.from_directory(folder))
+            saved = None
+            if rank == 0:
+                save_checkpoint(folder)
+                saved = checkpoint_cls.from_directory(folder)
+            report_fn({**metrics, **node}, checkpoint=saved)
 
-    checkpoint = ray_tune.get_checkpoint()
     if checkpoint is None:
-        fit(train_config, data, report, weights_dir=weights_dir)
+        fit(train_config, data, report, weights_dir=context.weights_dir, device=device)
         return
     with checkpoint.as_directory() as folder:
-        fit(train_config, data, report, resume_from=folder, weights_dir=weights_dir)
+        fit(train_config, data, report, resume_from=folder, weights_dir=context.weights_dir, device=device)
 
 
 def _record(result) -> TrialRecord:
@@ -177,10 +230,10 @@ def _record(result) -> TrialRecord:
     return TrialRecord(trial_id, int(index), dict(result.config), epochs.reset_index(drop=True), error)
 
 
-def retrain(config: TrainConfig, data: CxrData, settings: SearchSettings) -> FinalReport:
-    """Retrain the best config from scratch on a cluster node with one trial's resources."""
+def retrain(config: TrainConfig, data_ref: ray.ObjectRef, settings: SearchSettings) -> FinalReport:
+    """Retrain the best config from scratch in one process on a cluster node (one worker's resources)."""
     task = _retrain_task.options(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial)
-    return ray.get(task.remote(config, data.in_memory(), settings.weights_dir))
+    return ray.get(task.remote(config, data_ref, settings.weights_dir))
 
 
 @ray.remote(max_retries=0)

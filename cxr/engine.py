@@ -47,12 +47,14 @@ def fit(
     *,
     resume_from: str | Path | None = None,
     weights_dir: str | Path | None = None,
+    backbone_state: dict | None = None,
     device: torch.device | None = None,
 ) -> FitResult:
-    """Train on data's train split, validate each epoch, stop early on config.monitor."""
+    """Train on data's train split, validate each epoch, stop early on config.monitor. Pretrained weights
+    come from backbone_state, weights_dir or the hub (see cxr.models.create_model)."""
     device = device or default_device()
     torch.manual_seed(config.seed)
-    run = _Run(config, data, device, weights_dir)
+    run = _Run(config, data, device, weights_dir, backbone_state)
     if resume_from is not None:
         run.load(Path(resume_from))
     while run.epoch < config.epochs and not run.stopped:
@@ -67,11 +69,11 @@ def fit(
 class _Run:
     """The mutable state of one fit: everything a checkpoint must hold to continue exactly."""
 
-    def __init__(self, config: TrainConfig, data: CxrData, device: torch.device, weights_dir):
+    def __init__(self, config: TrainConfig, data: CxrData, device: torch.device, weights_dir, backbone_state):
         self.config, self.data, self.device = config, data, device
         self.model = create_model(
             config.backbone, pretrained=config.pretrained, dropout=config.dropout,
-            unfrozen_blocks=config.unfrozen_blocks, weights_dir=weights_dir,
+            unfrozen_blocks=config.unfrozen_blocks, weights_dir=weights_dir, backbone_state=backbone_state,
         ).to(device)
         self.amp = device.type == "cuda"
         if self.amp:

@@ -38,9 +38,10 @@ class FinalReport:
 
 
 def retrain_and_evaluate(
-    config: TrainConfig, data: CxrData, *, weights_dir: str | Path | None = None, on_epoch_end: EpochCallback | None = None
+    config: TrainConfig, data: CxrData, *, weights_dir: str | Path | None = None, backbone_state: dict | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> FinalReport:
-    result = fit(config, data, on_epoch_end, weights_dir=weights_dir)
+    result = fit(config, data, on_epoch_end, weights_dir=weights_dir, backbone_state=backbone_state)
     labels = data.labels
     probs = {s: predict(result.model, data.images[data.indices(s)], image_size=config.image_size) for s in ("val", "test")}
     val_idx, test_idx = data.indices("val"), data.indices("test")

@@ -193,3 +193,36 @@ def test_data_parallel_trial_reports_like_a_single_process_one(demo: Path, tmp_p
     assert metric_columns <= set(parallel.epochs.columns)
     assert list(parallel.epochs["epoch"]) == [1, 2]
     assert parallel.epochs[sorted(metric_columns)].notna().all().all()
+
+
+@pytest.mark.slow
+def test_pretrained_weights_come_from_the_driver(tmp_path):
+    """--weights-dir is read once by the driver; trials start from exactly those weights (frozen stem unchanged)."""
+    import timm
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.manual_seed(123)
+    reference = timm.create_model("test_efficientnet").state_dict()
+    save_file(reference, str(weights / "test_efficientnet.safetensors"))
+    space = tmp_path / "frozen.py"
+    space.write_text("def space(trial):\n    trial.suggest_float('lr', 1e-3, 1e-2, log=True)\n"
+                     "    return {'backbone': 'test_efficientnet', 'pretrained': True, 'unfrozen_blocks': 0,\n"
+                     "            'image_size': 64, 'epochs': 1}\n")
+    proc = run_cli("--space", str(space), "--dataset", "synthetic", "--num-samples", "2", "--weights-dir", str(weights),
+                   "--results-dir", str(tmp_path / "r"), "--name", "pre")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    final = load_file(str(tmp_path / "r" / "pre" / "final" / "model.safetensors"))
+    assert torch.equal(final["backbone.conv_stem.weight"], reference["conv_stem.weight"])
+    assert final["backbone.classifier.weight"].shape[0] == 1  # the new one-logit head, not the file's
+
+
+def test_missing_weights_fail_before_ray(tmp_path):
+    space = tmp_path / "pre.py"
+    space.write_text("def space(trial):\n    trial.suggest_float('lr', 1e-3, 1e-2)\n"
+                     "    return {'backbone': 'test_efficientnet', 'pretrained': True, 'image_size': 64}\n")
+    proc = run_cli("--space", str(space), "--dataset", "synthetic", "--weights-dir", str(tmp_path), "--results-dir", str(tmp_path / "r"))
+    assert_input_error(proc, "test_efficientnet", "--no-pretrained")
+    assert not (tmp_path / "r").exists()

@@ -14,6 +14,7 @@ from cxr.config import TrainConfig
 from cxr.dataset import CxrData, load_dataset
 from cxr.errors import InputError
 from cxr.images import default_cache_dir
+from cxr.models import pretrained_state
 from cxr.synthetic import make_synthetic
 from tune import search
 from tune.results import ExperimentPaths, build_tables, read_json, write_final, write_json, write_table
@@ -56,6 +57,7 @@ def run_experiment(experiment: Experiment, *, resume: bool = False) -> int:
     space = load_space(experiment.space).with_overrides(_overrides(experiment))
     checked = validate(space, seed=experiment.seed)
     data = _load_data(experiment, checked.image_size)
+    weights = {b: pretrained_state(b, experiment.weights_dir) for b in sorted(checked.pretrained_backbones)}
     search.connect(experiment.address)
     try:
         search.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial, experiment.workers_per_trial)
@@ -63,8 +65,8 @@ def run_experiment(experiment: Experiment, *, resume: bool = False) -> int:
         search.check_storage(settings.storage_path)
         if not resume:
             _create(paths, experiment, data)
-        data_ref = search.share(data)
-        records = search.run_search(settings, space, checked, data_ref, resume=resume)
+        data_ref, weight_refs = search.share(data), search.share_weights(weights)
+        records = search.run_search(settings, space, checked, data_ref, weight_refs, resume=resume)
         trials, epochs = build_tables(records, experiment.metric, checked.max_epochs)
         write_table(paths.trials, trials)
         write_table(paths.epochs, epochs)
@@ -73,7 +75,7 @@ def run_experiment(experiment: Experiment, *, resume: bool = False) -> int:
         _print_leaderboard(trials, experiment.metric)
         config = TrainConfig.from_dict(best["config"])
         print(f"\nretraining the best trial {best['trial_id']} for up to {config.epochs} epochs ...", flush=True)
-        report = search.retrain(config, data_ref, settings)
+        report = search.retrain(config, data_ref, weight_refs, settings)
         write_final(paths, report, config.to_dict(), report.fit.best_state)
         _print_final(report.summary(), paths)
         return 0
@@ -133,7 +135,7 @@ def _settings(experiment: Experiment, max_epochs: int, paths: ExperimentPaths) -
         metric=experiment.metric, num_samples=experiment.num_samples, max_epochs=max_epochs,
         scheduler=experiment.scheduler, cpus_per_trial=experiment.cpus_per_trial,
         gpus_per_trial=experiment.gpus_per_trial, workers_per_trial=experiment.workers_per_trial, max_concurrent=experiment.max_concurrent, seed=experiment.seed,
-        storage_path=storage, weights_dir=str(Path(experiment.weights_dir).resolve()) if experiment.weights_dir else None,
+        storage_path=storage,
     )
 
 

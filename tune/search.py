@@ -49,7 +49,6 @@ class SearchSettings:
     max_concurrent: int
     seed: int
     storage_path: str  # folder or URI holding the Ray Tune experiment
-    weights_dir: str | None
 
 
 def connect(address: str | None) -> None:
@@ -113,21 +112,27 @@ def share(data: CxrData) -> ray.ObjectRef:
     return ray.put(data.in_memory())
 
 
+def share_weights(states: dict[str, dict]) -> dict[str, ray.ObjectRef]:
+    """Pretrained backbone weights fetched once by the driver, one object per backbone."""
+    return {backbone: ray.put(state) for backbone, state in states.items()}
+
+
 @dataclass(frozen=True)
 class _TrialContext:
     """What every trial needs besides its config (small: the data travels as an object reference)."""
 
     data_ref: ray.ObjectRef
-    weights_dir: str | None
+    weight_refs: dict[str, ray.ObjectRef]  # backbone -> pretrained state fetched by the driver
     workers: int
     cpus: float
     gpus: float
     storage_path: str
 
 
-def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data_ref: ray.ObjectRef, resume: bool) -> list[TrialRecord]:
+def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data_ref: ray.ObjectRef,
+               weight_refs: dict[str, ray.ObjectRef], resume: bool) -> list[TrialRecord]:
     """Run (or resume) the Tune experiment; every trial's config, per-epoch metrics and error."""
-    context = _TrialContext(data_ref, settings.weights_dir, settings.workers_per_trial,
+    context = _TrialContext(data_ref, weight_refs, settings.workers_per_trial,
                             settings.cpus_per_trial, settings.gpus_per_trial, settings.storage_path)
     # with several workers the Train worker group holds the resources; the Tune trial only coordinates
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial} if settings.workers_per_trial == 1 else {"cpu": COORDINATOR_CPU}
@@ -205,6 +210,7 @@ def _fit_and_report(config: dict, context: _TrialContext, report_fn, checkpoint_
     """config dict -> TrainConfig -> cxr fit, one report per epoch (rank 0 adds the resumable checkpoint)."""
     train_config = TrainConfig.from_dict(config)
     data = ray.get(context.data_ref)
+    weights = _backbone_state(train_config, context.weight_refs)
     node = {"node_id": ray.get_runtime_context().get_node_id()}
 
     def report(epoch: int, metrics: dict, save_checkpoint) -> None:
@@ -216,10 +222,18 @@ def _fit_and_report(config: dict, context: _TrialContext, report_fn, checkpoint_
             report_fn({**metrics, **node}, checkpoint=saved)
 
     if checkpoint is None:
-        fit(train_config, data, report, weights_dir=context.weights_dir, device=device)
+        fit(train_config, data, report, backbone_state=weights, device=device)
         return
     with checkpoint.as_directory() as folder:
-        fit(train_config, data, report, resume_from=folder, weights_dir=context.weights_dir, device=device)
+        fit(train_config, data, report, resume_from=folder, backbone_state=weights, device=device)
+
+
+def _backbone_state(config: TrainConfig, weight_refs: dict[str, ray.ObjectRef]) -> dict | None:
+    if not config.pretrained:
+        return None
+    if config.backbone not in weight_refs:
+        raise RuntimeError(f"no pretrained weights were fetched for {config.backbone}: the space drew an unexpected backbone")
+    return ray.get(weight_refs[config.backbone])
 
 
 def _record(result) -> TrialRecord:
@@ -230,19 +244,19 @@ def _record(result) -> TrialRecord:
     return TrialRecord(trial_id, int(index), dict(result.config), epochs.reset_index(drop=True), error)
 
 
-def retrain(config: TrainConfig, data_ref: ray.ObjectRef, settings: SearchSettings) -> FinalReport:
+def retrain(config: TrainConfig, data_ref: ray.ObjectRef, weight_refs: dict[str, ray.ObjectRef], settings: SearchSettings) -> FinalReport:
     """Retrain the best config from scratch in one process on a cluster node (one worker's resources)."""
     task = _retrain_task.options(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial)
-    return ray.get(task.remote(config, data_ref, settings.weights_dir))
+    return ray.get(task.remote(config, data_ref, weight_refs))
 
 
 @ray.remote(max_retries=0)
-def _retrain_task(config: TrainConfig, data: CxrData, weights_dir: str | None) -> FinalReport:
+def _retrain_task(config: TrainConfig, data: CxrData, weight_refs: dict[str, ray.ObjectRef]) -> FinalReport:
     def log(epoch: int, metrics: dict, _save) -> None:
         print(f"retrain epoch {epoch}/{config.epochs}: val_loss {metrics['val_loss']:.4f} "
               f"val_auroc {metrics['val_auroc']:.4f} val_spec_at_recall {metrics['val_spec_at_recall']:.4f}", flush=True)
 
-    report = retrain_and_evaluate(config, data, weights_dir=weights_dir, on_epoch_end=log)
+    report = retrain_and_evaluate(config, data, backbone_state=_backbone_state(config, weight_refs), on_epoch_end=log)
     report.fit.model.cpu()
     return report
 

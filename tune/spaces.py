@@ -91,6 +91,7 @@ class CheckedSpace:
     points_to_evaluate: list[dict]  # the baselines, as the suggested parameters Optuna enqueues
     image_size: int
     max_epochs: int
+    pretrained_backbones: frozenset[str]  # every backbone the space can draw with pretrained=True
 
 
 def validate(space: Space, n_samples: int = 16, seed: int = 0) -> CheckedSpace:
@@ -99,7 +100,7 @@ def validate(space: Space, n_samples: int = 16, seed: int = 0) -> CheckedSpace:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     for baseline in space.baselines:
         study.enqueue_trial(baseline)
-    configs, points = [], []
+    configs, points, backbones = [], [], set()
     for i in range(len(space.baselines) + n_samples):
         trial = study.ask()
         try:
@@ -112,6 +113,10 @@ def validate(space: Space, n_samples: int = 16, seed: int = 0) -> CheckedSpace:
             raise InputError(f"space '{space.name}' failed while sampling ({type(exc).__name__}: {exc}): fix its space(trial)") from None
         study.tell(trial, 0.0)
         configs.append(config)
+        if config.get("pretrained", TrainConfig.pretrained):
+            backbones.add(config.get("backbone", TrainConfig.backbone))
+            choices = trial.distributions.get("backbone")
+            backbones.update(getattr(choices, "choices", ()))
         if i < len(space.baselines):
             _check_baseline(space, space.baselines[i], config)
             points.append(dict(trial.params))
@@ -119,7 +124,7 @@ def validate(space: Space, n_samples: int = 16, seed: int = 0) -> CheckedSpace:
     if len(sizes) > 1:
         raise InputError(f"space '{space.name}' searches image_size {sorted(sizes)}: fix it (images are decoded once, at one size)")
     epochs = max(c.get("epochs", TrainConfig.epochs) for c in configs)
-    return CheckedSpace(points, sizes.pop(), epochs)
+    return CheckedSpace(points, sizes.pop(), epochs, frozenset(backbones))
 
 
 def _check_baseline(space: Space, baseline: dict, config: dict) -> None:

@@ -44,10 +44,20 @@ def create_model(
     dropout: float = 0.0,
     unfrozen_blocks: int | None = None,
     weights_dir: str | Path | None = None,
+    backbone_state: dict[str, torch.Tensor] | None = None,
 ) -> CxrNet:
-    """A timm model with Dropout(p) + Linear(1) head; the last `unfrozen_blocks` blocks and the head train."""
+    """A timm model with Dropout(p) + Linear(1) head; the last `unfrozen_blocks` blocks and the head train.
+
+    Pretrained weights come from backbone_state (fetched earlier by pretrained_state), else from weights_dir,
+    else from the timm hub."""
     check_backbone(backbone)
     kwargs = {"num_classes": 1, "drop_rate": dropout}
+    if pretrained and backbone_state is not None:
+        model = timm.create_model(backbone, pretrained=False, **kwargs)
+        missing, unexpected = model.load_state_dict(backbone_state, strict=False)
+        if unexpected or set(missing) - _head_names(model):
+            raise InputError(f"backbone_state does not fit '{backbone}': pass the state pretrained_state('{backbone}') returns")
+        return CxrNet(model, _freeze(model, unfrozen_blocks))
     if pretrained and weights_dir is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": str(_weights_file(backbone, Path(weights_dir)))}
     try:
@@ -61,6 +71,20 @@ def create_model(
             "or train from scratch with pretrained=False (--no-pretrained)"
         ) from None
     return CxrNet(model, _freeze(model, unfrozen_blocks))
+
+
+def pretrained_state(backbone: str, weights_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The backbone's pretrained weights without the new head: fetched once (hub or weights_dir) and handed to
+    many create_model(backbone_state=...) calls, so trials need neither the hub nor the weights folder."""
+    model = create_model(backbone, pretrained=True, weights_dir=weights_dir).backbone
+    head = _head_names(model)
+    return {k: v for k, v in model.state_dict().items() if k not in head}
+
+
+def _head_names(model: nn.Module) -> set[str]:
+    """State-dict keys of the classifier, which every run initialises from its own seed."""
+    head = {id(t) for t in [*model.get_classifier().parameters(), *model.get_classifier().buffers()]}
+    return {k for k, t in [*model.named_parameters(), *model.named_buffers()] if id(t) in head}
 
 
 def check_backbone(backbone: str) -> None:
@@ -113,5 +137,6 @@ def _weights_file(backbone: str, weights_dir: Path) -> Path:
             return candidate
     raise InputError(
         f"no weights for '{backbone}' in {weights_dir} (looked for {backbone}{{{','.join(WEIGHT_SUFFIXES)}}}): "
-        "add the file, or train from scratch with pretrained=False (--no-pretrained)"
+        "add the file or pass another weights_dir (--weights-dir), or train from scratch with pretrained=False "
+        "(--no-pretrained)"
     )

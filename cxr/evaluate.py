@@ -12,7 +12,7 @@ import pandas as pd
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.engine import EpochCallback, FitResult, fit, predict
-from cxr.metrics import compute_metrics, threshold_for_recall
+from cxr.metrics import compute_metrics, threshold_for_recall, with_intervals
 
 
 @dataclass
@@ -46,10 +46,10 @@ def retrain_and_evaluate(
     probs = {s: predict(result.model, data.images[data.indices(s)], image_size=config.image_size) for s in ("val", "test")}
     val_idx, test_idx = data.indices("val"), data.indices("test")
     threshold = threshold_for_recall(labels[val_idx], probs["val"], config.target_recall)
-    val = compute_metrics(labels[val_idx], probs["val"], threshold, config.target_recall)
+    val = with_intervals(compute_metrics(labels[val_idx], probs["val"], threshold, config.target_recall))
     test = test_half = None
     if len(test_idx):
-        test = compute_metrics(labels[test_idx], probs["test"], threshold)
+        test = with_intervals(compute_metrics(labels[test_idx], probs["test"], threshold))
         test_half = compute_metrics(labels[test_idx], probs["test"], 0.5)
     rows = np.concatenate([val_idx, test_idx])
     predictions = data.manifest.iloc[rows][["path", "patient", "split", "label"]].reset_index(drop=True)

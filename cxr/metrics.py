@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn import metrics as skm
 
 
@@ -50,3 +51,14 @@ def _at_threshold(labels: np.ndarray, probs: np.ndarray, threshold: float) -> di
         "f2": float(skm.fbeta_score(labels, pred, beta=2, zero_division=0)),
         "tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp),
     }
+
+
+def with_intervals(metrics: dict, confidence: float = 0.95) -> dict:
+    """Add Wilson intervals for recall (tp of tp+fn) and specificity (tn of tn+fp), image-level."""
+    out = dict(metrics)
+    for name, hits, total in (("recall", metrics["tp"], metrics["tp"] + metrics["fn"]),
+                              ("specificity", metrics["tn"], metrics["tn"] + metrics["fp"])):
+        if total:
+            ci = binomtest(hits, total).proportion_ci(confidence, method="wilson")
+            out[f"{name}_ci{round(confidence * 100)}"] = [float(ci.low), float(ci.high)]
+    return out

@@ -171,9 +171,15 @@ def _print_final(summary: dict, paths: ExperimentPaths) -> None:
         if m is None:
             print(f"{split}: no {split} split in the data")
             continue
-        print(f"{split}: recall {m['recall']:.4f}  specificity {m['specificity']:.4f}  precision {m['precision']:.4f}  "
-              f"accuracy {m['accuracy']:.4f}  auroc {_fmt(m['auroc'])}  (tp {m['tp']} fn {m['fn']} tn {m['tn']} fp {m['fp']})")
+        print(f"{split}: recall {m['recall']:.4f} {_ci(m, 'recall')}  specificity {m['specificity']:.4f} "
+              f"{_ci(m, 'specificity')}  precision {m['precision']:.4f}  accuracy {m['accuracy']:.4f}  "
+              f"auroc {_fmt(m['auroc'])}  (tp {m['tp']} fn {m['fn']} tn {m['tn']} fp {m['fp']})")
     print(f"results: {paths.root}")
+
+
+def _ci(metrics: dict, name: str) -> str:
+    low, high = metrics.get(f"{name}_ci95", (math.nan, math.nan))
+    return f"[95% CI {low:.3f}-{high:.3f}]"
 
 
 def _fmt(value: float) -> str:

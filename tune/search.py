@@ -160,7 +160,8 @@ def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace) 
         scheduler = FIFOScheduler()
     return ray_tune.TuneConfig(metric=settings.metric, mode="max", search_alg=searcher, scheduler=scheduler,
                                num_samples=settings.num_samples, max_concurrent_trials=settings.max_concurrent,
-                               trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
+                               trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                               reuse_actors=False)  # a fresh process per trial frees its CUDA memory at the end
 
 
 def _trial_name(trial) -> str:

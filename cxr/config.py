@@ -86,7 +86,7 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "pct_start": (float, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
     "dropout": (float, lambda v: 0 <= v < 1, "a probability in [0, 1)"),
     "unfrozen_blocks": (int, lambda v: v >= 0, "an integer >= 0, or null for all blocks"),
-    "batch_size": (int, _between(1, 65536), "an integer in [1, 65536]"),
+    "batch_size": (int, _between(2, 65536), "an integer in [2, 65536] (training drops batches of 1)"),
     "image_size": (int, _between(16, 2048), "an integer in [16, 2048]"),
     "epochs": (int, _between(1, 10000), "an integer in [1, 10000]"),
     "augment": (float, _between(0, 1), "a strength in [0, 1]"),

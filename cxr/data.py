@@ -17,8 +17,8 @@ SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["path", "label", "patient", "split", "source_split"]
 
 _PATIENT_PATTERNS = (
-    (re.compile(r"^person(\d+)_(?:bacteria|virus)_\d+$", re.I), "p{}"),
-    (re.compile(r"^NORMAL2-IM-(\d+)-\d+$", re.I), "n2{}"),
+    (re.compile(r"^person(\d+)_(?:bacteria|virus)_\d+(?:_\d+)?$", re.I), "p{}"),  # also person447_virus_921_1
+    (re.compile(r"^NORMAL2-IM-(\d+)-\d+(?:-\d+)?$", re.I), "n2{}"),  # also NORMAL2-IM-0395-0001-0001
     (re.compile(r"^IM-(\d+)-\d+(?:-\d+)?$", re.I), "n{}"),
 )
 

@@ -89,5 +89,14 @@ def decode(path: str, size: int) -> np.ndarray:
     """One image as a (size, size) grayscale uint8 array."""
     with Image.open(path) as image:
         image.draft("L", (size, size))  # JPEG: let libjpeg downscale while decoding
+        if image.mode.startswith("I") or image.mode == "F":  # 16-bit/int/float PNG: convert("L") would clip at 255
+            image = _stretch_to_8bit(np.asarray(image, dtype=np.float64))
         gray = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(gray, dtype=np.uint8)
+
+
+def _stretch_to_8bit(values: np.ndarray) -> Image.Image:
+    """High bit-depth film -> 8-bit by its own min..max (12-bit data often sits in 16-bit files)."""
+    lo, hi = float(values.min()), float(values.max())
+    scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    return Image.fromarray(np.round(scaled).astype(np.uint8))

@@ -1,0 +1,42 @@
+"""cxr.dataset: manifest + cached images as one in-memory data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cxr.dataset import CxrData, load_dataset
+from cxr.images import decode
+
+
+def test_load_dataset_rows_match_manifest(synthetic_data: CxrData) -> None:
+    data = synthetic_data
+    assert data.images.shape == (len(data.manifest), 64, 64) and data.images.dtype == np.uint8
+    assert data.image_size == 64
+    np.testing.assert_array_equal(data.labels, data.manifest["label"].to_numpy())
+    for i in (0, len(data.manifest) // 2, len(data.manifest) - 1):
+        np.testing.assert_array_equal(data.images[i], decode(data.manifest["path"][i], 64))
+
+
+def test_indices_partition_the_rows(synthetic_data: CxrData) -> None:
+    parts = [synthetic_data.indices(split) for split in ("train", "val", "test")]
+    assert all(len(p) for p in parts)
+    joined = np.sort(np.concatenate(parts))
+    np.testing.assert_array_equal(joined, np.arange(len(synthetic_data.manifest)))
+    assert (synthetic_data.manifest["split"].to_numpy()[parts[1]] == "val").all()
+
+
+def test_in_memory_copy(synthetic_data: CxrData) -> None:
+    copy = synthetic_data.in_memory()
+    assert not isinstance(copy.images, np.memmap) and copy.images.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(copy.images, synthetic_data.images)
+    assert copy.manifest is synthetic_data.manifest
+
+
+def test_load_dataset_uses_the_cache_dir_and_seed(synthetic_root: Path, tmp_path: Path) -> None:
+    a = load_dataset(synthetic_root, image_size=32, seed=0, cache_dir=tmp_path)
+    b = load_dataset(synthetic_root, image_size=32, seed=1, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 1  # same files, same size: one entry, whatever the split
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.manifest["split"].tolist() != b.manifest["split"].tolist()

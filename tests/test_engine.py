@@ -1,0 +1,203 @@
+"""cxr.engine: fit on the synthetic set, exact resume from a mid-run checkpoint, schedules, predict."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from cxr.config import MONITORS, TrainConfig
+from cxr.dataset import CxrData
+from cxr.engine import CHECKPOINT_FILE, FitResult, fit, predict
+from cxr.errors import InputError
+
+CPU = torch.device("cpu")
+TIMING_KEYS = {"train_images_per_s", "epoch_time_s"}
+
+
+def _config(**changes) -> TrainConfig:
+    base = dict(
+        backbone="test_efficientnet", pretrained=False, lr=3e-3, scheduler="cosine", epochs=8, batch_size=32,
+        augment=0.3, monitor="val_auroc", early_stopping_patience=0, image_size=64,
+    )
+    return TrainConfig(**{**base, **changes})
+
+
+def _same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+def _without_timings(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in epoch.items() if k not in TIMING_KEYS} for epoch in history]
+
+
+def _assert_same_history(a: list[dict], b: list[dict]) -> None:
+    a, b = _without_timings(a), _without_timings(b)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        assert all(_same(x[k], y[k]) for k in x), {k: (x[k], y[k]) for k in x if not _same(x[k], y[k])}
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key].cpu(), b[key].cpu()), key
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_data: CxrData) -> FitResult:
+    return fit(_config(), synthetic_data, device=CPU)
+
+
+def test_fit_learns_the_synthetic_set(trained: FitResult) -> None:
+    assert len(trained.history) == 8
+    aurocs = [epoch["val_auroc"] for epoch in trained.history]
+    assert trained.best_metrics["val_auroc"] >= 0.9, aurocs
+    assert trained.best_epoch == 1 + int(np.argmax(aurocs))
+    assert trained.best_metrics == trained.history[trained.best_epoch - 1]
+    assert trained.history[-1]["train_loss"] < trained.history[0]["train_loss"]
+    _assert_same_state(trained.model.state_dict(), trained.best_state)  # the model holds the best epoch
+
+
+def test_history_has_every_monitor_and_the_bookkeeping(trained: FitResult, synthetic_data: CxrData) -> None:
+    val_labels = synthetic_data.labels[synthetic_data.indices("val")]
+    for epoch, metrics in enumerate(trained.history, start=1):
+        assert metrics["epoch"] == epoch
+        for key in MONITORS:
+            assert key in metrics and isinstance(metrics[key], float), key
+        for key in ("lr", "train_loss", "val_threshold_at_recall", "train_images_per_s", "epoch_time_s"):
+            assert key in metrics, key
+        assert metrics["stopped_early"] is False
+        assert metrics["best_epoch"] == max(range(1, epoch + 1), key=lambda e: trained.history[e - 1]["val_auroc"])
+        assert metrics["val_tp"] + metrics["val_fn"] == val_labels.sum()
+        assert metrics["val_tn"] + metrics["val_fp"] == (val_labels == 0).sum()
+        assert metrics["val_recall_at_threshold"] >= 0.98  # target_recall's default
+
+
+def test_early_stopping_patience_one(synthetic_data: CxrData) -> None:
+    """With patience 1 a run goes on exactly as long as every epoch beats the best so far."""
+    config = _config(epochs=6, early_stopping_patience=1, monitor="val_loss", image_size=32, lr=1e-2)
+    history = fit(config, synthetic_data, device=CPU).history
+    losses = [h["val_loss"] for h in history]
+    for i in range(1, len(losses) - 1):
+        assert losses[i] < min(losses[:i]), losses
+    stopped = len(history) < config.epochs
+    assert history[-1]["stopped_early"] is stopped
+    assert all(h["stopped_early"] is False for h in history[:-1])
+    if stopped:
+        assert losses[-1] >= min(losses[:-1])
+    assert history[-1]["best_epoch"] == 1 + losses.index(min(losses))
+
+
+def test_predict_gives_probabilities_of_the_best_model(trained: FitResult, synthetic_data: CxrData) -> None:
+    val, test = synthetic_data.indices("val"), synthetic_data.indices("test")
+    probs = predict(trained.model, synthetic_data.images[test])
+    assert probs.shape == (len(test),) and probs.dtype == np.float32
+    assert ((probs >= 0) & (probs <= 1)).all() and probs.std() > 0.05
+    assert roc_auc_score(synthetic_data.labels[test], probs) > 0.8
+    val_probs = predict(trained.model, synthetic_data.images[val], batch_size=7)
+    assert roc_auc_score(synthetic_data.labels[val], val_probs) == pytest.approx(
+        trained.best_metrics["val_auroc"], abs=1e-9
+    )
+    small = predict(trained.model, synthetic_data.images[test[:5]], image_size=48)
+    assert small.shape == (5,) and not np.allclose(small, probs[:5], atol=1e-6)
+
+
+RESUME_SCHEDULES = {
+    "cosine": dict(scheduler="cosine", warmup_epochs=1),
+    "step": dict(scheduler="step", step_size=1, gamma=0.5),
+    "plateau": dict(scheduler="plateau", plateau_patience=0, gamma=0.5),
+    "onecycle": dict(scheduler="onecycle", pct_start=0.3),
+}
+
+
+@pytest.mark.parametrize("schedule", list(RESUME_SCHEDULES))
+def test_resume_from_a_mid_run_checkpoint_is_exact(schedule: str, synthetic_data: CxrData, tmp_path: Path) -> None:
+    config = _config(epochs=4, dropout=0.3, augment=0.5, image_size=32, monitor="val_loss", **RESUME_SCHEDULES[schedule])
+    saved = []
+
+    def on_epoch_end(epoch: int, metrics: dict, save_checkpoint) -> None:
+        assert metrics["epoch"] == epoch
+        if epoch == 2:
+            saved.append(save_checkpoint(tmp_path))
+
+    whole = fit(config, synthetic_data, on_epoch_end, device=CPU)
+    assert saved == [tmp_path / CHECKPOINT_FILE] and saved[0].is_file()
+    resumed_epochs = []
+    resumed = fit(config, synthetic_data, lambda e, m, s: resumed_epochs.append(e), resume_from=tmp_path, device=CPU)
+    assert resumed_epochs == [3, 4]
+    _assert_same_state(resumed.best_state, whole.best_state)
+    _assert_same_state(resumed.model.state_dict(), whole.model.state_dict())
+    _assert_same_history(resumed.history, whole.history)
+    assert resumed.best_epoch == whole.best_epoch
+
+
+def test_fit_is_seeded(synthetic_data: CxrData) -> None:
+    """What makes the exact-resume comparison meaningful: same seed same weights, another seed other ones."""
+    config = _config(epochs=1, dropout=0.3, augment=0.5, image_size=32)
+    a, b = fit(config, synthetic_data, device=CPU), fit(config, synthetic_data, device=CPU)
+    other = fit(config.replace(seed=1), synthetic_data, device=CPU)
+    _assert_same_state(a.best_state, b.best_state)
+    assert not all(torch.equal(a.best_state[k], other.best_state[k]) for k in a.best_state)
+
+
+def test_resume_rejects_another_config(synthetic_data: CxrData, tmp_path: Path) -> None:
+    config = _config(epochs=1, image_size=32)
+    fit(config, synthetic_data, lambda e, m, save: save(tmp_path), device=CPU)
+    with pytest.raises(InputError, match="another config"):
+        fit(config.replace(lr=1e-3), synthetic_data, resume_from=tmp_path / CHECKPOINT_FILE, device=CPU)
+
+
+def _lrs(config: TrainConfig, data: CxrData) -> list[dict]:
+    return fit(config, data, device=CPU).history
+
+
+def test_step_schedule_in_fit(synthetic_data: CxrData) -> None:
+    history = _lrs(_config(scheduler="step", step_size=1, gamma=0.1, epochs=2, image_size=32), synthetic_data)
+    assert [h["lr"] for h in history] == pytest.approx([3e-3, 3e-4])
+
+
+def test_cosine_warmup_in_fit(synthetic_data: CxrData) -> None:
+    history = _lrs(_config(scheduler="cosine", warmup_epochs=1, epochs=2, image_size=32), synthetic_data)
+    assert [h["lr"] for h in history] == pytest.approx([1.5e-3, 3e-3])
+
+
+def test_plateau_in_fit(synthetic_data: CxrData) -> None:
+    config = _config(scheduler="plateau", plateau_patience=0, gamma=0.1, epochs=3, image_size=32)
+    history = _lrs(config, synthetic_data)
+    lrs, losses = [h["lr"] for h in history], [h["val_loss"] for h in history]
+    assert lrs[:2] == pytest.approx([3e-3, 3e-3])
+    improved = losses[1] < losses[0] * (1 - 1e-4)  # ReduceLROnPlateau's default relative threshold
+    assert lrs[2] == pytest.approx(3e-3 if improved else 3e-4)
+
+
+def test_onecycle_in_fit_uses_exactly_the_batches_it_trains(synthetic_data: CxrData) -> None:
+    n_train = len(synthetic_data.indices("train"))
+    # a batch size that leaves a last batch of 1, which training drops: the schedule must not count it
+    batch_size = next(b for b in range(40, n_train) if n_train % b == 1)
+    steps = n_train // batch_size
+    config = _config(scheduler="onecycle", pct_start=0.3, epochs=2, batch_size=batch_size, image_size=32)
+    history = _lrs(config, synthetic_data)
+
+    reference_opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    reference = torch.optim.lr_scheduler.OneCycleLR(reference_opt, max_lr=config.lr, total_steps=2 * steps, pct_start=0.3)
+    expected = []
+    for _ in range(2):
+        for _ in range(steps):
+            reference_opt.step()
+            reference.step()
+        expected.append(reference_opt.param_groups[0]["lr"])
+    assert [h["lr"] for h in history] == pytest.approx(expected, rel=1e-9)  # lr after each epoch's last step
+    assert history[1]["lr"] < history[0]["lr"] < config.lr
+
+
+def test_fit_needs_train_and_val_rows(synthetic_data: CxrData) -> None:
+    manifest = synthetic_data.manifest.copy()
+    manifest["split"] = manifest["split"].replace("val", "train")
+    with pytest.raises(InputError, match="train and val"):
+        fit(_config(epochs=1), CxrData(synthetic_data.images, manifest), device=CPU)

@@ -1,0 +1,121 @@
+"""cxr.images: decode once into a memory-mapped cache; later loads read the cache only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cxr.images
+from cxr.errors import InputError
+from cxr.images import decode, default_cache_dir, load_images
+
+
+def _write(path: Path, array: np.ndarray) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def _gradients(folder: Path, n: int = 6, size: int = 40, suffix: str = ".png") -> list[str]:
+    rng = np.random.default_rng(0)
+    return [_write(folder / f"img{i}{suffix}", rng.integers(0, 256, (size, size + 7), dtype=np.uint8)) for i in range(n)]
+
+
+def _forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError("decoded an image although the cache holds it")
+
+    monkeypatch.setattr(cxr.images, "decode", boom)
+    monkeypatch.setattr(cxr.images, "_decode_chunk", boom)
+
+
+def _cache_files(cache: Path) -> list[Path]:
+    return sorted(cache.glob("*.npy"))
+
+
+def test_decode_grayscale_square_uint8(tmp_path: Path) -> None:
+    rgb = np.zeros((30, 50, 3), np.uint8)
+    rgb[..., 1] = 200
+    out = decode(_write(tmp_path / "rgb.png", rgb), 16)
+    assert out.shape == (16, 16) and out.dtype == np.uint8
+    assert abs(int(out.mean()) - round(200 * 0.587)) <= 2  # ITU-R 601 luma of pure green
+
+
+def test_decode_16_bit_png_is_not_clipped(tmp_path: Path) -> None:
+    # a 12-bit film stored in a 16-bit PNG: a left-to-right ramp must stay a ramp, not turn white
+    ramp = np.tile(np.linspace(0, 4095, 64), (64, 1)).astype(np.uint16)
+    path = _write(tmp_path / "film16.png", ramp)
+    assert Image.open(path).mode.startswith("I;16")
+    out = decode(path, 32).astype(int)
+    assert out[:, 0].mean() < 20 and out[:, -1].mean() > 235
+    assert 100 < out[:, 16].mean() < 156  # mid-grey mid-ramp
+    assert (np.diff(out.mean(axis=0)) >= 0).all()
+
+
+def test_first_load_matches_decode_and_second_load_decodes_nothing(tmp_path: Path, monkeypatch) -> None:
+    paths, cache = _gradients(tmp_path / "img"), tmp_path / "cache"
+    first = load_images(paths, 24, cache_dir=cache)
+    assert first.shape == (len(paths), 24, 24) and first.dtype == np.uint8
+    for i, path in enumerate(paths):
+        np.testing.assert_array_equal(first[i], decode(path, 24))
+    first = np.array(first)
+    _forbid_decoding(monkeypatch)
+    second = load_images(paths, 24, cache_dir=cache)
+    np.testing.assert_array_equal(second, first)
+    assert isinstance(second, np.memmap)
+    assert len(_cache_files(cache)) == 1
+
+
+def test_other_size_or_order_is_another_entry(tmp_path: Path) -> None:
+    paths, cache = _gradients(tmp_path / "img"), tmp_path / "cache"
+    small, large = load_images(paths, 16, cache_dir=cache), load_images(paths, 32, cache_dir=cache)
+    assert small.shape[-1] == 16 and large.shape[-1] == 32
+    reversed_ = load_images(paths[::-1], 16, cache_dir=cache)
+    np.testing.assert_array_equal(reversed_, small[::-1])
+    assert len(_cache_files(cache)) == 3
+
+
+def test_touched_or_changed_file_gives_a_new_entry(tmp_path: Path, monkeypatch) -> None:
+    paths, cache = _gradients(tmp_path / "img"), tmp_path / "cache"
+    before = np.array(load_images(paths, 24, cache_dir=cache))
+    stat = os.stat(paths[2])
+    os.utime(paths[2], ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))  # touched, same pixels
+    touched = load_images(paths, 24, cache_dir=cache)
+    np.testing.assert_array_equal(touched, before)
+    assert len(_cache_files(cache)) == 2
+    _write(Path(paths[2]), np.full((40, 47), 7, np.uint8))  # changed pixels
+    changed = load_images(paths, 24, cache_dir=cache)
+    assert len(_cache_files(cache)) == 3
+    assert (changed[2] == 7).all()
+    np.testing.assert_array_equal(np.delete(changed, 2, axis=0), np.delete(before, 2, axis=0))
+
+
+def test_process_pool_path_equals_serial_path(tmp_path: Path, monkeypatch) -> None:
+    paths = _gradients(tmp_path / "img", n=12, suffix=".jpeg")
+    serial = load_images(paths, 24, cache_dir=tmp_path / "serial", workers=1)
+    monkeypatch.setattr(cxr.images, "_PARALLEL_MIN_IMAGES", 4)
+    parallel = load_images(paths, 24, cache_dir=tmp_path / "parallel", workers=2)
+    np.testing.assert_array_equal(parallel, serial)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_corrupted_image_raises_naming_the_file_and_leaves_no_cache(tmp_path: Path, monkeypatch, workers) -> None:
+    paths = _gradients(tmp_path / "img", n=5, suffix=".jpeg")
+    good = Path(paths[3]).read_bytes()
+    Path(paths[3]).write_bytes(good[: len(good) // 2])  # truncated JPEG
+    monkeypatch.setattr(cxr.images, "_PARALLEL_MIN_IMAGES", 2)
+    with pytest.raises(InputError, match="img3.jpeg"):
+        load_images(paths, 24, cache_dir=tmp_path / "cache", workers=workers)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_default_cache_dir_follows_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert default_cache_dir() == tmp_path / "elsewhere"
+    paths = _gradients(tmp_path / "img", n=2)
+    load_images(paths, 16)
+    assert len(_cache_files(tmp_path / "elsewhere")) == 1

@@ -30,6 +30,8 @@ def test_indices_partition_the_rows(synthetic_data: CxrData) -> None:
 def test_in_memory_copy(synthetic_data: CxrData) -> None:
     copy = synthetic_data.in_memory()
     assert not isinstance(copy.images, np.memmap) and copy.images.flags["C_CONTIGUOUS"]
+    assert not np.shares_memory(copy.images, synthetic_data.images)  # read into RAM, not a view of the mmap
+    assert copy.images.flags["WRITEABLE"] and copy.images.flags["OWNDATA"]
     np.testing.assert_array_equal(copy.images, synthetic_data.images)
     assert copy.manifest is synthetic_data.manifest
 

@@ -32,6 +32,7 @@ def test_statuses_and_best_first():
     a = trials.set_index("trial_id").loc["a"]
     assert (a["best_val_auroc"], a["last_val_auroc"], a["epochs_run"], a["lr"]) == (0.7, 0.65, 3, 1e-3)
     assert a["best_val_loss"] == min(_epochs([0, 0, 0])["val_loss"])
+    assert (a["best_epoch"], a["at_best_val_auroc"], a["at_best_val_loss"]) == (2, 0.7, 0.5)  # one epoch's row
     assert len(epochs) == 6 and set(epochs["trial_id"]) == {"a", "b", "c"}
 
 

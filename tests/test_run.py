@@ -61,6 +61,9 @@ def test_demo_writes_every_result_file(demo: Path):
     assert test["tp"] + test["fn"] + test["tn"] + test["fp"] == (results.splits["split"] == "test").sum()
     assert 0.0 <= results.test["threshold"] <= 1.0
     assert results.best["trial_id"] == results.trials.iloc[0]["trial_id"]
+    val = results.best["val"]  # all from the best epoch, so the confusion counts add up to the val split
+    assert val["val_tp"] + val["val_fn"] + val["val_tn"] + val["val_fp"] == (results.splits["split"] == "val").sum()
+    assert val["val_spec_at_recall"] == results.best["value"]
 
 
 @pytest.mark.slow

@@ -151,8 +151,9 @@ def _best(trials: pd.DataFrame, records: list, metric: str) -> dict:
         raise RuntimeError(f"no trial reported {metric}: see the error column of trials.parquet")
     row = trials.iloc[0]
     record = next(r for r in records if r.trial_id == row["trial_id"])
-    val = {c[len("best_"):]: row[c] for c in trials.columns if c.startswith("best_val_")}
-    return {"trial_id": row["trial_id"], "metric": metric, "value": float(row[column]), "config": record.config, "val": val}
+    val = {c[len("at_best_"):]: row[c] for c in trials.columns if c.startswith("at_best_val_")}  # one consistent epoch
+    return {"trial_id": row["trial_id"], "metric": metric, "value": float(row[column]), "best_epoch": int(row["best_epoch"]),
+            "config": record.config, "val": val}
 
 
 def _print_leaderboard(trials: pd.DataFrame, metric: str) -> None:

@@ -117,16 +117,24 @@ def build_tables(records: list[TrialRecord], metric: str, max_epochs: int) -> tu
                "time_s": float(epochs["time_total_s"].iloc[-1]) if len(epochs) else 0.0,
                "node_id": _last(epochs, "node_id"), "node_ip": _last(epochs, "node_ip"), "error": record.error}
         row.update(record.config)
-        for column in [c for c in epochs.columns if c.startswith("val_") or c == "gpu_peak_mem_mb"]:
-            best = epochs[column].min() if column.endswith("loss") else epochs[column].max()
-            row[f"best_{column}"] = best
+        scored = [c for c in epochs.columns if c.startswith("val_") or c == "gpu_peak_mem_mb"]
+        for column in scored:
+            if column not in _NOT_RANKED:  # the best of a count or a threshold means nothing
+                row[f"best_{column}"] = epochs[column].min() if column.endswith("loss") else epochs[column].max()
             row[f"last_{column}"] = epochs[column].iloc[-1]
+        if metric in epochs and epochs[metric].notna().any():
+            at_best = epochs.loc[epochs[metric].idxmax()]
+            row["best_epoch"] = int(at_best["epoch"])
+            row.update({f"at_best_{c}": at_best[c] for c in scored})
         rows.append(row)
     trials = pd.DataFrame(rows)
     if f"best_{metric}" in trials:
         trials = trials.sort_values(f"best_{metric}", ascending=False, na_position="last", kind="stable")
     epochs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return trials.reset_index(drop=True), epochs
+
+
+_NOT_RANKED = {"val_tp", "val_fp", "val_tn", "val_fn", "val_threshold", "val_threshold_at_recall"}
 
 
 def _status(record: TrialRecord, max_epochs: int) -> str:

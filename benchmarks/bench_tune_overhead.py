@@ -1,0 +1,209 @@
+"""Issue 3: training throughput of one trial under Ray Tune versus cxr.engine.fit called directly.
+
+Same TrainConfig, same data (a seeded subset of the real kermany224 train split, re-split by patient as
+the product does), same 2 CPUs, one script:
+
+  direct: fit(config, data, on_epoch_end=...) in this process, collecting train_images_per_s per epoch.
+  tune:   a ray.tune.Tuner over tune.search._train_trial bound with ray_tune.with_parameters and
+          with_resources({"cpu": cpus}) as tune.search.run_search binds it (see product_trainable), with the
+          product's per-epoch report + checkpoint -- 1 sample, FIFO; train_images_per_s from metrics_dataframe.
+
+train_images_per_s is measured by the engine around the training pass only (validation, reporting and
+checkpointing excluded), so the whole-trial wall time is reported as well.
+
+    CXR_CACHE_DIR=benchmarks/out/cache python benchmarks/bench_tune_overhead.py [--backbone resnet18] [--train-images 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "kermany224"
+DEFAULT_WEIGHTS = REPO.parent / "shared" / "weights"
+OUT = REPO / "benchmarks" / "out"
+
+from cpuload import ForeignLoad, wait_for_quiet  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
+
+
+def subset(data, n_train: int, n_val: int, seed: int):
+    """A seeded subset of the train and val rows (splits stay patient-disjoint: they are the product's split)."""
+    import numpy as np
+
+    from cxr.dataset import CxrData
+
+    rng = np.random.default_rng(seed)
+    train, val = data.indices("train"), data.indices("val")
+    keep = np.sort(np.concatenate([rng.choice(train, min(n_train, len(train)), replace=False),
+                                   rng.choice(val, min(n_val, len(val)), replace=False)]))
+    return CxrData(np.ascontiguousarray(data.images[keep]), data.manifest.iloc[keep].reset_index(drop=True))
+
+
+def run_direct(config, data, weights_dir) -> dict:
+    import torch
+
+    from cxr.engine import fit
+
+    epochs = []
+    t = time.perf_counter()
+    fit(config, data, lambda epoch, metrics, _save: epochs.append(metrics), weights_dir=weights_dir)
+    return {"wall_s": time.perf_counter() - t, "ips": [m["train_images_per_s"] for m in epochs],
+            "epoch_s": [m["epoch_time_s"] for m in epochs], "threads": torch.get_num_threads()}
+
+
+def product_trainable(config, data, weights_dir, cpus: float, storage: Path):
+    """tune.search._train_trial bound to its parameters the way tune.search.run_search binds it.
+
+    tune/search.py was reworked while this benchmark was written; the known signatures are
+    _train_trial(config, data, weights_dir) and _train_trial(config, context), context a tune.search._TrialContext
+    whose fields (data_ref, weights_dir or weight_refs, workers, cpus, gpus, storage_path) are filled by name,
+    with the data and weights put in the object store by search.share / search.share_weights as the product does."""
+    import dataclasses
+    import inspect
+
+    import ray
+    from ray import tune as ray_tune
+
+    from tune import search
+
+    params = list(inspect.signature(search._train_trial).parameters)[1:]
+    if params == ["data", "weights_dir"]:
+        bound = ray_tune.with_parameters(search._train_trial, data=data.in_memory(), weights_dir=weights_dir)
+    elif params == ["context"]:
+        def weight_refs():
+            if not config.pretrained:
+                return {}
+            from cxr.models import pretrained_state
+
+            return search.share_weights({config.backbone: pretrained_state(config.backbone, weights_dir)})
+
+        known = {
+            "data_ref": lambda: search.share(data) if hasattr(search, "share") else ray.put(data.in_memory()),
+            "weights_dir": lambda: weights_dir, "weight_refs": weight_refs, "workers": lambda: 1,
+            "cpus": lambda: float(cpus), "gpus": lambda: 0.0, "storage_path": lambda: str(storage.resolve()),
+        }
+        fields = [f.name for f in dataclasses.fields(search._TrialContext)]
+        missing = [f for f in fields if f not in known]
+        if missing:
+            raise RuntimeError(f"tune.search._TrialContext has fields this benchmark does not know: {missing}")
+        context = search._TrialContext(**{f: known[f]() for f in fields})
+        bound = ray_tune.with_parameters(search._train_trial, context=context)
+    else:
+        raise RuntimeError(f"unknown signature of tune.search._train_trial: {inspect.signature(search._train_trial)}")
+    return ray_tune.with_resources(bound, {"cpu": cpus, "gpu": 0})
+
+
+def run_tune(config, data, weights_dir, cpus: float, storage: Path) -> dict:
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    trainable = product_trainable(config, data, weights_dir, cpus, storage)
+    tuner = ray_tune.Tuner(
+        trainable,
+        param_space=config.to_dict(),
+        tune_config=ray_tune.TuneConfig(num_samples=1, scheduler=FIFOScheduler()),
+        run_config=ray_tune.RunConfig(name="tune", storage_path=str(storage.resolve()),
+                                      checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+                                      failure_config=ray_tune.FailureConfig(max_failures=0), verbose=0),
+    )
+    t = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t
+    result = grid[0]
+    if result.error is not None:
+        raise RuntimeError(f"the Tune trial failed: {result.error}")
+    df = result.metrics_dataframe
+    return {"wall_s": wall, "ips": df["train_images_per_s"].tolist(), "epoch_s": df["epoch_time_s"].tolist(),
+            "trial_s": float(df["time_total_s"].iloc[-1])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    p.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS), help="used when --pretrained")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--pretrained", action="store_true", help="ImageNet weights from --weights-dir (e.g. tf_efficientnet_lite0)")
+    p.add_argument("--unfrozen-blocks", type=int, default=None, help="default: every block trains")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--train-images", type=int, default=1024, help="subset of the train split (0: all)")
+    p.add_argument("--val-images", type=int, default=256, help="subset of the val split (0: all)")
+    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--quiet-wait", type=float, default=120.0,
+                   help="before each run, wait up to this many seconds for other processes to leave the CPUs idle")
+    p.add_argument("--order", default="direct,tune,tune,direct", help="order of the runs (ABBA cancels slow drifts in load)")
+    args = p.parse_args(argv)
+
+    import ray
+
+    from cxr.config import TrainConfig
+    from cxr.dataset import load_dataset
+
+    cache = Path(os.environ.get("CXR_CACHE_DIR", OUT / "cache"))
+    full = load_dataset(args.data_dir, image_size=args.image_size, cache_dir=cache)
+    n_train = args.train_images or len(full.indices("train"))
+    n_val = args.val_images or len(full.indices("val"))
+    data = subset(full, n_train, n_val, seed=0)
+    config = TrainConfig(backbone=args.backbone, pretrained=args.pretrained, unfrozen_blocks=args.unfrozen_blocks,
+                         lr=1e-3, scheduler="cosine", batch_size=args.batch_size, image_size=args.image_size,
+                         epochs=args.epochs, augment=0.3, early_stopping_patience=0, monitor="val_spec_at_recall")
+    weights_dir = str(Path(args.weights_dir).resolve()) if args.pretrained else None
+    print(f"data: {len(data.indices('train'))} train / {len(data.indices('val'))} val images at {args.image_size} px; "
+          f"config: {config.backbone} pretrained={config.pretrained} unfrozen_blocks={config.unfrozen_blocks} "
+          f"batch {config.batch_size} epochs {config.epochs}; cpus {args.cpus}", flush=True)
+
+    storage = OUT / "tune_overhead" / time.strftime("%Y%m%d-%H%M%S")
+    storage.mkdir(parents=True, exist_ok=True)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING")
+    runs: dict[str, list[dict]] = {"direct": [], "tune": []}
+    try:
+        for i, kind in enumerate(args.order.split(",")):
+            before = wait_for_quiet(args.quiet_wait) if args.quiet_wait > 0 else float("nan")
+            print(f"\n[{kind}] run {i + 1} ... (other processes used {before:.2f} cores just before)", flush=True)
+            with ForeignLoad() as load:
+                if kind == "direct":
+                    r = run_direct(config, data, weights_dir)
+                else:
+                    r = run_tune(config, data, weights_dir, args.cpus, storage / f"run{i + 1}")
+            r["foreign_cores"] = load.cores
+            runs[kind].append(r)
+            print(f"[{kind}] images/s per epoch {[round(v, 1) for v in r['ips']]}  epoch s {[round(v, 1) for v in r['epoch_s']]}  "
+                  f"wall {r['wall_s']:.1f} s" + (f"  (trial's own time_total_s {r['trial_s']:.1f} s)" if "trial_s" in r else "")
+                  + (f"  torch threads {r['threads']}" if "threads" in r else "")
+                  + f"  other processes used {r['foreign_cores']:.2f} of {os.cpu_count()} cores", flush=True)
+    finally:
+        ray.shutdown()
+
+    if not runs["direct"] or not runs["tune"]:
+        print("\nno ratio: --order must hold both direct and tune")
+        return 0
+
+    def mean_ips(kind: str, skip_first: bool) -> float:
+        return statistics.mean(v for r in runs[kind] for v in (r["ips"][1:] if skip_first and len(r["ips"]) > 1 else r["ips"]))
+
+    print("\nsummary (means over runs and epochs; best = the fastest epoch of each path, the least disturbed):")
+    for skip in (False, True):
+        label = "epochs 2.." if skip else "all epochs"
+        d, t = mean_ips("direct", skip), mean_ips("tune", skip)
+        print(f"  {label:10s}: direct {d:.1f} img/s  tune {t:.1f} img/s  ratio tune/direct {t / d:.3f} "
+              f"(target >= 0.9: {'met' if t / d >= 0.9 else 'NOT met'})")
+    bd = max(v for r in runs["direct"] for v in r["ips"][1:] or r["ips"])
+    bt = max(v for r in runs["tune"] for v in r["ips"][1:] or r["ips"])
+    print(f"  best epoch 2..: direct {bd:.1f} img/s  tune {bt:.1f} img/s  ratio tune/direct {bt / bd:.3f}")
+    print(f"  other processes' CPU use during the runs (cores): "
+          f"direct {[round(r['foreign_cores'], 2) for r in runs['direct']]}  tune {[round(r['foreign_cores'], 2) for r in runs['tune']]}")
+    dw = statistics.mean(r["wall_s"] for r in runs["direct"])
+    tw = statistics.mean(r["wall_s"] for r in runs["tune"])
+    ts = statistics.mean(r["trial_s"] for r in runs["tune"])
+    print(f"  whole trial: direct fit() {dw:.1f} s; Tuner.fit() {tw:.1f} s (ratio direct/tune {dw / tw:.3f}); "
+          f"trial's own time_total_s {ts:.1f} s (ratio direct/trial {dw / ts:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

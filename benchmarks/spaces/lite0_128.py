@@ -1,0 +1,28 @@
+"""Real-data benchmark space: EfficientNet-Lite0 (ImageNet weights via --weights-dir) at 128 px, 3 epochs.
+
+Small enough for a 2-core CPU: only the backbone, image size, batch size and epoch budget are fixed;
+the optimisation keys are searched over the same ranges as search_spaces/full.py (lr a little narrower).
+"""
+
+from cxr.models import count_blocks
+
+BACKBONE = "tf_efficientnet_lite0"
+
+
+def space(trial):
+    trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+    scheduler = trial.suggest_categorical("scheduler", ["cosine", "onecycle", "step"])
+    if scheduler == "step":
+        trial.suggest_int("step_size", 2, 10)
+        trial.suggest_float("gamma", 0.05, 0.5)
+    elif scheduler == "cosine":
+        trial.suggest_int("warmup_epochs", 0, 3)
+    else:
+        trial.suggest_float("pct_start", 0.1, 0.4)
+    trial.suggest_float("dropout", 0.0, 0.4)
+    trial.suggest_int("unfrozen_blocks", 0, count_blocks(BACKBONE))
+    trial.suggest_float("augment", 0.0, 0.6)
+    return {
+        "backbone": BACKBONE, "pretrained": True, "image_size": 128, "batch_size": 64,
+        "epochs": 3, "early_stopping_patience": 0,
+    }

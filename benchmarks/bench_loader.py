@@ -93,7 +93,8 @@ def bench_cache(args, paths: list[str], mean, std) -> dict:
 
 def bench_torchvision(args, mean, std) -> dict:
     import torch
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     size = args.size
     if args.no_augment:
@@ -134,7 +135,6 @@ def bench_torchvision(args, mean, std) -> dict:
 def main() -> None:
     args = parse_args()
     import torch
-
     from torchvision import datasets
 
     if not args.data.is_dir():

@@ -30,7 +30,7 @@ class CxrData:
 
     def in_memory(self) -> "CxrData":
         """A copy with the images read into RAM, for shipping through an object store."""
-        return CxrData(np.ascontiguousarray(self.images), self.manifest)
+        return CxrData(np.array(self.images, order="C"), self.manifest)  # ascontiguousarray would return a view
 
 
 def load_dataset(

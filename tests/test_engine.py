@@ -20,10 +20,10 @@ TIMING_KEYS = {"train_images_per_s", "epoch_time_s"}
 
 
 def _config(**changes) -> TrainConfig:
-    base = dict(
-        backbone="test_efficientnet", pretrained=False, lr=3e-3, scheduler="cosine", epochs=8, batch_size=32,
-        augment=0.3, monitor="val_auroc", early_stopping_patience=0, image_size=64,
-    )
+    base = {
+        "backbone": "test_efficientnet", "pretrained": False, "lr": 3e-3, "scheduler": "cosine", "epochs": 8,
+        "batch_size": 32, "augment": 0.3, "monitor": "val_auroc", "early_stopping_patience": 0, "image_size": 64,
+    }
     return TrainConfig(**{**base, **changes})
 
 
@@ -45,8 +45,8 @@ def _assert_same_history(a: list[dict], b: list[dict]) -> None:
 
 def _assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key].cpu(), b[key].cpu()), key
+    for key, value in a.items():
+        assert torch.equal(value.cpu(), b[key].cpu()), key
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_history_has_every_monitor_and_the_bookkeeping(trained: FitResult, synth
 
 def test_early_stopping_patience_one(synthetic_data: CxrData) -> None:
     """With patience 1 a run goes on exactly as long as every epoch beats the best so far."""
-    config = _config(epochs=6, early_stopping_patience=1, monitor="val_loss", image_size=32, lr=1e-2)
+    config = _config(epochs=4, early_stopping_patience=1, monitor="val_loss", image_size=32, lr=1e-2)
     history = fit(config, synthetic_data, device=CPU).history
     losses = [h["val_loss"] for h in history]
     for i in range(1, len(losses) - 1):
@@ -109,10 +109,10 @@ def test_predict_gives_probabilities_of_the_best_model(trained: FitResult, synth
 
 
 RESUME_SCHEDULES = {
-    "cosine": dict(scheduler="cosine", warmup_epochs=1),
-    "step": dict(scheduler="step", step_size=1, gamma=0.5),
-    "plateau": dict(scheduler="plateau", plateau_patience=0, gamma=0.5),
-    "onecycle": dict(scheduler="onecycle", pct_start=0.3),
+    "cosine": {"scheduler": "cosine", "warmup_epochs": 1},
+    "step": {"scheduler": "step", "step_size": 1, "gamma": 0.5},
+    "plateau": {"scheduler": "plateau", "plateau_patience": 0, "gamma": 0.5},
+    "onecycle": {"scheduler": "onecycle", "pct_start": 0.3},
 }
 
 
@@ -151,6 +151,19 @@ def test_resume_rejects_another_config(synthetic_data: CxrData, tmp_path: Path) 
     fit(config, synthetic_data, lambda e, m, save: save(tmp_path), device=CPU)
     with pytest.raises(InputError, match="another config"):
         fit(config.replace(lr=1e-3), synthetic_data, resume_from=tmp_path / CHECKPOINT_FILE, device=CPU)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.UndefinedMetricWarning")
+def test_early_stopping_stops_after_patience_epochs_without_improvement(synthetic_data: CxrData) -> None:
+    manifest = synthetic_data.manifest.copy()
+    negatives_in_val = (manifest["split"] == "val") & (manifest["label"] == 0)
+    manifest.loc[negatives_in_val, "split"] = "train"  # val of one class: val_auroc is nan, never an improvement
+    config = _config(epochs=5, early_stopping_patience=2, monitor="val_auroc", image_size=32)
+    result = fit(config, CxrData(synthetic_data.images, manifest), device=CPU)
+    assert len(result.history) == 2
+    assert all(math.isnan(h["val_auroc"]) for h in result.history)
+    assert [h["stopped_early"] for h in result.history] == [False, True]
+    assert result.best_epoch == 0 and result.best_metrics == {}
 
 
 def _lrs(config: TrainConfig, data: CxrData) -> list[dict]:

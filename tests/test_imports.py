@@ -35,6 +35,6 @@ def test_importing_cxr_loads_neither_ray_nor_optuna() -> None:
         f"assert not bad, bad\n"
         f"print('ok', len({modules!r}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == f"ok {len(modules)}"

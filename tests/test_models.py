@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def test_trainable_parameters_grow_with_unfrozen_blocks(backbone: str) -> None:
         head = list(model.backbone.get_classifier().parameters())
         assert head and all(p.requires_grad for p in head), f"head frozen at unfrozen_blocks={k}"
         counts.append(_trainable(model))
-    assert all(a < b for a, b in zip(counts, counts[1:])), counts
+    assert all(a < b for a, b in itertools.pairwise(counts)), counts
     with torch.device("meta"):
         everything = create_model(backbone, pretrained=False, unfrozen_blocks=None)
     total = sum(p.numel() for p in everything.parameters())

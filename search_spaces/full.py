@@ -1,6 +1,7 @@
 """The product's space: six ImageNet backbones fine-tuned at 224 px, with the two reference projects first."""
 
 from cxr.models import count_blocks
+from search_spaces._schedulers import suggest_scheduler
 
 BACKBONES = ["tf_efficientnetv2_s", "densenet121", "resnet50", "convnext_tiny", "efficientnet_b0", "resnet18"]
 
@@ -24,17 +25,7 @@ def space(trial):
     trial.suggest_float("lr", 1e-5, 3e-3, log=True)
     trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
     trial.suggest_categorical("optimizer", ["adam", "adamw"])
-    scheduler = trial.suggest_categorical("scheduler", ["step", "plateau", "cosine", "onecycle"])
-    if scheduler == "step":
-        trial.suggest_int("step_size", 2, 10)
-        trial.suggest_float("gamma", 0.05, 0.5)
-    elif scheduler == "plateau":
-        trial.suggest_int("plateau_patience", 1, 4)
-        trial.suggest_float("gamma", 0.05, 0.5)
-    elif scheduler == "cosine":
-        trial.suggest_int("warmup_epochs", 0, 3)
-    else:
-        trial.suggest_float("pct_start", 0.1, 0.4)
+    suggest_scheduler(trial, ["step", "plateau", "cosine", "onecycle"])
     trial.suggest_float("dropout", 0.0, 0.5)
     trial.suggest_int("unfrozen_blocks", 0, count_blocks(backbone))
     trial.suggest_categorical("batch_size", [16, 32, 64])

@@ -76,7 +76,7 @@ def run_experiment(experiment: Experiment, *, resume: bool = False) -> int:
         config = TrainConfig.from_dict(best["config"])
         print(f"\nretraining the best trial {best['trial_id']} for up to {config.epochs} epochs ...", flush=True)
         report = search.retrain(config, data_ref, weight_refs, settings)
-        write_final(paths, report, config.to_dict(), report.fit.best_state)
+        write_final(paths, report, config.to_dict())
         _print_final(report.summary(), paths)
         return 0
     finally:

@@ -71,10 +71,10 @@ def write_table(path: Path, frame: pd.DataFrame) -> None:
     frame.to_parquet(path, index=False)
 
 
-def write_final(paths: ExperimentPaths, report: FinalReport, config: dict, state: dict) -> None:
+def write_final(paths: ExperimentPaths, report: FinalReport, config: dict) -> None:
     """final/: the model's weights and config, metrics.json, predictions and the retrain's history."""
     paths.final.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(paths.model))
+    save_file({k: v.contiguous() for k, v in report.fit.best_state.items()}, str(paths.model))
     write_json(paths.model_config, {"config": config, "rebuild": "cxr.models.create_model(config['backbone'], "
                "pretrained=False, dropout=config['dropout'], unfrozen_blocks=config['unfrozen_blocks']) then "
                "load_state_dict(safetensors.torch.load_file('model.safetensors'))"})

@@ -5,20 +5,14 @@ the optimisation keys are searched over the same ranges as search_spaces/full.py
 """
 
 from cxr.models import count_blocks
+from search_spaces._schedulers import suggest_scheduler
 
 BACKBONE = "tf_efficientnet_lite0"
 
 
 def space(trial):
     trial.suggest_float("lr", 1e-4, 3e-3, log=True)
-    scheduler = trial.suggest_categorical("scheduler", ["cosine", "onecycle", "step"])
-    if scheduler == "step":
-        trial.suggest_int("step_size", 2, 10)
-        trial.suggest_float("gamma", 0.05, 0.5)
-    elif scheduler == "cosine":
-        trial.suggest_int("warmup_epochs", 0, 3)
-    else:
-        trial.suggest_float("pct_start", 0.1, 0.4)
+    suggest_scheduler(trial, ["cosine", "onecycle", "step"])
     trial.suggest_float("dropout", 0.0, 0.4)
     trial.suggest_int("unfrozen_blocks", 0, count_blocks(BACKBONE))
     trial.suggest_float("augment", 0.0, 0.6)

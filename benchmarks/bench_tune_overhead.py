@@ -4,7 +4,7 @@ Same TrainConfig, same data (a seeded subset of the real kermany224 train split,
 the product does), same 2 CPUs, one script:
 
   direct: fit(config, data, on_epoch_end=...) in this process, collecting train_images_per_s per epoch.
-  tune:   a ray.tune.Tuner over tune.search._train_trial bound with ray_tune.with_parameters and
+  tune:   a ray.tune.Tuner over tune.trainable.train_trial bound with ray_tune.with_parameters and
           with_resources({"cpu": cpus}) as tune.search.run_search binds it (see product_trainable), with the
           product's per-epoch report + checkpoint -- 1 sample, FIFO; train_images_per_s from metrics_dataframe.
 
@@ -56,45 +56,18 @@ def run_direct(config, data, weights_dir) -> dict:
 
 
 def product_trainable(config, data, weights_dir, cpus: float, storage: Path):
-    """tune.search._train_trial bound to its parameters the way tune.search.run_search binds it.
-
-    tune/search.py was reworked while this benchmark was written; the known signatures are
-    _train_trial(config, data, weights_dir) and _train_trial(config, context), context a tune.search._TrialContext
-    whose fields (data_ref, weights_dir or weight_refs, workers, cpus, gpus, storage_path) are filled by name,
-    with the data and weights put in the object store by search.share / search.share_weights as the product does."""
-    import dataclasses
-    import inspect
-
-    import ray
+    """tune.trainable.train_trial bound to its parameters the way tune.search.run_search binds it, with the data
+    and weights put in the object store by tune.cluster.share / share_weights as the product does."""
     from ray import tune as ray_tune
 
-    from tune import search
+    from cxr.models import pretrained_state
+    from tune import cluster
+    from tune.trainable import TrialContext, train_trial
 
-    params = list(inspect.signature(search._train_trial).parameters)[1:]
-    if params == ["data", "weights_dir"]:
-        bound = ray_tune.with_parameters(search._train_trial, data=data.in_memory(), weights_dir=weights_dir)
-    elif params == ["context"]:
-        def weight_refs():
-            if not config.pretrained:
-                return {}
-            from cxr.models import pretrained_state
-
-            return search.share_weights({config.backbone: pretrained_state(config.backbone, weights_dir)})
-
-        known = {
-            "data_ref": lambda: search.share(data) if hasattr(search, "share") else ray.put(data.in_memory()),
-            "weights_dir": lambda: weights_dir, "weight_refs": weight_refs, "workers": lambda: 1,
-            "cpus": lambda: float(cpus), "gpus": lambda: 0.0, "storage_path": lambda: str(storage.resolve()),
-        }
-        fields = [f.name for f in dataclasses.fields(search._TrialContext)]
-        missing = [f for f in fields if f not in known]
-        if missing:
-            raise RuntimeError(f"tune.search._TrialContext has fields this benchmark does not know: {missing}")
-        context = search._TrialContext(**{f: known[f]() for f in fields})
-        bound = ray_tune.with_parameters(search._train_trial, context=context)
-    else:
-        raise RuntimeError(f"unknown signature of tune.search._train_trial: {inspect.signature(search._train_trial)}")
-    return ray_tune.with_resources(bound, {"cpu": cpus, "gpu": 0})
+    weights = {config.backbone: pretrained_state(config.backbone, weights_dir)} if config.pretrained else {}
+    context = TrialContext(cluster.share(data), cluster.share_weights(weights), workers=1, cpus=float(cpus), gpus=0.0,
+                           storage_path=str(storage.resolve()))
+    return ray_tune.with_resources(ray_tune.with_parameters(train_trial, context=context), {"cpu": cpus, "gpu": 0})
 
 
 def run_tune(config, data, weights_dir, cpus: float, storage: Path) -> dict:

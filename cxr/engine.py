@@ -198,13 +198,18 @@ class _Run:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
 
 
-def predict(model: CxrNet, images: np.ndarray, *, batch_size: int = 64, image_size: int | None = None) -> np.ndarray:
-    """Pneumonia probabilities for (N, H, W) uint8 grayscale images, normalised as the backbone expects."""
+def predict(model: CxrNet, images: np.ndarray, *, batch_size: int = 64, image_size: int | None = None,
+            tta: bool = False) -> np.ndarray:
+    """Pneumonia probabilities for (N, H, W) uint8 grayscale images, normalised as the backbone expects;
+    with tta the mean of the film's and its horizontal mirror's probabilities."""
     device = next(model.parameters()).device
     dc = data_config(model)
     pipeline = BatchPipeline(image_size or images.shape[-1], dc["mean"], dc["std"]).to(device)
     amp = device.type == "cuda"
     probs, _ = _predict(model, pipeline, images, np.arange(len(images)), batch_size, amp)
+    if tta:
+        mirrored = np.ascontiguousarray(np.asarray(images)[..., ::-1])
+        probs = (probs + _predict(model, pipeline, mirrored, np.arange(len(images)), batch_size, amp)[0]) / 2
     return probs
 
 

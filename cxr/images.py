@@ -100,3 +100,13 @@ def _stretch_to_8bit(values: np.ndarray) -> Image.Image:
     lo, hi = float(values.min()), float(values.max())
     scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
     return Image.fromarray(np.round(scaled).astype(np.uint8))
+
+
+def resize_array(values: np.ndarray, size: int) -> np.ndarray:
+    """A 2-D grayscale array (uint8 as is; any other dtype stretched by its own min..max) as (size, size) uint8."""
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale array, got shape {values.shape}")
+    image = Image.fromarray(values) if values.dtype == np.uint8 else _stretch_to_8bit(values.astype(np.float64))
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+

@@ -16,7 +16,7 @@ from cxr.errors import InputError
 from cxr.images import default_cache_dir
 from cxr.models import pretrained_state
 from cxr.synthetic import make_synthetic
-from tune import search
+from tune import cluster, search
 from tune.results import ExperimentPaths, build_tables, read_json, write_final, write_json, write_table
 from tune.spaces import load_space, validate
 
@@ -58,14 +58,14 @@ def run_experiment(experiment: Experiment, *, resume: bool = False) -> int:
     checked = validate(space, seed=experiment.seed)
     data = _load_data(experiment, checked.image_size)
     weights = {b: pretrained_state(b, experiment.weights_dir) for b in sorted(checked.pretrained_backbones)}
-    search.connect(experiment.address)
+    cluster.connect(experiment.address)
     try:
-        search.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial, experiment.workers_per_trial)
+        cluster.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial, experiment.workers_per_trial)
         settings = _settings(experiment, checked.max_epochs, paths)
-        search.check_storage(settings.storage_path)
+        cluster.check_storage(settings.storage_path)
         if not resume:
             _create(paths, experiment, data)
-        data_ref, weight_refs = search.share(data), search.share_weights(weights)
+        data_ref, weight_refs = cluster.share(data), cluster.share_weights(weights)
         records = search.run_search(settings, space, checked, data_ref, weight_refs, resume=resume)
         trials, epochs = build_tables(records, experiment.metric, checked.max_epochs)
         write_table(paths.trials, trials)
@@ -80,7 +80,7 @@ def run_experiment(experiment: Experiment, *, resume: bool = False) -> int:
         _print_final(report.summary(), paths)
         return 0
     finally:
-        search.shutdown()
+        cluster.shutdown()
 
 
 def _resolve(experiment: Experiment, resume: bool) -> Experiment:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ import pandas as pd
 from safetensors.torch import save_file
 
 from cxr.evaluate import FinalReport
+from cxr.jsonio import read_json, write_json  # noqa: F401  (re-exported: tune modules read/write JSON here)
 
 
 @dataclass(frozen=True)
@@ -55,17 +54,6 @@ def load(path: str | Path) -> Results:
     )
 
 
-def write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_jsonable(value), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
 def write_table(path: Path, frame: pd.DataFrame) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
@@ -81,19 +69,6 @@ def write_final(paths: ExperimentPaths, report: FinalReport, config: dict) -> No
     write_json(paths.metrics, report.summary())
     write_table(paths.predictions, report.predictions)
     write_table(paths.history, pd.DataFrame(report.fit.history))
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN is not JSON: write it as null."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 @dataclass

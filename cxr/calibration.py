@@ -1,9 +1,12 @@
-"""Temperature scaling of pneumonia probabilities: one parameter T fitted on val, q = sigmoid(logit(p) / T)."""
+"""Calibration: temperature scaling (one parameter T fitted on val, q = sigmoid(logit(p) / T)) and how well
+probabilities match observed rates (ECE, Brier, log-loss, reliability curve)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss, log_loss
 
 _EPS = 1e-7
 
@@ -28,3 +31,30 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
 
     best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(best.x))
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """ECE: the image-weighted mean |observed pneumonia rate - mean probability| over equal-width bins."""
+    y, p = np.asarray(labels, dtype=np.float64), np.asarray(probs, dtype=np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        total += inside.sum() * abs(y[inside].mean() - p[inside].mean())
+    return float(total / max(1, len(p)))
+
+
+def calibration_summary(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """ECE (15 bins), Brier score and log-loss of probabilities against labels (lower is better for all)."""
+    y, p = np.asarray(labels, dtype=int), np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1 - _EPS)
+    return {
+        "ece": expected_calibration_error(y, p),
+        "brier": float(brier_score_loss(y, p)),
+        "log_loss": float(log_loss(y, p, labels=[0, 1])),
+    }
+
+
+def reliability_curve(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> tuple[np.ndarray, np.ndarray]:
+    """(mean probability, observed rate) per non-empty bin, for a reliability diagram."""
+    observed, predicted = calibration_curve(np.asarray(labels, dtype=int), np.asarray(probs), n_bins=bins)
+    return predicted, observed

@@ -28,6 +28,7 @@ class TrainConfig:
     warmup_epochs: int = 0  # cosine: linear warm-up epochs
     pct_start: float = 0.3  # onecycle: fraction of steps spent increasing the LR
     dropout: float = 0.0
+    ema_decay: float = 0.0  # exponential moving average of the weights (timm ModelEmaV3, with warm-up); 0: off
     unfrozen_blocks: int | None = None  # None: everything trains
     batch_size: int = 32
     image_size: int = 224
@@ -85,6 +86,7 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "warmup_epochs": (int, lambda v: v >= 0, "an integer >= 0"),
     "pct_start": (float, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
     "dropout": (float, lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "ema_decay": (float, lambda v: 0 <= v < 1, "a decay in [0, 1) (0 turns the weight average off)"),
     "unfrozen_blocks": (int, lambda v: v >= 0, "an integer >= 0, or null for all blocks"),
     "batch_size": (int, _between(2, 65536), "an integer in [2, 65536] (training drops batches of 1)"),
     "image_size": (int, _between(16, 2048), "an integer in [16, 2048]"),

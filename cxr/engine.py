@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 from cxr.augment import BatchPipeline
@@ -93,19 +94,23 @@ class _Run:
         pos_weight = config.pos_weight or (labels == 0).sum() / max(1, (labels == 1).sum())
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight), device=device))
         self.optimizer = build_optimizer(self.model, config)
+        # validation, the best state and prediction use the weight average when it is on
+        self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True) if config.ema_decay > 0 else None
+        self.eval_model = self.ema.module if self.ema is not None else self.model
+        self.steps = 0
         self.steps_per_epoch = len(self.train_idx) // config.batch_size + (len(self.train_idx) % config.batch_size > 1)
         self.scheduler = build_scheduler(self.optimizer, config, max(1, self.steps_per_epoch))
         self.sampler = torch.Generator().manual_seed(config.seed)
         self.epoch, self.history, self.stopped = 0, [], False
         self.best_value, self.best_epoch, self.bad_epochs = math.nan, 0, 0
-        self.best_state = _cpu_copy(self.model.state_dict())
+        self.best_state = _cpu_copy(self.eval_model.state_dict())
 
     def train_one_epoch(self) -> dict:
         start = time.perf_counter()
         train_loss = self._train_pass()
         train_time = time.perf_counter() - start
         val_probs, val_loss = _predict(
-            self.model, self.pipeline, self.data.images, self.val_idx, self.config.batch_size, self.amp,
+            self.eval_model, self.pipeline, self.data.images, self.val_idx, self.config.batch_size, self.amp,
             (self.labels, self.loss_fn),
         )
         val = compute_metrics(self.labels[self.val_idx], val_probs, 0.5, self.config.target_recall)
@@ -138,6 +143,9 @@ class _Run:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            self.steps += 1
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.steps)
             if self.config.scheduler == "onecycle":
                 self.scheduler.step()
             total += loss.item() * len(batch)
@@ -158,7 +166,7 @@ class _Run:
         )
         if improved:
             self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
-            self.best_state = _cpu_copy(self.model.state_dict())
+            self.best_state = _cpu_copy(self.eval_model.state_dict())
         else:
             self.bad_epochs += 1
         patience = self.config.early_stopping_patience
@@ -176,6 +184,7 @@ class _Run:
                 "best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
                 "stopped": self.stopped, "rng_torch": torch.get_rng_state(), "rng_sampler": self.sampler.get_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "ema": self.ema.module.state_dict() if self.ema is not None else {}, "steps": self.steps,
             },
             path,
         )
@@ -187,6 +196,9 @@ class _Run:
         if state["config"] != self.config.to_dict():
             raise InputError(f"checkpoint {path} was written with another config: resume with the same config")
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        self.steps = state["steps"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.history, self.stopped = state["epoch"], state["history"], state["stopped"]

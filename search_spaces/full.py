@@ -9,12 +9,12 @@ BACKBONES = ["tf_efficientnetv2_s", "densenet121", "resnet50", "convnext_tiny", 
 BASELINES = [
     {  # EfficientNetV2-S: Adam 1e-4, StepLR(5, 0.1), batch 32, every block trains
         "backbone": "tf_efficientnetv2_s", "lr": 1e-4, "weight_decay": 1e-6, "optimizer": "adam",
-        "scheduler": "step", "step_size": 5, "gamma": 0.1, "dropout": 0.2,
+        "scheduler": "step", "step_size": 5, "gamma": 0.1, "dropout": 0.2, "ema_decay": 0.0,
         "unfrozen_blocks": count_blocks("tf_efficientnetv2_s"), "batch_size": 32, "augment": 0.5,
     },
     {  # DenseNet121: Adam 1e-4, ReduceLROnPlateau, Dropout(0.3), only denseblock3/4 (+ head) train
         "backbone": "densenet121", "lr": 1e-4, "weight_decay": 1e-6, "optimizer": "adam",
-        "scheduler": "plateau", "plateau_patience": 2, "gamma": 0.1, "dropout": 0.3,
+        "scheduler": "plateau", "plateau_patience": 2, "gamma": 0.1, "dropout": 0.3, "ema_decay": 0.0,
         "unfrozen_blocks": 2, "batch_size": 32, "augment": 0.5,
     },
 ]
@@ -27,6 +27,7 @@ def space(trial):
     trial.suggest_categorical("optimizer", ["adam", "adamw"])
     suggest_scheduler(trial, ["step", "plateau", "cosine", "onecycle"])
     trial.suggest_float("dropout", 0.0, 0.5)
+    trial.suggest_categorical("ema_decay", [0.0, 0.999])  # weight averaging: cheap, known to help on shifted data
     trial.suggest_int("unfrozen_blocks", 0, count_blocks(backbone))
     trial.suggest_categorical("batch_size", [16, 32, 64])
     trial.suggest_float("augment", 0.0, 1.0)

@@ -32,11 +32,32 @@ def _node_args() -> list[str]:
             "--dashboard-agent-listen-port", str(_free_port()), "--metrics-export-port", str(_free_port())]
 
 
+def make_token(tmp_path: Path) -> dict[str, str]:
+    """A token of our own, generated the way Ray's docs say, in a temporary home (never ~/.ray): the environment
+    every process of the cluster (head, worker, driver) needs."""
+    home = tmp_path / "token-home"
+    home.mkdir(exist_ok=True)
+    subprocess.run([RAY, "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)},
+                   capture_output=True, check=True, timeout=60)
+    token = home / ".ray" / "auth_token"
+    assert token.is_file()
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
+@pytest.fixture
+def token_env(tmp_path, monkeypatch) -> dict[str, str]:
+    env = make_token(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # the driver (run_cli) inherits it
+    return env
+
+
 @contextmanager
 def two_node_cluster(tmp_path: Path, worker_prefix: list[str] = ()):
-    """Head and worker started as their own process groups; the address is yielded, both groups killed after."""
+    """Head and worker started as their own process groups; the address is yielded, both groups killed after.
+    The caller's environment must carry the token (the token_env fixture)."""
     port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env = dict(os.environ)
     logs = [open(tmp_path / "head.log", "w"), open(tmp_path / "worker.log", "w")]
     head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *_node_args()],
                             env=env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)
@@ -73,8 +94,7 @@ def _wait_for(condition, timeout: float = 90) -> None:
         time.sleep(1)
 
 
-def test_trials_run_on_both_nodes(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+def test_trials_run_on_both_nodes(tmp_path, token_env):
     with two_node_cluster(tmp_path) as address:
         proc = run_cli("--address", address, "--space", "smoke", "--dataset", "synthetic", "--num-samples", "4",
                        "--scheduler", "fifo", "--max-epochs", "1", "--results-dir", str(tmp_path / "results"), "--name", "c")
@@ -86,8 +106,7 @@ def test_trials_run_on_both_nodes(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare to hide a path from one node")
-def test_node_local_storage_fails_before_any_trial(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+def test_node_local_storage_fails_before_any_trial(tmp_path, token_env):
     results = tmp_path / "results"
     results.mkdir()
     # the worker node gets its own empty tmpfs at the results path: storage there is truly node-local

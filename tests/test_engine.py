@@ -113,6 +113,7 @@ RESUME_SCHEDULES = {
     "step": {"scheduler": "step", "step_size": 1, "gamma": 0.5},
     "plateau": {"scheduler": "plateau", "plateau_patience": 0, "gamma": 0.5},
     "onecycle": {"scheduler": "onecycle", "pct_start": 0.3},
+    "step+ema": {"scheduler": "step", "step_size": 1, "gamma": 0.5, "ema_decay": 0.99},
 }
 
 
@@ -135,6 +136,16 @@ def test_resume_from_a_mid_run_checkpoint_is_exact(schedule: str, synthetic_data
     _assert_same_state(resumed.model.state_dict(), whole.model.state_dict())
     _assert_same_history(resumed.history, whole.history)
     assert resumed.best_epoch == whole.best_epoch
+
+
+def test_weight_average_is_what_validates_and_ships(synthetic_data: CxrData) -> None:
+    config = _config(epochs=2, image_size=32, ema_decay=0.9)
+    averaged = fit(config, synthetic_data, device=CPU)
+    plain = fit(config.replace(ema_decay=0.0), synthetic_data, device=CPU)
+    assert averaged.history[0]["train_loss"] == plain.history[0]["train_loss"]  # the same training steps
+    assert averaged.history[-1]["val_loss"] != plain.history[-1]["val_loss"]  # validated on other weights
+    differs = [k for k, v in averaged.best_state.items() if v.is_floating_point() and not torch.equal(v, plain.best_state[k])]
+    assert differs
 
 
 def test_fit_is_seeded(synthetic_data: CxrData) -> None:

@@ -10,9 +10,16 @@ import sys
 import time
 from pathlib import Path
 
+import json
+
+import numpy as np
+import optuna
+import pandas as pd
 import pytest
+from optuna.trial import TrialState
 
 from tune.results import load
+from tune.search import open_study_storage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,8 +54,9 @@ def demo(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_demo_writes_every_result_file(demo: Path):
-    for name in ["run.json", "splits.parquet", "trials.parquet", "epochs.parquet", "best.json", "final/metrics.json",
-                 "final/predictions.parquet", "final/model.safetensors", "final/config.json"]:
+    for name in ["run.json", "splits.parquet", "trials.parquet", "epochs.parquet", "best.json", "optuna.journal",
+                 "final/metrics.json", "final/predictions.parquet", "final/model.json", "final/member-0.safetensors",
+                 "final/history.parquet", "final/model_card.md"]:
         assert (demo / name).is_file(), name
     results = load(demo)
     assert len(results.trials) == 8 and results.trials["trial_id"].is_unique
@@ -60,10 +68,55 @@ def test_demo_writes_every_result_file(demo: Path):
     test = results.test["test"]
     assert test["tp"] + test["fn"] + test["tn"] + test["fp"] == (results.splits["split"] == "test").sum()
     assert 0.0 <= results.test["threshold"] <= 1.0
+    for name in ("recall", "specificity", "ppv", "npv", "auroc"):
+        low, high = test[f"{name}_ci95"]
+        assert low <= test[name] <= high, name
     assert results.best["trial_id"] == results.trials.iloc[0]["trial_id"]
     val = results.best["val"]  # all from the best epoch, so the confusion counts add up to the val split
     assert val["val_tp"] + val["val_fn"] + val["val_tn"] + val["val_fp"] == (results.splits["split"] == "val").sum()
     assert val["val_spec_at_recall"] == results.best["value"]
+
+
+@pytest.mark.slow
+def test_optuna_journal_matches_the_trials_table(demo: Path):
+    """Optuna's own study (what optuna-dashboard opens): one trial per Ray trial, in creation order, with its
+    state, its best epoch's value and every epoch as an intermediate value."""
+    study = optuna.load_study(study_name="demo", storage=open_study_storage(demo / "optuna.journal"))
+    results = load(demo)
+    trials = results.trials.set_index("trial_index")
+    assert len(study.trials) == len(trials)
+    states = {"completed": TrialState.COMPLETE, "early_stopped": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
+              "error": TrialState.FAIL}
+    for trial in study.trials:
+        row = trials.loc[trial.number + 1]
+        assert trial.state == states[row["status"]], (trial.number, row["status"])
+        assert trial.value == pytest.approx(row["best_val_spec_at_recall"])
+        epochs = results.epochs[results.epochs["trial_id"] == row["trial_id"]]
+        assert trial.intermediate_values == pytest.approx(dict(zip(epochs["training_iteration"], epochs["val_spec_at_recall"])))
+    assert {t.state for t in study.trials} >= {TrialState.COMPLETE, TrialState.PRUNED}
+
+
+@pytest.mark.slow
+def test_final_stage_trains_new_seeds_and_keeps_every_member(demo: Path):
+    results = load(demo)
+    metrics, model = results.test, json.loads((demo / "final" / "model.json").read_text())
+    seeds = [m["seed"] for m in model["members"]]
+    assert len(seeds) == 3 == len(set(seeds)) == metrics["k"]
+    assert not set(seeds) & set(results.trials["seed"]), "a member repeats a (config, seed) a trial trained"
+    assert [m["seed"] for m in metrics["members"]] == seeds
+    assert all(m["val"]["auroc"] > 0 and m["test"] is not None for m in metrics["members"])
+    predictions = results.predictions
+    members = predictions[[f"prob_member_{i}" for i in range(3)]].mean(axis=1)
+    assert np.allclose(predictions["probability_raw"], members)
+    assert ((predictions["probability"] >= metrics["threshold"]).astype(int) == predictions["prediction"]).all()
+    history = pd.read_parquet(demo / "final" / "history.parquet")
+    assert sorted(history["seed"].unique()) == sorted(seeds)
+    assert not (demo / "final-members").exists()
+
+
+@pytest.mark.slow
+def test_checkpoints_of_finished_trials_are_dropped(demo: Path):
+    assert not list((demo / "tune").glob("trial_*/checkpoint_*"))
 
 
 @pytest.mark.slow
@@ -216,7 +269,7 @@ def test_pretrained_weights_come_from_the_driver(tmp_path):
     proc = run_cli("--space", str(space), "--dataset", "synthetic", "--num-samples", "2", "--weights-dir", str(weights),
                    "--results-dir", str(tmp_path / "r"), "--name", "pre")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    final = load_file(str(tmp_path / "r" / "pre" / "final" / "model.safetensors"))
+    final = load_file(str(tmp_path / "r" / "pre" / "final" / "member-0.safetensors"))
     assert torch.equal(final["backbone.conv_stem.weight"], reference["conv_stem.weight"])
     assert final["backbone.classifier.weight"].shape[0] == 1  # the new one-logit head, not the file's
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -24,10 +26,36 @@ def connect(address: str | None) -> None:
     private local one."""
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"py_modules": [cxr, tune, search_spaces]},
-                 logging_level="WARNING", log_to_driver=True)
+        _check_reachable(address)
+        try:
+            ray.init(address=address, runtime_env={"py_modules": [cxr, tune, search_spaces]},
+                     logging_level="WARNING", log_to_driver=True)
+        except ConnectionError as exc:
+            raise InputError(f"no Ray cluster at --address {address} ({str(exc).splitlines()[0][:200]}): "
+                             "start one with `ray start --head` or fix the address") from None
     else:
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """ray.init waits minutes on a host:port where nothing listens (also for "auto" when the last cluster
+    started on this machine is gone): try the port first."""
+    given = address
+    if address == "auto":
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # where `ray start` records it
+        if not current.is_file():
+            raise InputError("--address auto: no Ray cluster was started on this machine: start one with "
+                             "`ray start --head` or pass the head's host:port")
+        address = current.read_text().strip()
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        where = given if given == address else f"{given} ({address})"
+        raise InputError(f"no Ray cluster answers at --address {where} ({exc}): start one with "
+                         "`ray start --head --port <port>` there, or fix the address") from None
 
 
 def check_resources(cpus_per_trial: float, gpus_per_trial: float, workers_per_trial: int = 1) -> None:

@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from safetensors.torch import save_file
 
-from cxr.evaluate import FinalReport
 from cxr.jsonio import read_json, write_json  # noqa: F401  (re-exported: tune modules read/write JSON here)
 
 
@@ -22,12 +20,16 @@ class ExperimentPaths:
     trials = property(lambda self: self.root / "trials.parquet")
     epochs = property(lambda self: self.root / "epochs.parquet")
     best = property(lambda self: self.root / "best.json")
+    journal = property(lambda self: self.root / "optuna.journal")
+    searches = property(lambda self: self.root / "searches.json")
     final = property(lambda self: self.root / "final")
     metrics = property(lambda self: self.root / "final" / "metrics.json")
     predictions = property(lambda self: self.root / "final" / "predictions.parquet")
     history = property(lambda self: self.root / "final" / "history.parquet")
-    model = property(lambda self: self.root / "final" / "model.safetensors")
-    model_config = property(lambda self: self.root / "final" / "config.json")
+    model = property(lambda self: self.root / "final" / "model.json")
+    model_card = property(lambda self: self.root / "final" / "model_card.md")
+    members = property(lambda self: self.root / "final-members")  # members trained so far, until final/ is written
+    report = property(lambda self: self.root / "report")
 
 
 @dataclass
@@ -37,7 +39,7 @@ class Results:
     splits: pd.DataFrame
     predictions: pd.DataFrame | None
     best: dict
-    test: dict | None  # final/metrics.json: threshold, val and test metrics
+    test: dict | None  # final/metrics.json: threshold and how it was chosen, val and test metrics with intervals, ...
 
 
 def load(path: str | Path) -> Results:
@@ -57,18 +59,6 @@ def load(path: str | Path) -> Results:
 def write_table(path: Path, frame: pd.DataFrame) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
-
-
-def write_final(paths: ExperimentPaths, report: FinalReport, config: dict) -> None:
-    """final/: the model's weights and config, metrics.json, predictions and the retrain's history."""
-    paths.final.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in report.fit.best_state.items()}, str(paths.model))
-    write_json(paths.model_config, {"config": config, "rebuild": "cxr.models.create_model(config['backbone'], "
-               "pretrained=False, dropout=config['dropout'], unfrozen_blocks=config['unfrozen_blocks']) then "
-               "load_state_dict(safetensors.torch.load_file('model.safetensors'))"})
-    write_json(paths.metrics, report.summary())
-    write_table(paths.predictions, report.predictions)
-    write_table(paths.history, pd.DataFrame(report.fit.history))
 
 
 @dataclass

@@ -10,7 +10,8 @@ import sys
 
 from cxr.config import MONITORS
 from cxr.errors import InputError
-from tune.experiment import Experiment, run_experiment
+
+# tune.experiment (torch, Ray, Optuna) is imported only once the flags parsed: --help answers at once
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one")
     p.add_argument("--storage-path", help="where Ray Tune keeps trials and checkpoints (local path, NFS, s3://, gs://); default: the experiment folder")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name with its saved settings")
+    p.add_argument("--final-seeds", type=int, default=3, metavar="K",
+                   help="ensemble members of the best config trained with new seeds (in parallel) for the final model")
+    p.add_argument("--final-epochs", type=int, metavar="N", help="epochs of each final member (default: the best config's)")
+    p.add_argument("--recall-confidence", type=float, metavar="C",
+                   help="choose the highest threshold whose one-sided C lower bound of val recall (patient bootstrap) reaches --target-recall (e.g. 0.95); default: the point estimate")
+    p.add_argument("--extend", type=int, default=0, metavar="N",
+                   help="add N trials to the finished experiment --name; the sampler sees every earlier trial")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.extend < 0:
+            raise InputError(f"--extend {args.extend} is out of range: use the number of trials to add (1 or more)")
+        from tune.experiment import Experiment, run_experiment
+
         experiment = Experiment(
             space=args.space, data_dir=args.data_dir, dataset=args.dataset, num_samples=args.num_samples,
             max_epochs=args.max_epochs, image_size=args.image_size, metric=args.metric,
@@ -55,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent, results_dir=args.results_dir,
             name=args.name, seed=args.seed, val_fraction=args.val_fraction, weights_dir=args.weights_dir,
             pretrained=not args.no_pretrained, cache_dir=args.cache_dir, address=args.address,
-            storage_path=args.storage_path,
+            storage_path=args.storage_path, final_seeds=args.final_seeds, final_epochs=args.final_epochs,
+            recall_confidence=args.recall_confidence,
         )
-        return run_experiment(experiment, resume=args.resume)
+        return run_experiment(experiment, resume=args.resume, extend=args.extend)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

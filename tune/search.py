@@ -1,12 +1,19 @@
-"""Driver-side search: the Ray Tune experiment (Optuna searcher, ASHA/FIFO scheduler, checkpoints) and the
-retrain task's launch. The code that runs inside trials is tune/trainable.py; cluster setup is tune/cluster.py."""
+"""Driver-side search: the Ray Tune experiment (Optuna searcher with its journal, ASHA/FIFO scheduler,
+checkpoints). The code that runs inside trials is tune/trainable.py; cluster setup is tune/cluster.py; the final
+stage is tune/final.py."""
 
 from __future__ import annotations
 
+import functools
+import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 import pandas as pd
 import ray
 from ray import tune as ray_tune
@@ -14,11 +21,10 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from cxr.config import TrainConfig
-from cxr.evaluate import FinalReport
 from tune.cluster import COORDINATOR_CPU
 from tune.results import TrialRecord
 from tune.spaces import CheckedSpace, Space
-from tune.trainable import TrialContext, retrain_task, train_trial
+from tune.trainable import TrialContext, train_trial
 
 TUNE_DIR_NAME = "tune"
 
@@ -34,31 +40,114 @@ class SearchSettings:
     workers_per_trial: int
     max_concurrent: int
     seed: int
-    storage_path: str  # folder or URI holding the Ray Tune experiment
+    storage_path: str  # folder or URI holding the Ray Tune experiments
+    journal_path: str  # the Optuna study (a journal file on the driver's machine)
+    study_name: str
+    tune_dir_name: str = TUNE_DIR_NAME  # tune/ for the first search, tune-extend-<k>/ for each --extend
+    first_index: int = 1  # trial_index of this search's first trial (after the trials of earlier searches)
+    enqueue_baselines: bool = True  # the space's BASELINES run first, once per study
 
 
 def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data_ref: ray.ObjectRef,
                weight_refs: dict[str, ray.ObjectRef], resume: bool) -> list[TrialRecord]:
-    """Run (or resume) the Tune experiment; every trial's config, per-epoch metrics and error."""
+    """Run (or resume) one Tune experiment; every trial's config, per-epoch metrics and error."""
     context = TrialContext(data_ref, weight_refs, settings.workers_per_trial,
-                            settings.cpus_per_trial, settings.gpus_per_trial, settings.storage_path)
-    # with several workers the Train worker group holds the resources; the Tune trial only coordinates
-    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial} if settings.workers_per_trial == 1 else {"cpu": COORDINATOR_CPU}
-    trainable = ray_tune.with_resources(ray_tune.with_parameters(train_trial, context=context), resources)
+                           settings.cpus_per_trial, settings.gpus_per_trial, settings.storage_path)
+    trainable = _trainable(context, settings)
     if resume:
-        tuner = ray_tune.Tuner.restore(_tune_dir(settings.storage_path), trainable=trainable,
-                                       resume_unfinished=True, resume_errored=True)
+        tuner = ray_tune.Tuner.restore(tune_dir(settings), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = ray_tune.Tuner(trainable, tune_config=_tune_config(settings, space, checked), run_config=_run_config(settings))
-    grid = tuner.fit()
-    return [_record(result) for result in grid]
+    return [_record(result) for result in tuner.fit()]
+
+
+def drop_finished_checkpoints(settings: SearchSettings, records: list[TrialRecord]) -> None:
+    """Finished trials need no checkpoint (resume skips them, the final stage trains from scratch): only errored
+    trials keep theirs, for --resume. Local storage only; on URIs CheckpointConfig(num_to_keep=1) bounds them."""
+    if "://" in settings.storage_path:
+        return
+    root = Path(tune_dir(settings))
+    for record in records:
+        if record.error is None:
+            for folder in root.glob(f"trial_*_{record.trial_id}/checkpoint_*"):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def can_restore(settings: SearchSettings) -> bool:
+    return ray_tune.Tuner.can_restore(tune_dir(settings))
+
+
+def finished_records(settings: SearchSettings) -> list[TrialRecord]:
+    """The trials of a finished Tune experiment, read back without running anything."""
+    return [_record(result) for result in ray_tune.Tuner.restore(tune_dir(settings), trainable=_idle_trainable).get_results()]
+
+
+def _idle_trainable(config: dict) -> None:
+    raise RuntimeError("finished_records never runs a trial")
+
+
+def _trainable(context: TrialContext, settings: SearchSettings):
+    # with several workers the Train worker group holds the resources; the Tune trial only coordinates
+    single = settings.workers_per_trial == 1
+    resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial} if single else {"cpu": COORDINATOR_CPU}
+    return ray_tune.with_resources(ray_tune.with_parameters(train_trial, context=context), resources)
+
+
+def open_study_storage(journal_path: str | Path) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(str(journal_path)))
+
+
+class JournalOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch with the study kept in a journal file. Ray tells Optuna the last epoch's value as
+    COMPLETE and never passes the epoch at which a trial is stopped through on_trial_result; here every epoch is an
+    intermediate value, a trial's value is its best epoch's metric (what the leaderboard ranks), a trial the
+    scheduler stopped is PRUNED and an errored one FAIL."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._best: dict[str, float] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._note(trial_id, result)
+
+    def _note(self, trial_id: str, result: dict) -> None:
+        value, step = result.get(self.metric), result.get("training_iteration")
+        trial = self._ot_trials.get(trial_id)
+        if value is None or math.isnan(value) or trial is None or step in trial.storage.get_trial(trial._trial_id).intermediate_values:
+            return
+        trial.report(value, step)
+        self._best[trial_id] = max(self._best.get(trial_id, -math.inf), value)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result and not error:
+            self._note(trial_id, result)
+        trial, best = self._ot_trials[trial_id], self._best.get(trial_id)
+        if error or best is None:
+            self._ot_study.tell(trial, None, state=TrialState.FAIL)
+        elif stopped_by_scheduler(result or {}):
+            # tell() would set a pruned trial's value to its last intermediate value, not its best
+            self._storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED, [best])
+        else:
+            self._ot_study.tell(trial, best, state=TrialState.COMPLETE)
+        self._completed_trials.add(trial_id)
+
+
+def stopped_by_scheduler(last: dict) -> bool:
+    """Neither all epochs run nor stopped by the trial's own early stopping: the scheduler ended it.
+    (Ray hands the searcher flattened results: the config's keys arrive as config/<key>.)"""
+    epochs = last.get("config/epochs", (last.get("config") or {}).get("epochs", TrainConfig.epochs))
+    return last.get("epoch", 0) < epochs and not last.get("stopped_early", False)
 
 
 def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace) -> ray_tune.TuneConfig:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = OptunaSearch(
-        space=space.fn, metric=settings.metric, mode="max", points_to_evaluate=checked.points_to_evaluate or None,
-        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+    baselines = checked.points_to_evaluate if settings.enqueue_baselines else []
+    searcher = JournalOptunaSearch(
+        space=space.fn, metric=settings.metric, mode="max", points_to_evaluate=baselines or None,
+        sampler=optuna.samplers.TPESampler(seed=settings.seed + settings.first_index - 1),
+        study_name=settings.study_name, storage=open_study_storage(settings.journal_path),
     )
     if settings.scheduler == "asha":
         # grace period: a trial gets at least an eighth of the budget before it can be stopped
@@ -68,19 +157,20 @@ def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace) 
         scheduler = FIFOScheduler()
     return ray_tune.TuneConfig(metric=settings.metric, mode="max", search_alg=searcher, scheduler=scheduler,
                                num_samples=settings.num_samples, max_concurrent_trials=settings.max_concurrent,
-                               trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                               trial_name_creator=functools.partial(_trial_name, first=settings.first_index),
+                               trial_dirname_creator=functools.partial(_trial_name, first=settings.first_index),
                                reuse_actors=False)  # a fresh process per trial frees its CUDA memory at the end
 
 
-def _trial_name(trial) -> str:
-    """trial_<index>_<id>: the index (1 = first created) is the tag Ray numbers trials with."""
-    index = int(trial.experiment_tag.split("_", 1)[0])
+def _trial_name(trial, first: int = 1) -> str:
+    """trial_<index>_<id>: the index (1 = first created in the study) from the tag Ray numbers trials with."""
+    index = int(trial.experiment_tag.split("_", 1)[0]) + first - 1
     return f"trial_{index:04d}_{trial.trial_id}"
 
 
 def _run_config(settings: SearchSettings) -> ray_tune.RunConfig:
     return ray_tune.RunConfig(
-        name=TUNE_DIR_NAME,
+        name=settings.tune_dir_name,
         storage_path=settings.storage_path,
         checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
         failure_config=ray_tune.FailureConfig(max_failures=2),
@@ -88,8 +178,8 @@ def _run_config(settings: SearchSettings) -> ray_tune.RunConfig:
     )
 
 
-def _tune_dir(storage_path: str) -> str:
-    return f"{storage_path.rstrip('/')}/{TUNE_DIR_NAME}"
+def tune_dir(settings: SearchSettings) -> str:
+    return f"{settings.storage_path.rstrip('/')}/{settings.tune_dir_name}"
 
 
 def _record(result) -> TrialRecord:
@@ -98,10 +188,3 @@ def _record(result) -> TrialRecord:
     error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:2000]
     _, index, trial_id = Path(result.path).name.split("_", 2)
     return TrialRecord(trial_id, int(index), dict(result.config), epochs.reset_index(drop=True), error)
-
-
-def retrain(config: TrainConfig, data_ref: ray.ObjectRef, weight_refs: dict[str, ray.ObjectRef], settings: SearchSettings) -> FinalReport:
-    """Retrain the best config from scratch in one process on a cluster node (one worker's resources)."""
-    task = retrain_task.options(num_cpus=settings.cpus_per_trial, num_gpus=settings.gpus_per_trial)
-    return ray.get(task.remote(config, data_ref, weight_refs))
-

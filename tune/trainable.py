@@ -1,5 +1,5 @@
 """Code that runs inside Ray workers: the Tune trainable (one process or a Ray Train worker group) and the
-retrain task. A thin adapter: config dict -> cxr.TrainConfig -> cxr.engine.fit, one report per epoch."""
+final-stage member task. A thin adapter: config dict -> cxr.TrainConfig -> cxr.engine.fit, one report per epoch."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.engine import fit
-from cxr.evaluate import FinalReport, retrain_and_evaluate
+from cxr.final import Member, train_member
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,10 @@ def backbone_state(config: TrainConfig, weight_refs: dict[str, ray.ObjectRef]) -
 
 
 @ray.remote(max_retries=0)
-def retrain_task(config: TrainConfig, data: CxrData, weight_refs: dict[str, ray.ObjectRef]) -> FinalReport:
+def member_task(config: TrainConfig, data: CxrData, weight_refs: dict[str, ray.ObjectRef]) -> Member:
+    """One final-stage member: the best config with its own seed, trained in this task's process."""
     def log(epoch: int, metrics: dict, _save) -> None:
-        print(f"retrain epoch {epoch}/{config.epochs}: val_loss {metrics['val_loss']:.4f} "
+        print(f"member seed {config.seed} epoch {epoch}/{config.epochs}: val_loss {metrics['val_loss']:.4f} "
               f"val_auroc {metrics['val_auroc']:.4f} val_spec_at_recall {metrics['val_spec_at_recall']:.4f}", flush=True)
 
-    report = retrain_and_evaluate(config, data, backbone_state=backbone_state(config, weight_refs), on_epoch_end=log)
-    report.fit.model.cpu()
-    return report
+    return train_member(config, data, backbone_state=backbone_state(config, weight_refs), on_epoch_end=log)

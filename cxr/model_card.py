@@ -1,0 +1,47 @@
+"""final/model_card.md: what the shipped model is for, what it was trained and tested on, how well it does
+(with intervals), how its threshold was chosen, and its limits."""
+
+from __future__ import annotations
+
+from cxr.config import TrainConfig
+
+
+def render_model_card(metrics: dict, config: TrainConfig, best: dict) -> str:
+    balance = metrics["class_balance"]
+    lines = [
+        "# Model card: pneumonia detection on chest X-rays", "",
+        "## Intended use",
+        "Decision support that flags frontal chest films (pediatric, Kaggle/Guangzhou-like) likely to show pneumonia, "
+        "tuned for high recall so that few pneumonia films are missed. Not a diagnosis, not for adults or lateral "
+        "films without external validation, and never without a reader.", "",
+        "## Model",
+        f"- Backbone `{config.backbone}` at {config.image_size} px, ensemble of {metrics['k']} member(s) (seeds "
+        f"{[m['seed'] for m in metrics['members']]}), mean probability, test-time mirroring "
+        f"{'on' if metrics['tta']['used'] else 'off'} ({metrics['tta']['rule']}), temperature "
+        f"{metrics['temperature']:.3f} (fitted on val).",
+        f"- Config of search trial {best['trial_id']} ({best['metric']} {best['value']:.4f} on val); members trained "
+        f"{config.epochs} epochs each.", "",
+        "## Data and splits",
+    ]
+    lines += [f"- {split}: {b['images']} images, {b['patients']} patients, {b['pneumonia_share']:.1%} pneumonia"
+              for split, b in balance.items()]
+    lines += ["- val is a patient-grouped re-split of the training pool; test is the data set's own test split.", "",
+              "## Decision threshold",
+              f"- {metrics['threshold']:.4f} on the calibrated probability: {metrics['threshold_rule']}; "
+              f"target recall {metrics['target_recall']}. Bootstrap 95 % interval of the point-rule threshold on val: "
+              f"{_interval(metrics['threshold_ci95'])}.", "",
+              "## Performance at the threshold (95 % intervals by patient bootstrap)", "",
+              "| split | recall | specificity | PPV | NPV | AUROC |", "|---|---|---|---|---|---|"]
+    for split in ("val", "test"):
+        m = metrics[split]
+        if m is not None:
+            lines.append(f"| {split} | " + " | ".join(f"{m[k]:.3f} {_interval(m[f'{k}_ci95'])}"
+                                                       for k in ("recall", "specificity", "ppv", "npv", "auroc")) + " |")
+    lines += ["", "## Limitations"] + [f"- {w}" for w in metrics["warnings"]]
+    lines += ["- Labels are the data set's own; patient ids come from file names. Subgroup recall (bacterial / viral) "
+              "is in metrics.json and the report.", ""]
+    return "\n".join(lines)
+
+
+def _interval(bounds) -> str:
+    return "[n/a]" if bounds is None or None in bounds else f"[{bounds[0]:.3f}-{bounds[1]:.3f}]"

@@ -1,0 +1,214 @@
+"""python -m tune.report results/<name>: one self-contained report.html (figures embedded), the PNGs and
+report.json with every number, in results/<name>/report/. tune.run writes it at its end."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import math
+import sys
+import warnings
+from pathlib import Path
+
+from cxr.errors import InputError
+
+RATES = ("recall", "specificity", "ppv", "npv", "accuracy", "auroc", "auprc")
+
+
+def write_report(folder: str | Path) -> Path:
+    """Render the report of a finished experiment; returns report.html's path."""
+    import matplotlib.pyplot as plt
+    import optuna
+    import pandas as pd
+
+    from tune import report_plots as plots
+    from tune.results import ExperimentPaths, load, read_json, write_json
+
+    paths = ExperimentPaths(Path(folder))
+    if not paths.run.is_file():
+        raise InputError(f"{folder} is not an experiment folder (no run.json): pass results/<name>")
+    if not paths.model.is_file() or not paths.metrics.is_file():
+        raise InputError(f"{folder} has no finished final stage (final/model.json): finish it with "
+                         "`python -m tune.run --name <name> --resume`, or re-run it with this version")
+    results, run = load(paths.root), read_json(paths.run)
+    metrics, predictions = results.test, results.predictions
+    out = paths.report
+    out.mkdir(exist_ok=True)
+    figures, sections = {}, []
+
+    def figure(name: str, fig) -> str:
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=110)
+        plt.close(fig)
+        figures[name] = base64.b64encode((out / f"{name}.png").read_bytes()).decode()
+        return f'<img alt="{name}" src="data:image/png;base64,{figures[name]}">'
+
+    scored = "test" if metrics["test"] is not None else "val"
+    sections.append(("Headline", _headline(metrics, scored)))
+    sections.append(("ROC and precision-recall", figure("roc_pr", plots.roc_pr(predictions, metrics["threshold"]))
+                     + "<p>Filled markers: the operating point (val-chosen threshold); open markers: 0.5.</p>"))
+    rows = predictions[predictions["split"] == scored]
+    sections.append(("Confusion matrix", figure("confusion", plots.confusion(rows, metrics["threshold"], scored))))
+    sections.append(("Threshold sweep", figure("threshold_sweep", plots.threshold_sweep(predictions, metrics["threshold"]))
+                     + "<p>Recall and specificity against the threshold on the calibrated probability.</p>"))
+    sections.append(("Calibration", figure("reliability", plots.reliability(predictions)) + _calibration(metrics)))
+    sections.append(("Members vs ensemble", figure("members", plots.members(metrics)) + _members(metrics)))
+    sections.append(("Subgroups", _subgroups(metrics)))
+    audit = _audit(paths, results.splits)
+    sections.append(("Data audit", _audit_html(audit)))
+    search, search_html = _search(paths, results, run, figure, plots, optuna, pd)
+    sections.append(("The search", search_html))
+    page = _page(paths.root.name, metrics, sections)
+    (out / "report.html").write_text(page)
+    write_json(out / "report.json", {"experiment": paths.root.name, "run": run, "best": results.best,
+                                     "metrics": metrics, "audit": audit, "search": search,
+                                     "figures": sorted(f"{n}.png" for n in figures)})
+    return out / "report.html"
+
+
+def _headline(metrics: dict, scored: str) -> str:
+    m = metrics[scored]
+    cells = "".join(f"<tr><td>{name}</td><td><b>{_num(m[name])}</b></td><td>{_interval(m.get(f'{name}_ci95'))}</td></tr>"
+                    for name in RATES)
+    note = "" if scored == "test" else "<p class=warn>No test split: these are val numbers (val also chose the threshold).</p>"
+    return (f"<p>Decision threshold <b>{metrics['threshold']:.4f}</b> on the calibrated probability "
+            f"(temperature {metrics['temperature']:.3f}): {html.escape(metrics['threshold_rule'])}. "
+            f"Point-rule threshold {metrics['threshold_point']:.4f}, its 95 % interval over val patients "
+            f"{_interval(metrics['threshold_ci95'])}.</p>{note}"
+            f"<table><tr><th>{scored} metric</th><th>value</th><th>95 % interval (patient bootstrap, "
+            f"{metrics['n_boot']} resamples)</th></tr>{cells}</table>"
+            f"<p>tp {m['tp']} · fn {m['fn']} · tn {m['tn']} · fp {m['fp']} on {m['images']} films of {m['patients']} "
+            f"patients. Wilson (image-level) cross-check: recall {_interval(m['recall_wilson95'])}, specificity "
+            f"{_interval(m['specificity_wilson95'])}.</p>" + _rule_cost(metrics))
+
+
+def _rule_cost(metrics: dict) -> str:
+    cost = metrics["rule_cost"]
+    if not metrics["recall_confidence"]:
+        return ""
+    return (f"<p>The confidence rule costs specificity: val {cost['val_specificity_point_rule']:.3f} (point rule) "
+            f"&rarr; {cost['val_specificity_chosen']:.3f}" + (f"; test {cost['test_specificity_point_rule']:.3f} "
+            f"&rarr; {cost['test_specificity_chosen']:.3f}" if "test_specificity_chosen" in cost else "") + ".</p>")
+
+
+def _calibration(metrics: dict) -> str:
+    rows = "".join(f"<tr><td>{split}</td><td>{when}</td>" + "".join(f"<td>{v[k]:.4f}</td>" for k in ("ece", "brier", "log_loss")) + "</tr>"
+                   for split, c in metrics["calibration"].items() for when, v in c.items())
+    return f"<table><tr><th>split</th><th>calibration</th><th>ECE (15 bins)</th><th>Brier</th><th>log-loss</th></tr>{rows}</table>"
+
+
+def _members(metrics: dict) -> str:
+    def row(name, entry):
+        test = entry["test"] or {}
+        return (f"<tr><td>{name}</td><td>{_num(entry['val']['auroc'])}</td><td>{_num(entry['val']['spec_at_recall'])}</td>"
+                f"<td>{_num(test.get('auroc'))}</td><td>{_num(test.get('recall'))}</td><td>{_num(test.get('specificity'))}</td></tr>")
+    body = "".join(row(f"member seed {m['seed']} (best epoch {m['best_epoch']})", m) for m in metrics["members"])
+    tta = metrics["tta"]
+    return (f"<table><tr><th></th><th>val AUROC</th><th>val specificity at target recall</th><th>test AUROC</th>"
+            f"<th>test recall</th><th>test specificity</th></tr>{body}{row('ensemble (mean)', metrics['ensemble'])}</table>"
+            f"<p>Each at the threshold val picks for it (uncalibrated). Test-time mirroring "
+            f"{'used' if tta['used'] else 'not used'} ({html.escape(tta['rule'])}: val AUROC {_num(tta['val_auroc_plain'])} "
+            f"plain, {_num(tta['val_auroc_tta'])} mirrored).</p>")
+
+
+def _subgroups(metrics: dict) -> str:
+    rows = "".join(f"<tr><td>{split}</td><td>{g['kind']}</td><td>{g['images']}</td><td>{g['patients']}</td><td>{g['missed']}</td>"
+                   f"<td>{_num(g['recall'])}</td><td>{_interval(g['recall_ci95'])}</td></tr>"
+                   for split, groups in metrics["subgroups"].items() for g in groups)
+    balance = "".join(f"<tr><td>{split}</td><td>{b['images']}</td><td>{b['patients']}</td><td>{b['pneumonia_share']:.1%}</td>"
+                      f"<td>{b.get('bacterial_images', 0)}</td><td>{b.get('viral_images', 0)}</td></tr>"
+                      for split, b in metrics["class_balance"].items())
+    return (f"<h3>Recall per pneumonia kind (from file names)</h3><table><tr><th>split</th><th>kind</th><th>films</th>"
+            f"<th>patients</th><th>missed</th><th>recall</th><th>95 % interval</th></tr>{rows}</table>"
+            f"<h3>Class balance</h3><table><tr><th>split</th><th>films</th><th>patients</th><th>pneumonia</th>"
+            f"<th>bacterial</th><th>viral</th></tr>{balance}</table>")
+
+
+def _audit(paths, splits) -> dict:
+    """Cached in audit.json: hashing every film's pixels costs a minute on the full data set."""
+    from cxr.audit import audit, hash_files
+    from tune.results import read_json, write_json
+
+    cached = paths.root / "audit.json"
+    if cached.is_file():
+        return read_json(cached)
+    result = audit(splits, hash_files(list(splits["path"])))
+    write_json(cached, result)
+    return result
+
+
+def _audit_html(audit: dict) -> str:
+    by = ", ".join(f"{k}: {v}" for k, v in audit["duplicate_groups_by_splits"].items()) or "none"
+    examples = "".join("<li>" + " = ".join(f"{html.escape(Path(e['path']).name)} ({e['split']})" for e in group) + "</li>"
+                       for group in audit["duplicate_examples"][:10])
+    return (f"<p>{audit['images_hashed']} films hashed by their decoded pixels. Pixel-identical groups across splits: "
+            f"<b>{audit['duplicate_groups_across_splits']}</b> ({by}); within one split: "
+            f"{audit['duplicate_groups_within_one_split']}. Patients in both the training pool (train + val) and test: "
+            f"<b>{audit['patients_in_pool_and_test']}</b>{': ' + ', '.join(audit['patient_examples'][:20]) if audit['patient_examples'] else ''}."
+            f" The test split is reported as the data set defines it, not changed.</p><ul>{examples}</ul>")
+
+
+def _search(paths, results, run: dict, figure, plots, optuna, pd) -> tuple[dict, str]:
+    metric = run["metric"]
+    trials = results.trials
+    columns = [c for c in ["trial_index", "trial_id", "status", "epochs_run", f"best_{metric}", "best_val_auroc", "backbone",
+                           "lr", "scheduler", "dropout", "unfrozen_blocks", "ema_decay"] if c in trials]
+    top = trials[columns].head(15)
+    parts = [f"<h3>Leaderboard (top {len(top)} of {len(trials)} by best {metric})</h3>",
+             top.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)]
+    summary = {"trials": len(trials), "status": trials["status"].value_counts().to_dict(),
+               "leaderboard": top.to_dict("records"), "importances": None}
+    if paths.journal.is_file():
+        from tune.search import open_study_storage
+
+        study = optuna.load_study(study_name=paths.root.name, storage=open_study_storage(paths.journal))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+            parts.append("<h3>Optimisation history (Optuna)</h3>" + figure("optimisation_history", plots.optimisation_history(study)))
+            try:
+                summary["importances"] = optuna.importance.get_param_importances(study)
+                parts.append("<h3>Parameter importances (Optuna, fANOVA)</h3>" + figure("importances", plots.importances(study)))
+            except (RuntimeError, ValueError) as exc:
+                parts.append(f"<p>Parameter importances need more finished trials with varying parameters ({html.escape(str(exc))}).</p>")
+    else:
+        parts.append("<p>No optuna.journal in this experiment (written by older versions): no optimisation history.</p>")
+    parts.append("<h3>Learning curves</h3>" + figure("learning_curves", plots.learning_curves(results.epochs, trials, metric)))
+    return summary, "".join(parts)
+
+
+def _page(name: str, metrics: dict, sections: list[tuple[str, str]]) -> str:
+    warning_box = "".join(f"<li>{html.escape(w)}</li>" for w in metrics["warnings"])
+    body = "".join(f'<section id="{title.lower().replace(" ", "-")}"><h2>{title}</h2>{content}</section>' for title, content in sections)
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(name)}: pneumonia model report</title>"
+            "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}table{border-collapse:collapse;"
+            "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}"
+            ".box{background:#fff4e0;border:1px solid #e0a040;padding:.5em 1em}.warn{color:#a04000}</style></head><body>"
+            f"<h1>{html.escape(name)}: pneumonia model report</h1><div class=box><b>Read this first</b><ul>{warning_box}</ul></div>"
+            f"{body}</body></html>")
+
+
+def _num(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def _interval(bounds) -> str:
+    if not bounds or any(b is None or (isinstance(b, float) and math.isnan(b)) for b in bounds):
+        return "n/a"
+    return f"{bounds[0]:.3f} – {bounds[1]:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tune.report", description=__doc__.splitlines()[0])
+    parser.add_argument("experiment", help="an experiment folder, e.g. results/smoke-20261121-101500")
+    args = parser.parse_args(argv)
+    try:
+        print(f"report: {write_report(args.experiment)}")
+        return 0
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The report's figures (matplotlib, Agg): each function draws one figure from the experiment's tables and
+returns it; tune.report saves and embeds them."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend is chosen first: no display is needed)
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve  # noqa: E402
+
+from cxr.calibration import reliability_curve  # noqa: E402
+from cxr.intervals import rates  # noqa: E402
+
+SPLIT_COLORS = {"val": "tab:blue", "test": "tab:red"}
+
+
+def roc_pr(predictions: pd.DataFrame, threshold: float):
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(11, 4.6))
+    for split, rows in predictions.groupby("split"):
+        y, p, color = rows["label"], rows["probability"], SPLIT_COLORS.get(split, "gray")
+        fpr, tpr, _ = roc_curve(y, p)
+        precision, recall, _ = precision_recall_curve(y, p)
+        roc.plot(fpr, tpr, color=color, label=split)
+        pr.plot(recall, precision, color=color, label=split)
+        for t, marker, name in ((threshold, "o", "operating point"), (0.5, "s", "0.5")):
+            r = rates(y, p, t)
+            roc.plot(1 - r["specificity"], r["recall"], marker, color=color, mfc="none" if t == 0.5 else color,
+                     label=f"{split} {name}")
+            pr.plot(r["recall"], r["ppv"], marker, color=color, mfc="none" if t == 0.5 else color)
+    roc.plot([0, 1], [0, 1], ":", color="gray")
+    roc.set(xlabel="1 - specificity", ylabel="recall (sensitivity)", title="ROC")
+    pr.set(xlabel="recall", ylabel="precision (PPV)", title="Precision-recall")
+    roc.legend(fontsize=8)
+    return fig
+
+
+def confusion(rows: pd.DataFrame, threshold: float, split: str):
+    fig, ax = plt.subplots(figsize=(4.4, 4))
+    ConfusionMatrixDisplay.from_predictions(rows["label"], (rows["probability"] >= threshold).astype(int),
+                                            display_labels=["NORMAL", "PNEUMONIA"], cmap="Blues", ax=ax, colorbar=False)
+    ax.set_title(f"{split} at threshold {threshold:.3f}")
+    return fig
+
+
+def threshold_sweep(predictions: pd.DataFrame, threshold: float):
+    fig, ax = plt.subplots(figsize=(8, 4))
+    grid = np.linspace(0, 1, 201)
+    for split, rows in predictions.groupby("split"):
+        swept = [rates(rows["label"], rows["probability"], t) for t in grid]
+        color = SPLIT_COLORS.get(split, "gray")
+        ax.plot(grid, [s["recall"] for s in swept], color=color, label=f"{split} recall")
+        ax.plot(grid, [s["specificity"] for s in swept], "--", color=color, label=f"{split} specificity")
+    ax.axvline(threshold, color="black", lw=1, label=f"chosen {threshold:.3f}")
+    ax.axvline(0.5, color="gray", lw=1, ls=":", label="0.5")
+    ax.set(xlabel="threshold on the calibrated probability", ylabel="rate", ylim=(0, 1.02))
+    ax.legend(fontsize=8, ncol=3)
+    return fig
+
+
+def reliability(predictions: pd.DataFrame):
+    splits = sorted(predictions["split"].unique(), key=["val", "test"].index)
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4.4), squeeze=False)
+    for ax, split in zip(axes[0], splits):
+        rows = predictions[predictions["split"] == split]
+        for column, name, style in (("probability_raw", "before", "o--"), ("probability", "after", "o-")):
+            x, y = reliability_curve(rows["label"], rows[column])
+            ax.plot(x, y, style, label=f"{name} calibration")
+        ax.plot([0, 1], [0, 1], ":", color="gray")
+        ax.set(title=f"{split}: reliability (15 bins)", xlabel="mean predicted probability", ylabel="observed pneumonia rate")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def members(metrics: dict):
+    names = [f"seed {m['seed']}" for m in metrics["members"]] + ["ensemble"]
+    entries = metrics["members"] + [metrics["ensemble"]]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x = np.arange(len(names))
+    for offset, split in ((-0.2, "val"), (0.2, "test")):
+        values = [(e[split] or {}).get("auroc", np.nan) for e in entries]
+        ax.bar(x + offset, values, width=0.4, color=SPLIT_COLORS[split], label=split)
+    ax.set_xticks(x, names)
+    ax.set(ylabel="AUROC", title="members vs ensemble")
+    ax.set_ylim(max(0.0, np.nanmin([(e[s] or {}).get("auroc", 1) for e in entries for s in ("val", "test")]) - 0.05), 1.0)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, metric: str):
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    status = trials.set_index("trial_id")["status"]
+    for trial_id, rows in epochs.groupby("trial_id"):
+        line, = ax.plot(rows["epoch"], rows[metric], lw=1, alpha=0.8)
+        if status.get(trial_id) == "pruned":
+            ax.plot(rows["epoch"].iloc[-1], rows[metric].iloc[-1], "x", color=line.get_color(), ms=9, mew=2)
+    ax.plot([], [], "kx", label="stopped by the scheduler (ASHA)")
+    ax.set(xlabel="epoch", ylabel=metric, title="learning curves of every trial")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def optimisation_history(study: optuna.Study):
+    ax = optuna.visualization.matplotlib.plot_optimization_history(study)
+    ax.figure.set_size_inches(8, 4)
+    return ax.figure
+
+
+def importances(study: optuna.Study):
+    ax = optuna.visualization.matplotlib.plot_param_importances(study)
+    ax.figure.set_size_inches(8, 4)
+    return ax.figure

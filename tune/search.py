@@ -79,11 +79,7 @@ def can_restore(settings: SearchSettings) -> bool:
 
 def finished_records(settings: SearchSettings) -> list[TrialRecord]:
     """The trials of a finished Tune experiment, read back without running anything."""
-    return [_record(result) for result in ray_tune.Tuner.restore(tune_dir(settings), trainable=_idle_trainable).get_results()]
-
-
-def _idle_trainable(config: dict) -> None:
-    raise RuntimeError("finished_records never runs a trial")
+    return [_record(result) for result in ray_tune.ResultGrid(ray_tune.ExperimentAnalysis(tune_dir(settings)))]
 
 
 def _trainable(context: TrialContext, settings: SearchSettings):

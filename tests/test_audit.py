@@ -1,0 +1,28 @@
+"""cxr.audit: pixel-identical films across splits (also when re-encoded) and patients shared by pool and test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from cxr.audit import audit, hash_files
+
+
+def test_duplicates_across_splits_and_shared_patients(tmp_path):
+    rng = np.random.default_rng(0)
+    film, other = (rng.integers(0, 255, (40, 30), dtype=np.uint8) for _ in range(2))
+    Image.fromarray(film).save(tmp_path / "a.png")
+    Image.fromarray(film).save(tmp_path / "b.bmp")  # the same pixels in another file format
+    Image.fromarray(other).save(tmp_path / "c.png")
+    Image.fromarray(other).save(tmp_path / "d.png")
+    manifest = pd.DataFrame({"path": [str(tmp_path / n) for n in ("a.png", "b.bmp", "c.png", "d.png")],
+                             "split": ["train", "test", "val", "val"], "patient": ["p1", "p2", "p1", "p3"]})
+    hashes = hash_files(list(manifest["path"]))
+    assert hashes[0] == hashes[1] != hashes[2] == hashes[3]
+    result = audit(manifest, hashes)
+    assert result["duplicate_groups_across_splits"] == 1 and result["duplicate_groups_by_splits"] == {"test+train": 1}
+    assert result["duplicate_groups_within_one_split"] == 1
+    assert result["patients_in_pool_and_test"] == 0
+    shared = audit(manifest.assign(patient=["p1", "p1", "p2", "p3"]), hashes)
+    assert shared["patients_in_pool_and_test"] == 1 and shared["patient_examples"] == ["p1"]

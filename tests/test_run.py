@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import json
+import re
 
 import numpy as np
 import optuna
@@ -115,6 +116,21 @@ def test_final_stage_trains_new_seeds_and_keeps_every_member(demo: Path):
 
 
 @pytest.mark.slow
+def test_report_has_every_section_and_is_self_contained(demo: Path):
+    page = (demo / "report" / "report.html").read_text()
+    for section in ["Read this first", "Headline", "ROC and precision-recall", "Confusion matrix", "Threshold sweep",
+                    "Calibration", "Members vs ensemble", "Subgroups", "Data audit", "The search", "Leaderboard",
+                    "Optimisation history", "Parameter importances", "Learning curves"]:
+        assert section in page, section
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) >= 8 and all(s.startswith("data:image/png;base64,") for s in sources)
+    report = json.loads((demo / "report" / "report.json").read_text())
+    assert {"metrics", "audit", "search", "best", "run", "figures"} <= set(report)
+    assert report["metrics"]["test"]["recall_ci95"] and report["search"]["trials"] == 8
+    assert all((demo / "report" / name).is_file() for name in report["figures"])
+
+
+@pytest.mark.slow
 def test_checkpoints_of_finished_trials_are_dropped(demo: Path):
     assert not list((demo / "tune").glob("trial_*/checkpoint_*"))
 
@@ -205,6 +221,44 @@ def test_existing_name_is_refused_and_untouched(demo: Path):
 def test_unknown_space_lists_available(tmp_path):
     assert_input_error(run_cli("--space", "nope", "--dataset", "synthetic", "--results-dir", str(tmp_path)), "nope", "smoke", "full")
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--max-epochs", "0"], ["--max-epochs", "0"]),
+    (["--num-samples", "0"], ["--num-samples"]),
+    (["--final-seeds", "0"], ["--final-seeds"]),
+    (["--recall-confidence", "1.5"], ["--recall-confidence"]),
+    (["--target-recall", "0"], ["--target-recall"]),
+    (["--cpus-per-trial", "0"], ["--cpus-per-trial"]),
+    (["--extend", "-1"], ["--extend"]),
+])
+def test_bad_flag_values_fail_in_one_line(tmp_path, flags, words):
+    assert_input_error(run_cli("--dataset", "synthetic", "--results-dir", str(tmp_path / "r"), *flags, timeout=60), *words)
+    assert not (tmp_path / "r").exists()
+
+
+def test_results_dir_under_a_file_fails_before_anything_is_written(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert_input_error(run_cli("--dataset", "synthetic", "--results-dir", str(tmp_path / "file" / "r"), timeout=60),
+                       "--results-dir", "is a file")
+
+
+def test_extend_and_resume_need_an_existing_experiment(tmp_path):
+    assert_input_error(run_cli("--results-dir", str(tmp_path), "--name", "nope", "--extend", "2", timeout=60), "nope")
+    assert_input_error(run_cli("--results-dir", str(tmp_path), "--extend", "2", timeout=60), "--name")
+
+
+def test_help_imports_no_heavy_library():
+    code = "import sys, tune.run; print(sorted(m for m in ('torch', 'ray', 'optuna', 'pandas') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True).stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_an_address_where_no_cluster_answers_fails_naming_it(tmp_path):
+    start = time.monotonic()
+    assert_input_error(run_cli("--address", "127.0.0.1:1", "--dataset", "synthetic", "--results-dir", str(tmp_path), timeout=60),
+                       "127.0.0.1:1")
+    assert time.monotonic() - start < 30 and not any(tmp_path.iterdir())
 
 
 def test_missing_data_dir(tmp_path):

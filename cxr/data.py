@@ -12,7 +12,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from cxr.errors import InputError
 
 CLASSES = {"normal": 0, "pneumonia": 1}
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["path", "label", "patient", "split", "source_split"]
 
@@ -76,7 +76,7 @@ def _read_layout(root: Path) -> tuple[list[tuple], int]:
             ignored += len(files) - len(images)
             if not images and split != "val":
                 raise InputError(
-                    f"{class_dirs[name]} holds no .jpeg/.jpg/.png image: every class needs images in {split}/"
+                    f"{class_dirs[name]} holds no .jpeg/.jpg/.png/.dcm image: every class needs images in {split}/"
                 )
             rows += [(str(p.resolve()), label, patient_key(p), split) for p in images]
     return rows, ignored

@@ -10,6 +10,7 @@ import pandas as pd
 
 from cxr.data import scan
 from cxr.images import load_images
+from cxr.manifest import is_manifest, read_manifest
 
 
 @dataclass
@@ -36,7 +37,11 @@ class CxrData:
 def load_dataset(
     root: str | Path, *, image_size: int, val_fraction: float = 0.2, seed: int = 0, cache_dir: str | Path | None = None
 ) -> CxrData:
-    """Scan a Kaggle-layout folder, split train/val by patient, decode once (cached) at image_size."""
-    manifest = scan(root, val_fraction=val_fraction, seed=seed)
+    """Scan a Kaggle-layout folder (or read a CSV/parquet manifest), split by patient, decode once (cached) at
+    image_size."""
+    if is_manifest(root):
+        manifest = read_manifest(root, val_fraction=val_fraction, seed=seed)
+    else:
+        manifest = scan(root, val_fraction=val_fraction, seed=seed)
     return CxrData(load_images(manifest["path"], image_size, cache_dir), manifest)
 

@@ -16,6 +16,7 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 from PIL import Image, UnidentifiedImageError
 
+from cxr.dicom import is_dicom, read_dicom
 from cxr.errors import InputError
 
 _PARALLEL_MIN_IMAGES = 512
@@ -51,7 +52,7 @@ def _decode_all(paths: list[str], size: int, target: Path, workers: int) -> None
     tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
     out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
     chunks = [range(i, min(i + 256, len(paths))) for i in range(0, len(paths), 256)]
-    bad: list[str] = []
+    bad: list[tuple[str, str]] = []  # (path, reason)
     if workers > 1 and len(paths) >= _PARALLEL_MIN_IMAGES:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = pool.map(_decode_chunk, [[paths[i] for i in c] for c in chunks], [size] * len(chunks))
@@ -67,26 +68,29 @@ def _decode_all(paths: list[str], size: int, target: Path, workers: int) -> None
     del out
     if bad:
         tmp.unlink()
+        path, reason = bad[0]
         raise InputError(
-            f"{len(bad)} unreadable image(s), e.g. {bad[0]}: delete or replace them and run again "
+            f"{len(bad)} unreadable image(s), e.g. {path} ({reason}): delete or replace them and run again "
             "(nothing is skipped silently, so the manifest stays what was trained on)"
         )
     os.replace(tmp, target)
 
 
-def _decode_chunk(paths: list[str], size: int) -> tuple[np.ndarray, list[str]]:
+def _decode_chunk(paths: list[str], size: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
     array = np.zeros((len(paths), size, size), dtype=np.uint8)
     failed = []
     for i, path in enumerate(paths):
         try:
             array[i] = decode(path, size)
-        except (OSError, UnidentifiedImageError, ValueError):
-            failed.append(path)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            failed.append((path, f"{type(exc).__name__}: {str(exc)[:300]}"))
     return array, failed
 
 
 def decode(path: str, size: int) -> np.ndarray:
-    """One image as a (size, size) grayscale uint8 array."""
+    """One image (JPEG, PNG, 16-bit PNG or DICOM) as a (size, size) grayscale uint8 array."""
+    if is_dicom(path):
+        return resize_array(read_dicom(path), size)
     with Image.open(path) as image:
         image.draft("L", (size, size))  # JPEG: let libjpeg downscale while decoding
         if image.mode.startswith("I") or image.mode == "F":  # 16-bit/int/float PNG: convert("L") would clip at 255
@@ -109,4 +113,14 @@ def resize_array(values: np.ndarray, size: int) -> np.ndarray:
         raise ValueError(f"expected a 2-D grayscale array, got shape {values.shape}")
     image = Image.fromarray(values) if values.dtype == np.uint8 else _stretch_to_8bit(values.astype(np.float64))
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def read_film(path: str) -> np.ndarray:
+    """The film at its own resolution as grayscale uint8 (for overlays); high bit depths stretched as in decode."""
+    if is_dicom(path):
+        return np.asarray(_stretch_to_8bit(read_dicom(path)), dtype=np.uint8)
+    with Image.open(path) as image:
+        if image.mode.startswith("I") or image.mode == "F":
+            return np.asarray(_stretch_to_8bit(np.asarray(image, dtype=np.float64)), dtype=np.uint8)
+        return np.asarray(image.convert("L"), dtype=np.uint8)
 

@@ -14,6 +14,7 @@ import pandas as pd
 from cxr.dataset import CxrData, load_dataset
 from cxr.errors import InputError
 from cxr.images import default_cache_dir
+from cxr.manifest import is_manifest
 from cxr.models import pretrained_state
 from cxr.synthetic import make_synthetic
 from tune import cluster, search
@@ -199,9 +200,11 @@ def check_flags(experiment: Experiment) -> None:
     for flag, folder in folders:
         if folder is not None:
             _check_writable_folder(flag, Path(folder))
-    for flag, folder in (("--weights-dir", experiment.weights_dir), ("--data-dir", experiment.data_dir)):
-        if folder is not None and not Path(folder).is_dir():
-            raise InputError(f"{flag} {folder} does not exist or is not a folder: pass an existing folder")
+    if experiment.weights_dir is not None and not Path(experiment.weights_dir).is_dir():
+        raise InputError(f"--weights-dir {experiment.weights_dir} does not exist or is not a folder: pass an existing folder")
+    if experiment.data_dir is not None and not (Path(experiment.data_dir).is_dir() or is_manifest(experiment.data_dir)):
+        raise InputError(f"--data-dir {experiment.data_dir} does not exist as a folder or a .csv/.parquet manifest: pass the "
+                         "Kaggle chest_xray folder or a manifest with path and label columns")
 
 
 def _check_writable_folder(flag: str, folder: Path) -> None:
@@ -234,7 +237,10 @@ def _load_data(experiment: Experiment, image_size: int) -> CxrData:
             make_synthetic(root.with_suffix(".tmp"), seed=experiment.seed).rename(root)
     else:
         root = Path(experiment.data_dir)
-    return load_dataset(root, image_size=image_size, val_fraction=experiment.val_fraction, seed=experiment.seed, cache_dir=cache)
+    data = load_dataset(root, image_size=image_size, val_fraction=experiment.val_fraction, seed=experiment.seed, cache_dir=cache)
+    for note in data.manifest.attrs.get("notes", []):
+        print(f"note: {note}")
+    return data
 
 
 def _settings(experiment: Experiment, max_epochs: int, paths: ExperimentPaths) -> search.SearchSettings:

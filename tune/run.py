@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--space", default="smoke", help="search space: a name in search_spaces/ or a path to a .py file defining space(trial)")
     data = p.add_mutually_exclusive_group()
-    data.add_argument("--data-dir", help="Kaggle chest_xray folder: <dir>/{train,val,test}/{NORMAL,PNEUMONIA}")
+    data.add_argument("--data-dir", help="Kaggle chest_xray folder (<dir>/{train,val,test}/{NORMAL,PNEUMONIA}, JPEG/PNG/DICOM) or a CSV/parquet manifest (path, label[, patient, split])")
     data.add_argument("--dataset", choices=["synthetic"], help="use a generated CXR-like data set (made once in the cache folder)")
     p.add_argument("--num-samples", type=int, default=8, help="number of trials")
     p.add_argument("--max-epochs", type=int, help="epoch budget per trial (ASHA's max_t); default: the space's epochs")

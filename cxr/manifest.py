@@ -1,0 +1,82 @@
+"""Any labelled data: a CSV or parquet manifest with columns path, label and optional patient and split, read
+into the same manifest scan() makes of a Kaggle folder (val, and test when no split is given, held out by patient)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr.data import MANIFEST_COLUMNS, SPLITS, _val_rows
+from cxr.errors import InputError
+
+MANIFEST_SUFFIXES = {".csv", ".parquet"}
+_LABELS = {"0": 0, "1": 1, "normal": 0, "pneumonia": 1}
+
+
+def is_manifest(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in MANIFEST_SUFFIXES and Path(path).is_file()
+
+
+def read_manifest(path: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
+    """path (absolute or relative to the manifest), label (0/1 or NORMAL/PNEUMONIA), patient?, split?."""
+    path = Path(path)
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix.lower() == ".csv" else pd.read_parquet(path).astype(str)
+    raw.columns = [c.strip().lower() for c in raw.columns]
+    for column in ("path", "label"):
+        if column not in raw:
+            raise InputError(f"manifest {path} has no '{column}' column (columns: {list(raw.columns)}): add it "
+                             "(path, label; optional patient, split)")
+    notes = []
+    frame = pd.DataFrame({"path": [_resolve(path, p, i) for i, p in enumerate(raw["path"])],
+                          "label": [_label(path, v, i) for i, v in enumerate(raw["label"])]})
+    if "patient" in raw:
+        frame["patient"] = raw["patient"].astype(str).to_numpy()
+    else:
+        frame["patient"] = frame["path"]
+        notes.append(f"manifest {path.name} has no patient column: each image is treated as its own patient")
+    if "split" in raw:
+        frame["split"] = [_split(path, v, i) for i, v in enumerate(raw["split"])]
+        frame["source_split"] = frame["split"]
+        if not (frame["split"] == "val").any():
+            pool = frame.index[frame["split"] == "train"]
+            frame.loc[_val_rows(frame.loc[pool], val_fraction, seed), "split"] = "val"
+    else:
+        frame["split"] = "train"
+        frame.loc[_val_rows(frame, val_fraction, seed + 1), "split"] = "test"  # test held out by patient like val
+        pool = frame.index[frame["split"] == "train"]
+        frame.loc[_val_rows(frame.loc[pool], val_fraction, seed), "split"] = "val"
+        frame["source_split"] = np.where(frame["split"] == "test", "test", "train")
+        notes.append(f"manifest {path.name} has no split column: test and val are held out by patient")
+    if not (frame["split"] == "train").any():
+        raise InputError(f"manifest {path} has no train rows: give some rows split=train or leave the split column out")
+    frame.attrs["notes"] = notes
+    return frame[MANIFEST_COLUMNS].reset_index(drop=True)
+
+
+def _row(manifest: Path, index: int) -> str:
+    return f"{manifest}: row {index + 1} (line {index + 2})"
+
+
+def _resolve(manifest: Path, value: str, index: int) -> str:
+    file = Path(value)
+    file = file if file.is_absolute() else manifest.parent / file
+    if not file.is_file():
+        raise InputError(f"{_row(manifest, index)}: file {value} does not exist: fix the path (absolute, or relative to the manifest)")
+    return str(file.resolve())
+
+
+def _label(manifest: Path, value, index: int) -> int:
+    key = str(value).strip().lower()
+    key = {"0.0": "0", "1.0": "1"}.get(key, key)
+    if key not in _LABELS:
+        raise InputError(f"{_row(manifest, index)}: unknown label {value!r}: use 0/1 or NORMAL/PNEUMONIA")
+    return _LABELS[key]
+
+
+def _split(manifest: Path, value, index: int) -> str:
+    key = str(value).strip().lower()
+    if key not in SPLITS:
+        raise InputError(f"{_row(manifest, index)}: unknown split {value!r}: use train, val or test")
+    return key

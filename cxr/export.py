@@ -1,0 +1,89 @@
+"""python -m cxr.export --model results/<name>/final --onnx model.onnx: the whole ensemble as one ONNX graph
+(opset 17, dynamic batch), checked against PyTorch with onnxruntime. Needs `pip install -e ".[export]"`.
+
+The graph takes what cxr feeds its members: a float32 batch (N, 3, S, S) of the grayscale film repeated on 3
+channels, scaled to [0, 1] and normalised with model.json's mean and std; it returns the calibrated pneumonia
+probability (N,) that model.json's threshold applies to (mirroring included when the model uses it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxr.errors import InputError
+
+OPSET = 17
+TOLERANCE = 1e-4
+
+
+class EnsembleGraph(nn.Module):
+    """Members' sigmoid (with the mirrored film when tta), mean, then temperature scaling, as one module."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.members = nn.ModuleList(model.members)
+        self.tta, self.temperature = model.tta, float(model.temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = []
+        for member in self.members:
+            p = torch.sigmoid(member(x))
+            if self.tta:
+                p = (p + torch.sigmoid(member(torch.flip(x, dims=[3])))) / 2
+            probs.append(p)
+        mean = torch.stack(probs).mean(dim=0).clamp(1e-7, 1 - 1e-7)
+        return torch.sigmoid((torch.log(mean) - torch.log1p(-mean)) / self.temperature)
+
+
+def normalised_batch(model, images: np.ndarray) -> torch.Tensor:
+    """What the members see for (N, S, S) uint8 films (cxr's own evaluation pipeline)."""
+    from cxr.augment import BatchPipeline
+    from cxr.models import data_config
+
+    dc = data_config(model.members[0])
+    return BatchPipeline(model.image_size, dc["mean"], dc["std"])(torch.from_numpy(images), train=False)
+
+
+def export_onnx(model, out: str | Path, check_images: np.ndarray) -> float:
+    """Write the ONNX file; returns the largest |onnxruntime - PyTorch| probability difference on check_images."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise InputError('ONNX export needs onnx and onnxruntime: pip install -e ".[export]"') from None
+    graph = EnsembleGraph(model).eval()
+    x = normalised_batch(model, check_images)
+    torch.onnx.export(graph, (x[:1],), str(out), input_names=["films"], output_names=["probability"], opset_version=OPSET,
+                      dynamic_axes={"films": {0: "batch"}, "probability": {0: "batch"}}, dynamo=False)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    onnx_probs = session.run(None, {"films": x.numpy()})[0]
+    torch_probs = model.probabilities(check_images)
+    return float(np.abs(onnx_probs - torch_probs).max())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cxr.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="the final/ folder of a finished tune.run experiment")
+    parser.add_argument("--onnx", required=True, help="output .onnx file")
+    args = parser.parse_args(argv)
+    try:
+        from cxr.package import load_model
+
+        model = load_model(args.model)
+        films = np.random.default_rng(0).integers(0, 256, (4, model.image_size, model.image_size), dtype=np.uint8)
+        diff = export_onnx(model, args.onnx, films)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ok = diff <= TOLERANCE
+    print(f"wrote {args.onnx} (opset {OPSET}, dynamic batch, {len(model.members)} member(s)); onnxruntime vs PyTorch on "
+          f"4 films: max |difference| {diff:.2e} {'<=' if ok else '>'} {TOLERANCE:g}: {'match' if ok else 'MISMATCH'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

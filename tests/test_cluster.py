@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from test_run import assert_input_error, run_cli
+from test_run import REPO, assert_input_error, run_cli
 from tune.results import load
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -53,9 +54,10 @@ def token_env(tmp_path, monkeypatch) -> dict[str, str]:
 
 
 @contextmanager
-def two_node_cluster(tmp_path: Path, worker_prefix: list[str] = ()):
-    """Head and worker started as their own process groups; the address is yielded, both groups killed after.
-    The caller's environment must carry the token (the token_env fixture)."""
+def two_node_cluster(tmp_path: Path, worker_prefix: list[str] = (), handles: list | None = None):
+    """Head and worker started as their own process groups; the address is yielded, both groups killed after
+    (handles, if given, receives [head, worker] processes). The caller's environment must carry the token
+    (the token_env fixture)."""
     port = _free_port()
     env = dict(os.environ)
     logs = [open(tmp_path / "head.log", "w"), open(tmp_path / "worker.log", "w")]
@@ -68,10 +70,13 @@ def two_node_cluster(tmp_path: Path, worker_prefix: list[str] = ()):
                                   env=env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(worker)
         _wait_for(lambda: _nodes_up(port, env, procs) >= 2)
+        if handles is not None:
+            handles += procs
         yield f"127.0.0.1:{port}"
     finally:
         for proc in reversed(procs):
-            os.killpg(proc.pid, signal.SIGKILL)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         for log in logs:
             log.close()
@@ -116,4 +121,38 @@ def test_node_local_storage_fails_before_any_trial(tmp_path, token_env):
                        "--results-dir", str(results), "--name", "local", timeout=180)
     assert_input_error(proc, "node-local", "--storage-path")
     assert not any(results.iterdir())
+
+
+def _head_node_id(address: str) -> str:
+    code = (f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
+            "print([n['NodeID'] for n in ray.nodes() if n['Alive'] and 'node:__internal_head__' in n['Resources']][0])")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout.split()[-1]
+
+
+def _node_ids(trial_dir: Path) -> list[str]:
+    result = trial_dir / "result.json"
+    return [json.loads(line)["node_id"] for line in result.read_text().splitlines()] if result.exists() else []
+
+
+def test_trials_of_a_lost_worker_node_finish_on_the_head_from_their_checkpoints(tmp_path, token_env):
+    handles: list[subprocess.Popen] = []
+    args = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "2", "--scheduler", "fifo", "--max-epochs", "3",
+            "--image-size", "32", "--final-seeds", "1", "--results-dir", str(tmp_path / "results"), "--name", "lost"]
+    with two_node_cluster(tmp_path, handles=handles) as address:
+        head = _head_node_id(address)
+        driver = subprocess.Popen([sys.executable, "-m", "tune.run", "--address", address, *args], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        tune_dir = tmp_path / "results" / "lost" / "tune"
+        deadline = time.monotonic() + 300
+        while not any(n != head for d in tune_dir.glob("trial_*") for n in _node_ids(d)[:1]):
+            assert driver.poll() is None and time.monotonic() < deadline, "no trial reported from the worker node"
+            time.sleep(0.3)
+        os.killpg(handles[1].pid, signal.SIGKILL)  # the worker node, its raylet and its trial processes
+        out, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, out[-4000:]
+    results = load(tmp_path / "results" / "lost")
+    assert (results.trials["status"] == "completed").all()
+    moved = [g for _, g in results.epochs.groupby("trial_id") if g["node_id"].iloc[0] != head]
+    assert len(moved) == 1 and list(moved[0]["epoch"]) == [1, 2, 3], "the lost trial repeated or skipped an epoch"
+    assert moved[0]["node_id"].iloc[-1] == head
 

@@ -117,7 +117,7 @@ def make_reporter(metric: str) -> CLIReporter:
     return CLIReporter(
         metric_columns={"training_iteration": "epoch", metric: metric, "val_auroc": "val_auroc", "val_loss": "val_loss"},
         parameter_columns=["backbone", "lr", "scheduler", "unfrozen_blocks"],
-        metric=metric, mode="max", sort_by_metric=True, max_report_frequency=30,
+        sort_by_metric=True, max_report_frequency=30, max_column_length=24,  # metric and mode come from TuneConfig
     )
 
 

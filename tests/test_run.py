@@ -335,3 +335,17 @@ def test_missing_weights_fail_before_ray(tmp_path):
     proc = run_cli("--space", str(space), "--dataset", "synthetic", "--weights-dir", str(tmp_path), "--results-dir", str(tmp_path / "r"))
     assert_input_error(proc, "test_efficientnet", "--no-pretrained")
     assert not (tmp_path / "r").exists()
+
+
+def test_unknown_backbones_flag_fails_before_ray(tmp_path):
+    proc = run_cli("--space", "cpu", "--backbones", "resnet50", "--dataset", "synthetic", "--results-dir", str(tmp_path / "r"))
+    assert_input_error(proc, "--backbones resnet50", "tf_efficientnet_lite0")
+    assert not (tmp_path / "r").exists()
+
+
+def test_cpu_space_without_backbones_names_the_missing_weights_file(tmp_path):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    proc = run_cli("--space", "cpu", "--dataset", "synthetic", "--weights-dir", str(weights), "--results-dir", str(tmp_path / "r"))
+    assert_input_error(proc, "mobilenetv3_large_100", "safetensors")
+    assert not (tmp_path / "r").exists()

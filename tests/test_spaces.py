@@ -66,3 +66,28 @@ def test_unknown_backbone_in_space(tmp_path):
     path = _write(tmp_path, "def space(trial):\n    return {'backbone': 'resnet5O'}\n")
     with pytest.raises(InputError, match="resnet5O.*resnet50"):
         validate(load_space(path))
+
+
+def test_cpu_space_validates_with_its_reference_config():
+    checked = validate(load_space("cpu"))
+    assert checked.image_size == 128 and checked.max_epochs <= 5
+    assert checked.pretrained_backbones == {"tf_efficientnet_lite0", "mobilenetv3_large_100", "resnet18"}
+    assert checked.points_to_evaluate[0]["backbone"] == "tf_efficientnet_lite0"
+
+
+def test_backbones_narrow_every_draw_and_drop_other_baselines():
+    space = load_space("full").with_backbones(["resnet18", "densenet121"])
+    assert [b["backbone"] for b in space.baselines] == ["densenet121"]
+    checked = validate(space, n_samples=40)
+    assert checked.pretrained_backbones == {"densenet121", "resnet18"}  # only these need weights
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
+    for _ in range(8):  # TPE after its start-up trials: the distribution must stay the narrowed one
+        trial = study.ask()
+        assert sample(space, trial)["backbone"] in {"resnet18", "densenet121"}
+        study.tell(trial, 0.5)
+    assert pickle.loads(pickle.dumps(space.fn))(optuna.create_study().ask()) is not None
+
+
+def test_unknown_backbone_in_backbones_names_the_choices():
+    with pytest.raises(InputError, match="--backbones resnet50 not in space 'cpu'.*tf_efficientnet_lite0"):
+        load_space("cpu").with_backbones(["resnet18", "resnet50"])

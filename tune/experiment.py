@@ -31,6 +31,7 @@ class Experiment:
     """Everything a run was asked for; saved as run.json so --resume repeats it exactly."""
 
     space: str = "smoke"
+    backbones: str | None = None  # comma-separated narrowing of the space's backbone choice
     data_dir: str | None = None
     dataset: str | None = None
     num_samples: int = 8
@@ -60,7 +61,10 @@ class Experiment:
 def run_experiment(experiment: Experiment, *, resume: bool = False, extend: int = 0) -> int:
     experiment = _resolve(experiment, resume, extend)
     paths = ExperimentPaths(Path(experiment.results_dir) / experiment.name)
-    space = load_space(experiment.space).with_overrides(_overrides(experiment))
+    space = load_space(experiment.space)
+    if experiment.backbones is not None:
+        space = space.with_backbones([b.strip() for b in experiment.backbones.split(",") if b.strip()])
+    space = space.with_overrides(_overrides(experiment))
     checked = validate(space, seed=experiment.seed)
     data = _load_data(experiment, checked.image_size)
     weights = {b: pretrained_state(b, experiment.weights_dir) for b in sorted(checked.pretrained_backbones)}

@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tune.run", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--space", default="smoke", help="search space: a name in search_spaces/ or a path to a .py file defining space(trial)")
+    p.add_argument("--backbones", help="comma-separated subset of the space's backbones to search (only these need weights)")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--data-dir", help="Kaggle chest_xray folder (<dir>/{train,val,test}/{NORMAL,PNEUMONIA}, JPEG/PNG/DICOM) or a CSV/parquet manifest (path, label[, patient, split])")
     data.add_argument("--dataset", choices=["synthetic"], help="use a generated CXR-like data set (made once in the cache folder)")
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         from tune.experiment import Experiment, run_experiment
 
         experiment = Experiment(
-            space=args.space, data_dir=args.data_dir, dataset=args.dataset, num_samples=args.num_samples,
+            space=args.space, backbones=args.backbones, data_dir=args.data_dir, dataset=args.dataset, num_samples=args.num_samples,
             max_epochs=args.max_epochs, image_size=args.image_size, metric=args.metric,
             target_recall=args.target_recall, scheduler=args.scheduler, cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial, workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent, results_dir=args.results_dir,

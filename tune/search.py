@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from optuna.trial import TrialState
 import pandas as pd
 import ray
 from ray import tune as ray_tune
+from ray.tune import CLIReporter
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -138,24 +140,44 @@ def stopped_by_scheduler(last: dict) -> bool:
 
 
 def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace) -> ray_tune.TuneConfig:
+    name = functools.partial(_trial_name, first=settings.first_index)
+    return ray_tune.TuneConfig(metric=settings.metric, mode="max", search_alg=make_searcher(settings, space, checked),
+                               scheduler=make_scheduler(settings), num_samples=settings.num_samples,
+                               max_concurrent_trials=settings.max_concurrent, trial_name_creator=name,
+                               trial_dirname_creator=name,
+                               reuse_actors=False)  # a fresh process per trial frees its CUDA memory at the end
+
+
+def make_sampler(settings: SearchSettings) -> optuna.samplers.TPESampler:
+    """TPE as benchmarks/bench_search_efficiency.py measured it (BENCHMARKS.md, issue 10): a few random start-up
+    trials so that a small search is not all random; multivariate + group because spaces are conditional
+    (a scheduler's own parameters); constant_liar so parallel trials do not all propose the same point.
+    Each --extend round gets its own seed (the study's earlier trials already steer it)."""
+    return optuna.samplers.TPESampler(seed=settings.seed + settings.first_index - 1,
+                                      n_startup_trials=startup_trials(settings.num_samples),
+                                      multivariate=True, group=True, constant_liar=True)
+
+
+def startup_trials(num_samples: int) -> int:
+    """A quarter of the trials, at least 3 and at most Optuna's default 10."""
+    return min(10, max(3, num_samples // 4))
+
+
+def make_searcher(settings: SearchSettings, space: Space, checked: CheckedSpace,
+                  sampler: optuna.samplers.BaseSampler | None = None) -> OptunaSearch:
+    """The product's searcher: TPE on the study kept in the experiment's journal file."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     baselines = checked.points_to_evaluate if settings.enqueue_baselines else []
-    searcher = JournalOptunaSearch(
-        space=space.fn, metric=settings.metric, mode="max", points_to_evaluate=baselines or None,
-        sampler=optuna.samplers.TPESampler(seed=settings.seed + settings.first_index - 1),
-        study_name=settings.study_name, storage=open_study_storage(settings.journal_path),
-    )
-    if settings.scheduler == "asha":
-        # grace period: a trial gets at least an eighth of the budget before it can be stopped
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.max_epochs,
-                                  grace_period=max(1, settings.max_epochs // 8), reduction_factor=3)
-    else:
-        scheduler = FIFOScheduler()
-    return ray_tune.TuneConfig(metric=settings.metric, mode="max", search_alg=searcher, scheduler=scheduler,
-                               num_samples=settings.num_samples, max_concurrent_trials=settings.max_concurrent,
-                               trial_name_creator=functools.partial(_trial_name, first=settings.first_index),
-                               trial_dirname_creator=functools.partial(_trial_name, first=settings.first_index),
-                               reuse_actors=False)  # a fresh process per trial frees its CUDA memory at the end
+    return JournalOptunaSearch(space=space.fn, metric=settings.metric, mode="max", points_to_evaluate=baselines or None,
+                               sampler=sampler or make_sampler(settings), study_name=settings.study_name,
+                               storage=open_study_storage(settings.journal_path))
+
+
+def make_scheduler(settings: SearchSettings) -> ASHAScheduler | FIFOScheduler:
+    if settings.scheduler == "fifo":
+        return FIFOScheduler()
+    # every trial gets one epoch (the cheapest signal that separates lr/unfrozen settings), a third go on at each rung
+    return ASHAScheduler(time_attr="training_iteration", max_t=settings.max_epochs, grace_period=1, reduction_factor=3)
 
 
 def _trial_name(trial, first: int = 1) -> str:
@@ -170,7 +192,20 @@ def _run_config(settings: SearchSettings) -> ray_tune.RunConfig:
         storage_path=settings.storage_path,
         checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
         failure_config=ray_tune.FailureConfig(max_failures=2),
+        progress_reporter=make_reporter(settings.metric),
         verbose=1,
+    )
+
+
+def make_reporter(metric: str) -> CLIReporter:
+    """The live table: per trial its epoch, the search metric and val AUROC, so the leading trial is visible.
+    Ray 2.x's default console output ignores progress_reporter; RAY_AIR_NEW_OUTPUT=0 (unless the user set it)
+    selects the reporter that honours these columns."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    return CLIReporter(
+        metric_columns={"training_iteration": "epoch", metric: metric, "val_auroc": "val_auroc", "val_loss": "val_loss"},
+        parameter_columns=["backbone", "lr", "scheduler", "unfrozen_blocks"],
+        sort_by_metric=True, max_report_frequency=30, max_column_length=24,  # metric and mode come from TuneConfig
     )
 
 

@@ -32,6 +32,20 @@ class Space:
         baselines = [{k: v for k, v in b.items() if k not in overrides} for b in self.baselines]
         return Space(self.name, _Pinned(self.fn, dict(overrides)), baselines)
 
+    def with_backbones(self, backbones: list[str]) -> "Space":
+        """The same space drawing only these backbones (--backbones). The narrowed list is passed to every
+        suggest_categorical("backbone", ...) call, so the distribution stays fixed within the study as Optuna
+        requires; baselines of other backbones are dropped. Checked against the space before Ray starts."""
+        if not backbones:
+            raise InputError("--backbones is empty: pass a comma-separated list such as tf_efficientnet_lite0,resnet18")
+        drawn = backbone_choices(self)
+        unknown = [b for b in backbones if b not in drawn]
+        if unknown:
+            raise InputError(f"--backbones {','.join(unknown)} not in space '{self.name}': it draws {', '.join(drawn)}")
+        keep = [b for b in drawn if b in backbones]  # the space's order, so the narrowing does not depend on flag order
+        baselines = [b for b in self.baselines if b.get("backbone", keep[0]) in keep]
+        return Space(self.name, _Narrowed(self.fn, tuple(keep)), baselines)
+
 
 @dataclass(frozen=True)
 class _Pinned:
@@ -42,6 +56,46 @@ class _Pinned:
 
     def __call__(self, trial: optuna.Trial) -> dict:
         return {**(self.fn(trial) or {}), **self.overrides}
+
+
+@dataclass(frozen=True)
+class _Narrowed:
+    """A picklable space wrapper that hands space(trial) a trial whose backbone choices are narrowed."""
+
+    fn: SpaceFn
+    backbones: tuple[str, ...]
+
+    def __call__(self, trial: optuna.Trial) -> dict | None:
+        return self.fn(_BackboneTrial(trial, self.backbones))
+
+
+class _BackboneTrial:
+    """An Optuna trial whose suggest_categorical("backbone", ...) offers only the narrowed backbones."""
+
+    def __init__(self, trial: optuna.Trial, backbones: tuple[str, ...]):
+        self._trial, self._backbones = trial, backbones
+
+    def suggest_categorical(self, name: str, choices):
+        if name == "backbone":
+            choices = [c for c in choices if c in self._backbones]
+        return self._trial.suggest_categorical(name, choices)
+
+    def __getattr__(self, name: str):
+        return getattr(self._trial, name)
+
+
+def backbone_choices(space: Space) -> list[str]:
+    """Every backbone a space can draw: its suggest_categorical("backbone") choices, else its fixed backbone."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    try:
+        fixed = space.fn(trial) or {}
+    except Exception as exc:
+        raise InputError(f"space '{space.name}' failed while sampling ({type(exc).__name__}: {exc}): fix its space(trial)") from None
+    choices = trial.distributions.get("backbone")
+    if choices is not None:
+        return list(choices.choices)
+    return [fixed.get("backbone", TrainConfig.backbone)]
 
 
 def available() -> list[str]:

@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 
 RATES = ("recall", "specificity", "ppv", "npv", "accuracy")
 
@@ -39,21 +38,26 @@ def rates(labels: np.ndarray, probs: np.ndarray, threshold: float, weights: np.n
 
 
 def ranking(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """AUROC and AUPRC; with weights one value per resample (NaN where a resample lacks a class)."""
-    y = np.asarray(labels).astype(int)
-    rows = [None] if weights is None else list(weights)
-    auroc, auprc = [], []
-    for w in rows:
-        present = y if w is None else y[w > 0]
-        if present.min(initial=1) == present.max(initial=0):
-            auroc.append(math.nan)
-            auprc.append(math.nan)
-            continue
-        auroc.append(skm.roc_auc_score(y, probs, sample_weight=w))
-        auprc.append(skm.average_precision_score(y, probs, sample_weight=w))
+    """AUROC and AUPRC (average precision, as sklearn computes them: ties count half for AUROC, step-wise AP); with
+    weights (B, N) one value per resample, all at once (NaN where a resample lacks a class)."""
+    y = np.asarray(labels).astype(bool)
+    w = np.ones((1, len(y))) if weights is None else np.asarray(weights, dtype=np.float64)
+    values, group = np.unique(np.asarray(probs, dtype=np.float64), return_inverse=True)  # ascending scores
+    onehot = np.zeros((len(y), len(values)))
+    onehot[np.arange(len(y)), group] = 1.0
+    pos, neg = (w * y) @ onehot, (w * ~y) @ onehot  # (B, G): weight of positives / negatives at each score
+    total_pos, total_neg = pos.sum(axis=1), neg.sum(axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # negatives scored strictly lower
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = (pos * (below + 0.5 * neg)).sum(axis=1) / (total_pos * total_neg)
+        tp, fp = np.cumsum(pos[:, ::-1], axis=1), np.cumsum(neg[:, ::-1], axis=1)  # predicting score >= each value
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        auprc = (pos[:, ::-1] * precision).sum(axis=1) / total_pos
+    missing = (total_pos == 0) | (total_neg == 0)
+    auroc[missing], auprc[missing] = np.nan, np.nan
     if weights is None:
         return {"auroc": float(auroc[0]), "auprc": float(auprc[0])}
-    return {"auroc": np.array(auroc), "auprc": np.array(auprc)}
+    return {"auroc": auroc, "auprc": auprc}
 
 
 def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> list[float]:

@@ -102,7 +102,7 @@ def _wait_for(condition, timeout: float = 90) -> None:
 def test_trials_run_on_both_nodes(tmp_path, token_env):
     with two_node_cluster(tmp_path) as address:
         proc = run_cli("--address", address, "--space", "smoke", "--dataset", "synthetic", "--num-samples", "4",
-                       "--scheduler", "fifo", "--max-epochs", "1", "--results-dir", str(tmp_path / "results"), "--name", "c")
+                       "--scheduler", "fifo", "--max-epochs", "1", "--final-seeds", "1", "--results-dir", str(tmp_path / "results"), "--name", "c")
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = load(tmp_path / "results" / "c")
     assert len(results.trials) == 4 and (results.trials["status"] == "completed").all()

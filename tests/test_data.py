@@ -115,7 +115,7 @@ def test_any_case_class_folders_png_jpg_and_ignored_files(tmp_path: Path) -> Non
     root = _hand_made(tmp_path / "data", class_names=("normal", "Pneumonia"))
     (root / "train" / "normal" / "notes.txt").write_text("not an image")
     (root / "train" / "Pneumonia" / "Thumbs.db").write_bytes(b"\0")
-    (root / "train" / "Pneumonia" / "scan.dcm").write_bytes(b"\0")
+    (root / "train" / "Pneumonia" / "scan.tif").write_bytes(b"\0")
     frame = scan(root)
     assert len(frame) == 18
     assert frame.attrs["ignored_files"] == 3

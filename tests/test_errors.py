@@ -68,7 +68,7 @@ def test_empty_class_folder(tmp_path: Path) -> None:
     for file in (root / "train" / "PNEUMONIA").iterdir():
         file.unlink()
     (root / "train" / "PNEUMONIA" / "readme.txt").write_text("no images here")
-    with pytest.raises(InputError, match=r"PNEUMONIA holds no \.jpeg/\.jpg/\.png image"):
+    with pytest.raises(InputError, match=r"PNEUMONIA holds no \.jpeg/\.jpg/\.png/\.dcm image"):
         scan(root)
 
 

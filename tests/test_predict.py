@@ -68,7 +68,7 @@ def _dicom_kaggle(root: Path, source: Path) -> Path:
     return root
 
 
-TINY_RUN = ["--space", "smoke", "--num-samples", "2", "--max-epochs", "1", "--scheduler", "fifo", "--final-seeds", "1",
+TINY_RUN = ["--space", "smoke", "--num-samples", "1", "--max-epochs", "1", "--scheduler", "fifo", "--final-seeds", "1",
             "--image-size", "32"]
 
 

@@ -159,7 +159,7 @@ def test_splits_keep_patients_apart_and_test_unseen(demo: Path):
 
 @pytest.mark.slow
 def test_full_space_runs_baselines_first(tmp_path):
-    proc = run_cli("--space", "full", "--dataset", "synthetic", "--no-pretrained", "--max-epochs", "1",
+    proc = run_cli("--space", "full", "--dataset", "synthetic", "--no-pretrained", "--max-epochs", "1", "--final-seeds", "1",
                    "--num-samples", "6", "--image-size", "32", "--results-dir", str(tmp_path), "--name", "full")
     assert proc.returncode == 0, proc.stderr[-4000:]
     trials = load(tmp_path / "full").trials.sort_values("trial_index")
@@ -182,7 +182,7 @@ def _finished_trials(tune_dir: Path, epochs: int) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
-    args = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "5", "--scheduler", "fifo",
+    args = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "5", "--scheduler", "fifo", "--final-seeds", "1",
             "--max-concurrent", "1", "--results-dir", str(tmp_path), "--name", "killed"]
     driver = subprocess.Popen([sys.executable, "-m", "tune.run", *args], cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -292,7 +292,7 @@ def test_more_gpus_than_the_cluster_fails_fast(tmp_path):
 @pytest.mark.slow
 def test_data_parallel_trial_reports_like_a_single_process_one(demo: Path, tmp_path):
     proc = run_cli("--space", "smoke", "--dataset", "synthetic", "--num-samples", "1", "--workers-per-trial", "2",
-                   "--cpus-per-trial", "0.5", "--scheduler", "fifo", "--results-dir", str(tmp_path), "--name", "ddp")
+                   "--cpus-per-trial", "0.5", "--scheduler", "fifo", "--final-seeds", "1", "--results-dir", str(tmp_path), "--name", "ddp")
     assert proc.returncode == 0, proc.stderr[-4000:]
     parallel = load(tmp_path / "ddp")
     trial = parallel.trials.iloc[0]
@@ -320,7 +320,7 @@ def test_pretrained_weights_come_from_the_driver(tmp_path):
     space.write_text("def space(trial):\n    trial.suggest_float('lr', 1e-3, 1e-2, log=True)\n"
                      "    return {'backbone': 'test_efficientnet', 'pretrained': True, 'unfrozen_blocks': 0,\n"
                      "            'image_size': 64, 'epochs': 1}\n")
-    proc = run_cli("--space", str(space), "--dataset", "synthetic", "--num-samples", "2", "--weights-dir", str(weights),
+    proc = run_cli("--space", str(space), "--dataset", "synthetic", "--num-samples", "2", "--weights-dir", str(weights), "--final-seeds", "1",
                    "--results-dir", str(tmp_path / "r"), "--name", "pre")
     assert proc.returncode == 0, proc.stderr[-4000:]
     final = load_file(str(tmp_path / "r" / "pre" / "final" / "member-0.safetensors"))

@@ -71,7 +71,7 @@ def run_experiment(experiment: Experiment, *, resume: bool = False, extend: int 
     cluster.connect(experiment.address)
     try:
         cluster.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial, experiment.workers_per_trial)
-        settings = _settings(experiment, checked.max_epochs, paths)
+        settings = dataclasses.replace(_settings(experiment, checked.max_epochs, paths), config_keys=checked.common_keys)
         cluster.check_storage(settings.storage_path)
         if not (resume or extend):
             _create(paths, experiment, data)

@@ -48,6 +48,7 @@ class SearchSettings:
     tune_dir_name: str = TUNE_DIR_NAME  # tune/ for the first search, tune-extend-<k>/ for each --extend
     first_index: int = 1  # trial_index of this search's first trial (after the trials of earlier searches)
     enqueue_baselines: bool = True  # the space's BASELINES run first, once per study
+    config_keys: frozenset[str] = frozenset()  # keys every trial's config has (the live table shows some of them)
 
 
 def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data_ref: ray.ObjectRef,
@@ -108,16 +109,22 @@ class JournalOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._note(trial_id, result)
 
-    def _note(self, trial_id: str, result: dict) -> None:
-        value, step = result.get(self.metric), result.get("training_iteration")
+    def _stored(self, trial_id: str):
         trial = self._ot_trials.get(trial_id)
-        if value is None or math.isnan(value) or trial is None or step in trial.storage.get_trial(trial._trial_id).intermediate_values:
+        return None if trial is None else trial.storage.get_trial(trial._trial_id)
+
+    def _note(self, trial_id: str, result: dict) -> None:
+        value, step, stored = result.get(self.metric), result.get("training_iteration"), self._stored(trial_id)
+        if value is None or math.isnan(value) or stored is None or stored.state.is_finished() or step in stored.intermediate_values:
             return
-        trial.report(value, step)
+        self._ot_trials[trial_id].report(value, step)
         self._best[trial_id] = max(self._best.get(trial_id, -math.inf), value)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        stored = self._stored(trial_id)
+        # after --resume the journal may already hold the end of a trial that this restored searcher never saw
+        if trial_id in self._completed_trials or stored is None or stored.state.is_finished():
+            self._completed_trials.add(trial_id)
             return
         if result and not error:
             self._note(trial_id, result)
@@ -192,19 +199,22 @@ def _run_config(settings: SearchSettings) -> ray_tune.RunConfig:
         storage_path=settings.storage_path,
         checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
         failure_config=ray_tune.FailureConfig(max_failures=2),
-        progress_reporter=make_reporter(settings.metric),
+        progress_reporter=make_reporter(settings.metric, settings.config_keys),
         verbose=1,
     )
 
 
-def make_reporter(metric: str) -> CLIReporter:
+REPORTED_PARAMETERS = ("backbone", "lr", "scheduler", "unfrozen_blocks")
+
+
+def make_reporter(metric: str, keys: frozenset[str] = frozenset(REPORTED_PARAMETERS)) -> CLIReporter:
     """The live table: per trial its epoch, the search metric and val AUROC, so the leading trial is visible.
     Ray 2.x's default console output ignores progress_reporter; RAY_AIR_NEW_OUTPUT=0 (unless the user set it)
     selects the reporter that honours these columns."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return CLIReporter(
         metric_columns={"training_iteration": "epoch", metric: metric, "val_auroc": "val_auroc", "val_loss": "val_loss"},
-        parameter_columns=["backbone", "lr", "scheduler", "unfrozen_blocks"],
+        parameter_columns=[k for k in REPORTED_PARAMETERS if k in keys],  # Ray fails on a key a trial lacks
         sort_by_metric=True, max_report_frequency=30, max_column_length=24,  # metric and mode come from TuneConfig
     )
 

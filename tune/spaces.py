@@ -146,6 +146,7 @@ class CheckedSpace:
     image_size: int
     max_epochs: int
     pretrained_backbones: frozenset[str]  # every backbone the space can draw with pretrained=True
+    common_keys: frozenset[str] = frozenset()  # config keys every sampled config has
 
 
 def validate(space: Space, n_samples: int = 16, seed: int = 0) -> CheckedSpace:
@@ -178,7 +179,8 @@ def validate(space: Space, n_samples: int = 16, seed: int = 0) -> CheckedSpace:
     if len(sizes) > 1:
         raise InputError(f"space '{space.name}' searches image_size {sorted(sizes)}: fix it (images are decoded once, at one size)")
     epochs = max(c.get("epochs", TrainConfig.epochs) for c in configs)
-    return CheckedSpace(points, sizes.pop(), epochs, frozenset(backbones))
+    common = frozenset(set.intersection(*(set(c) for c in configs)))
+    return CheckedSpace(points, sizes.pop(), epochs, frozenset(backbones), common)
 
 
 def _check_baseline(space: Space, baseline: dict, config: dict) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,9 +49,10 @@ def _epochs(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in result.read_text().splitlines()] if result.exists() else []
 
 
-def _start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tune.run", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+def _start(args: list[str], env: dict, log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "w") if log else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "tune.run", *args], cwd=REPO, env=env, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _kill_workers(driver: subprocess.Popen, tune_dir: Path, faults: int) -> int:
@@ -80,7 +82,11 @@ def _kill_driver_in_final(args: list[str], env: dict, driver: subprocess.Popen, 
         driver.wait()
         kills += 1
         trained = {p.name for p in (root / "final-members").glob("seed-*")}
-        driver = _start([*args, "--resume"], env)
+        log = root.parent / f"resume-{kills}.log"
+        driver = _start([*args, "--resume"], env, log)
+        driver.wait()
+        kept = re.search(r"\((\d+) already trained\)", log.read_text())
+        retrained += len(trained) - (int(kept.group(1)) if kept else 0)
     driver.wait()
     return kills, retrained if driver.returncode == 0 else -1
 

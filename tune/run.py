@@ -11,7 +11,8 @@ import sys
 from cxr.config import MONITORS
 from cxr.errors import InputError
 
-# tune.experiment (torch, Ray, Optuna) is imported only once the flags parsed: --help answers at once
+# imported only once the flags parsed (--help answers at once): tune.flags (pandas), then, once the flags are
+# checked, tune.experiment (torch, Ray, Optuna), so bad flags also answer in about a second
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,11 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.extend < 0:
-            raise InputError(f"--extend {args.extend} is out of range: use the number of trials to add (1 or more)")
-        from tune.experiment import Experiment, run_experiment
+        from tune.flags import Experiment, resolve
 
-        experiment = Experiment(
+        experiment = resolve(Experiment(
             space=args.space, backbones=args.backbones, data_dir=args.data_dir, dataset=args.dataset, num_samples=args.num_samples,
             max_epochs=args.max_epochs, image_size=args.image_size, metric=args.metric,
             target_recall=args.target_recall, scheduler=args.scheduler, cpus_per_trial=args.cpus_per_trial,
@@ -70,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             pretrained=not args.no_pretrained, cache_dir=args.cache_dir, address=args.address,
             storage_path=args.storage_path, final_seeds=args.final_seeds, final_epochs=args.final_epochs,
             recall_confidence=args.recall_confidence,
-        )
+        ), args.resume, args.extend)
+        from tune.experiment import run_experiment
+
         return run_experiment(experiment, resume=args.resume, extend=args.extend)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

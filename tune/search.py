@@ -82,7 +82,9 @@ def can_restore(settings: SearchSettings) -> bool:
 
 def finished_records(settings: SearchSettings) -> list[TrialRecord]:
     """The trials of a finished Tune experiment, read back without running anything."""
-    return [_record(result) for result in ray_tune.ResultGrid(ray_tune.ExperimentAnalysis(tune_dir(settings)))]
+    analysis = ray_tune.ExperimentAnalysis(tune_dir(settings))
+    configs = {Path(t.path).name: t.config for t in analysis.trials}  # ResultGrid drops errored trials' configs
+    return [_record(result, configs.get(Path(result.path).name)) for result in ray_tune.ResultGrid(analysis)]
 
 
 def _trainable(context: TrialContext, settings: SearchSettings):
@@ -223,9 +225,9 @@ def tune_dir(settings: SearchSettings) -> str:
     return f"{settings.storage_path.rstrip('/')}/{settings.tune_dir_name}"
 
 
-def _record(result) -> TrialRecord:
+def _record(result, config: dict | None = None) -> TrialRecord:
     epochs = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
     epochs = epochs.drop(columns=[c for c in epochs.columns if c.startswith("config/")])
     error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:2000]
     _, index, trial_id = Path(result.path).name.split("_", 2)
-    return TrialRecord(trial_id, int(index), dict(result.config), epochs.reset_index(drop=True), error)
+    return TrialRecord(trial_id, int(index), dict(config or result.config), epochs.reset_index(drop=True), error)

@@ -144,7 +144,9 @@ def _node_run(args) -> dict:
     node = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--block", "--include-dashboard=false"]
     head = subprocess.Popen([RAY, "start", "--head", "--port", port, *node], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     time.sleep(15)
-    worker = subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{port}", *node[:-1]], stdout=subprocess.DEVNULL,
+    # two raylets on one IP: the worker's agent and metrics ports must differ from the head's
+    worker_ports = ["--dashboard-agent-listen-port", "6392", "--metrics-export-port", "6393"]
+    worker = subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{port}", *node[:-1], *worker_ports], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     time.sleep(15)
 

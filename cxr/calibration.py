@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.special import expit
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, log_loss
 
-_EPS = 1e-7
+_FLOAT = np.finfo(np.float64)
+_LOW, _HIGH = _FLOAT.tiny, 1 - _FLOAT.epsneg  # only exact 0 and 1 move: clipping must not tie films the members ranked apart
+_LOSS_EPS = 1e-15  # log-loss of a confident mistake is capped, as sklearn caps it
 
 
 def logit(probs: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1 - _EPS)
+    p = np.clip(np.asarray(probs, dtype=np.float64), _LOW, _HIGH)
     return np.log(p) - np.log1p(-p)
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Calibrated probabilities; temperature 1 leaves them as they are (up to clipping at 1e-7)."""
-    return 1.0 / (1.0 + np.exp(-logit(probs) / temperature))
+    """Calibrated probabilities; temperature 1 leaves them as they are (0 and 1 move to the nearest float64 inside)."""
+    return expit(logit(probs) / temperature)
 
 
 def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -46,7 +49,7 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
 
 def calibration_summary(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """ECE (15 bins), Brier score and log-loss of probabilities against labels (lower is better for all)."""
-    y, p = np.asarray(labels, dtype=int), np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1 - _EPS)
+    y, p = np.asarray(labels, dtype=int), np.clip(np.asarray(probs, dtype=np.float64), _LOSS_EPS, 1 - _LOSS_EPS)
     return {
         "ece": expected_calibration_error(y, p),
         "brier": float(brier_score_loss(y, p)),

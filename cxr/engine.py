@@ -238,8 +238,9 @@ def _predict(model, pipeline, images, idx, batch_size, amp, scoring=None) -> tup
                 labels, loss_fn = scoring
                 y = torch.from_numpy(labels[batch]).float().to(logits.device)
                 loss_sum += loss_fn(logits, y).item() * len(batch)
-            out.append(torch.sigmoid(logits).cpu().numpy())
-    probs = np.concatenate(out) if out else np.zeros(0, np.float32)
+            # float64: a float32 sigmoid rounds every logit above ~17 to 1.0 and ties the films AUROC must rank
+            out.append(torch.sigmoid(logits.double()).cpu().numpy())
+    probs = np.concatenate(out) if out else np.zeros(0, np.float64)
     return probs, loss_sum / max(1, len(idx))
 
 

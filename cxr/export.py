@@ -22,7 +22,8 @@ TOLERANCE = 1e-4
 
 
 class EnsembleGraph(nn.Module):
-    """Members' sigmoid (with the mirrored film when tta), mean, then temperature scaling, as one module."""
+    """Members' sigmoid (with the mirrored film when tta), mean, then temperature scaling, as one module; in float64
+    from the logits on, as cxr computes it (a float32 sigmoid saturates at 1 for confident films)."""
 
     def __init__(self, model):
         super().__init__()
@@ -32,11 +33,12 @@ class EnsembleGraph(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = []
         for member in self.members:
-            p = torch.sigmoid(member(x))
+            p = torch.sigmoid(member(x).double())
             if self.tta:
-                p = (p + torch.sigmoid(member(torch.flip(x, dims=[3])))) / 2
+                p = (p + torch.sigmoid(member(torch.flip(x, dims=[3])).double())) / 2
             probs.append(p)
-        mean = torch.stack(probs).mean(dim=0).clamp(1e-7, 1 - 1e-7)
+        tiny, epsneg = torch.finfo(torch.float64).tiny, torch.finfo(torch.float64).eps / 2
+        mean = torch.stack(probs).mean(dim=0).clamp(tiny, 1 - epsneg)  # as cxr.calibration.logit clips
         return torch.sigmoid((torch.log(mean) - torch.log1p(-mean)) / self.temperature)
 
 

@@ -33,3 +33,11 @@ def test_ece_is_zero_for_matching_rates_and_large_for_wrong_ones():
     labels = np.array([0, 1] * 50)
     assert expected_calibration_error(labels, np.full(100, 0.5)) == pytest.approx(0.0)
     assert expected_calibration_error(labels, np.where(labels == 1, 0.0, 1.0)) == pytest.approx(1.0)
+
+
+def test_temperature_keeps_confident_films_in_order():
+    # a monotone map must not change AUROC: probabilities a hair below 1 stay distinct and ordered (T >= 1 softens;
+    # a T < 1 pushes them towards 1, where float64 itself runs out of room)
+    for probs in (1 - np.logspace(-6, -14, 9), np.logspace(-40, -6, 9)):
+        for temperature in (1.0, 2.86, 20.0):
+            assert np.all(np.diff(apply_temperature(probs, temperature)) > 0)

@@ -45,6 +45,7 @@ from tune.spaces import Space, load_space, sample, validate  # noqa: E402
 from tune.trainable import TrialContext, train_trial  # noqa: E402
 
 METHODS = ["product", "ray", "optuna"]
+BEFORE = "before"  # the product's ASHA with Optuna's default TPESampler: the searcher settings before issue 10
 METRIC = "val_spec_at_recall"
 
 
@@ -65,11 +66,11 @@ class BudgetStopper(ray_tune.Stopper):
 
 def run_ray(method: str, space: Space, data_ref, weight_refs, seed: int, args, storage: Path) -> list[dict]:
     settings = search.SearchSettings(
-        metric=METRIC, num_samples=args.budget, max_epochs=args.max_epochs, scheduler="asha" if method == "product" else "fifo",
+        metric=METRIC, num_samples=args.budget, max_epochs=args.max_epochs, scheduler="fifo" if method == "ray" else "asha",
         cpus_per_trial=1, gpus_per_trial=0, workers_per_trial=1, max_concurrent=0, seed=seed, storage_path=str(storage),
         journal_path=str(storage / f"{method}-{seed}.journal"), study_name=f"{method}-{seed}")
     checked = validate(space, seed=seed)
-    sampler = None if method == "product" else optuna.samplers.RandomSampler(seed=seed)
+    sampler = {"product": None, "ray": optuna.samplers.RandomSampler(seed=seed), BEFORE: optuna.samplers.TPESampler(seed=seed)}[method]
     context = TrialContext(data_ref, weight_refs, 1, 1, 0, str(storage))
     trainable = ray_tune.with_resources(ray_tune.with_parameters(train_trial, context=context), {"cpu": 1})
     tuner = ray_tune.Tuner(
@@ -154,7 +155,7 @@ def plot(curves: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for method, colour in zip(METHODS, ["tab:blue", "tab:orange", "tab:green"]):
+    for method, colour in zip([*METHODS, BEFORE], ["tab:blue", "tab:orange", "tab:green", "tab:grey"]):
         group = curves[curves["method"] == method]
         if group.empty:
             continue
@@ -199,7 +200,8 @@ def parse(argv):
     p.add_argument("--max-epochs", type=int, default=3, help="epochs per trial (ASHA max_t, Hyperband max_resource)")
     p.add_argument("--budget", type=int, default=12, help="trial-epochs per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=[*METHODS, BEFORE],
+                   help=f"{BEFORE}: the product with the searcher defaults it had before this benchmark (a before/after run)")
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--out", default=str(OUT / "efficiency"))
     args = p.parse_args(argv)
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
           f"budget {args.budget} trial-epochs, <= {args.max_epochs} epochs per trial; seeds {args.seeds}", flush=True)
     rows = []
     with ForeignLoad() as load, tempfile.TemporaryDirectory() as storage:
-        if {"product", "ray"} & set(args.methods):
+        if {"product", "ray", BEFORE} & set(args.methods):
             ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
             data_ref, weight_refs = cluster.share(data), cluster.share_weights(weights)
         try:

@@ -164,9 +164,9 @@ def plot(curves: pd.DataFrame, path: Path) -> None:
             # a step function: the best so far holds until the next epoch finishes
             per_seed = [pd.Series(s).ffill().to_numpy() for s in
                         [_step(grid, c[x].to_numpy(), c["best"].to_numpy()) for _, c in group.groupby("seed")]]
-            stack = np.vstack(per_seed)
-            ax.plot(grid, np.nanmedian(stack, axis=0), color=colour, label=f"{method} (median of {len(per_seed)} seeds)")
-            ax.fill_between(grid, np.nanmin(stack, axis=0), np.nanmax(stack, axis=0), color=colour, alpha=0.2)
+            stack = np.vstack(per_seed)  # NaN until a seed's first epoch: drawn only where every seed has a value
+            ax.plot(grid, np.median(stack, axis=0), color=colour, label=f"{method} (median of {len(per_seed)} seeds)")
+            ax.fill_between(grid, np.min(stack, axis=0), np.max(stack, axis=0), color=colour, alpha=0.2)
     axes[0].set_xlabel("cumulative trial-epochs")
     axes[1].set_xlabel("wall time (s)")
     axes[0].set_ylabel(f"best {METRIC} so far")

@@ -301,7 +301,8 @@ def test_more_gpus_than_the_cluster_fails_fast(tmp_path):
 @pytest.mark.slow
 def test_data_parallel_trial_reports_like_a_single_process_one(demo: Path, tmp_path):
     proc = run_cli("--space", "smoke", "--dataset", "synthetic", "--num-samples", "1", "--workers-per-trial", "2",
-                   "--cpus-per-trial", "0.5", "--scheduler", "fifo", "--final-seeds", "1", "--results-dir", str(tmp_path), "--name", "ddp")
+                   "--cpus-per-trial", "0.5", "--scheduler", "fifo", "--image-size", "32", "--final-seeds", "1", "--final-epochs", "1",
+                   "--results-dir", str(tmp_path), "--name", "ddp")
     assert proc.returncode == 0, proc.stderr[-4000:]
     parallel = load(tmp_path / "ddp")
     trial = parallel.trials.iloc[0]

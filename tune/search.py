@@ -29,6 +29,7 @@ from tune.spaces import CheckedSpace, Space
 from tune.trainable import TrialContext, train_trial
 
 TUNE_DIR_NAME = "tune"
+STARTUP_TRIALS = 10  # random trials before TPE steers: Optuna's default, kept after measuring (BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
@@ -158,18 +159,13 @@ def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace) 
 
 
 def make_sampler(settings: SearchSettings) -> optuna.samplers.TPESampler:
-    """TPE as benchmarks/bench_search_efficiency.py measured it (BENCHMARKS.md, issue 10): a few random start-up
-    trials so that a small search is not all random; multivariate + group because spaces are conditional
-    (a scheduler's own parameters); constant_liar so parallel trials do not all propose the same point.
-    Each --extend round gets its own seed (the study's earlier trials already steer it)."""
-    return optuna.samplers.TPESampler(seed=settings.seed + settings.first_index - 1,
-                                      n_startup_trials=startup_trials(settings.num_samples),
+    """TPE as benchmarks/bench_search_efficiency.py measured it (BENCHMARKS.md, issue 10): Optuna's 10 random
+    start-up trials (at ~12 trials per search, TPE started after 6 did no better than random under ASHA);
+    multivariate + group because spaces are conditional (a scheduler's own parameters); constant_liar so parallel
+    trials do not all propose the same point. Each --extend round gets its own seed (the study's earlier trials
+    already steer it)."""
+    return optuna.samplers.TPESampler(seed=settings.seed + settings.first_index - 1, n_startup_trials=STARTUP_TRIALS,
                                       multivariate=True, group=True, constant_liar=True)
-
-
-def startup_trials(num_samples: int) -> int:
-    """A quarter of the trials, at least 3 and at most Optuna's default 10."""
-    return min(10, max(3, num_samples // 4))
 
 
 def make_searcher(settings: SearchSettings, space: Space, checked: CheckedSpace,

@@ -1,4 +1,4 @@
-"""Issue 7: the final stage on real data: K = 2 members trained in parallel (1 CPU each, as tune.final launches
+"""Issue 7: the final stage on real data: K = 2 members trained in parallel (1 CPU each, as tune.final_stage launches
 them) against today's single retrain (K = 1 on one trial's resources, one CPU), and member vs ensemble val AUROC.
 
 Same config, data and machine in one run: a patient-grouped share of the kermany224 train split (re-split by
@@ -33,7 +33,7 @@ def main() -> None:
 
     from cxr.config import TrainConfig
     from cxr.dataset import load_dataset
-    from cxr.final import assemble, member_seeds
+    from cxr.ensemble import assemble, member_seeds
     from cxr.models import pretrained_state
     from tune import cluster
     from tune.trainable import member_task

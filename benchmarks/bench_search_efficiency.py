@@ -2,7 +2,7 @@
 
 Methods, same space (search_spaces/cpu.py narrowed to one backbone, no baselines so that no method starts from the
 hand-picked reference) and the same budget of trial-epochs, three seeds each:
-  product   Ray Tune with tune.search's own make_searcher (Optuna TPE) and make_scheduler (ASHA)
+  product   Ray Tune with tune.search's own make_searcher (Optuna TPE) and make_trial_scheduler (ASHA)
   ray       Ray Tune defaults: random search (Optuna's RandomSampler over the same define-by-run space) and FIFO
   optuna    Optuna alone: TPESampler() + HyperbandPruner(), the study driven by Optuna, cxr.engine.fit in this process
 Ray runs 2 trials at once with 1 CPU each; Optuna alone runs 1 trial with 2 torch threads (the same 2 cores).
@@ -66,7 +66,7 @@ class BudgetStopper(ray_tune.Stopper):
 
 def run_ray(method: str, space: Space, data_ref, weight_refs, seed: int, args, storage: Path) -> list[dict]:
     settings = search.SearchSettings(
-        metric=METRIC, num_samples=args.budget, max_epochs=args.max_epochs, scheduler="fifo" if method == "ray" else "asha",
+        metric=METRIC, num_samples=args.budget, max_epochs=args.max_epochs, trial_scheduler="fifo" if method == "ray" else "asha",
         cpus_per_trial=1, gpus_per_trial=0, workers_per_trial=1, max_concurrent=0, seed=seed, storage_path=str(storage),
         journal_path=str(storage / f"{method}-{seed}.journal"), study_name=f"{method}-{seed}")
     checked = validate(space, seed=seed)
@@ -76,7 +76,7 @@ def run_ray(method: str, space: Space, data_ref, weight_refs, seed: int, args, s
     tuner = ray_tune.Tuner(
         trainable,
         tune_config=ray_tune.TuneConfig(metric=METRIC, mode="max", search_alg=search.make_searcher(settings, space, checked, sampler),
-                                        scheduler=search.make_scheduler(settings), num_samples=args.budget, reuse_actors=False),
+                                        scheduler=search.make_trial_scheduler(settings), num_samples=args.budget, reuse_actors=False),
         run_config=ray_tune.RunConfig(name=f"{method}-{seed}", storage_path=str(storage), stop=BudgetStopper(args.budget),
                                       checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1), verbose=0),
     )

@@ -35,7 +35,7 @@ def make_subset(data_dir: Path, fraction: float, seed: int = 0) -> Path:
     """<out>/kermany-subset-<f>/train/{NORMAL,PNEUMONIA}: symlinks to all images of a random fraction of patients."""
     import numpy as np
 
-    from cxr.data import scan
+    from cxr.kaggle import scan
 
     manifest = scan(data_dir, val_fraction=0.2, seed=seed)
     patients = np.sort(manifest["patient"].unique())
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--max-epochs", type=int, help="passed to tune.run (default: the space's epochs)")
     p.add_argument("--subset", type=float, default=1.0, help="fraction of patients to use (1: the whole split)")
-    p.add_argument("--scheduler", default="asha", choices=["asha", "fifo"])
+    p.add_argument("--trial-scheduler", default="asha", choices=["asha", "fifo"])
     p.add_argument("--cpus-per-trial", type=float, default=2)
     p.add_argument("--results-dir", default=str(OUT / "results"))
     p.add_argument("--name", default=f"real-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "CXR_CACHE_DIR": os.environ.get("CXR_CACHE_DIR", str(OUT / "cache"))}
     cmd = [sys.executable, "-m", "tune.run", "--space", args.space, "--data-dir", str(data_dir),
            "--weights-dir", args.weights_dir, "--num-samples", str(args.num_samples),
-           "--cpus-per-trial", f"{args.cpus_per_trial:g}", "--max-concurrent", "1", "--scheduler", args.scheduler,
+           "--cpus-per-trial", f"{args.cpus_per_trial:g}", "--max-concurrent", "1", "--trial-scheduler", args.trial_scheduler,
            "--results-dir", args.results_dir, "--name", args.name]
     if args.max_epochs:
         cmd += ["--max-epochs", str(args.max_epochs)]
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if r.test is not None:
         v = r.test["val"]
         print(f"final retrain (threshold {r.test['threshold']:.4f} chosen on val for recall >= {r.test['target_recall']}): "
-              f"val recall {_fmt(v['recall'])} specificity {_fmt(v['specificity'])} precision {_fmt(v['precision'])} "
+              f"val recall {_fmt(v['recall'])} specificity {_fmt(v['specificity'])} ppv {_fmt(v['ppv'])} "
               f"AUROC {_fmt(v['auroc'])} accuracy {_fmt(v['accuracy'])}; test: {r.test['test']}")
     else:
         print("final retrain: no final/metrics.json")

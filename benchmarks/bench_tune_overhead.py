@@ -47,10 +47,12 @@ def run_direct(config, data, weights_dir) -> dict:
     import torch
 
     from cxr.engine import fit
+    from cxr.models import pretrained_state
 
     epochs = []
+    weights = pretrained_state(config.backbone, weights_dir) if config.pretrained else None
     t = time.perf_counter()
-    fit(config, data, lambda epoch, metrics, _save: epochs.append(metrics), weights_dir=weights_dir)
+    fit(config, data, lambda epoch, metrics, _save: epochs.append(metrics), backbone_state=weights)
     return {"wall_s": time.perf_counter() - t, "ips": [m["train_images_per_s"] for m in epochs],
             "epoch_s": [m["epoch_time_s"] for m in epochs], "threads": torch.get_num_threads()}
 

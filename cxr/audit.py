@@ -7,17 +7,19 @@ import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
 
-import numpy as np
 import pandas as pd
-from PIL import Image
+
+from cxr.images import read_film
 
 POOL = ("train", "val")
+_PARALLEL_MIN_FILMS = 256  # below this, starting a process pool costs more than it saves
+_FILMS_PER_TASK = 64
 
 
 def pixel_hash(path: str) -> str:
-    """SHA-1 of the decoded full-resolution pixels (and their shape): equal for re-encoded copies of one film."""
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("L") if image.mode not in ("L", "I;16", "I") else image)
+    """SHA-1 of the decoded full-resolution 8-bit pixels (and their shape), decoded as training decodes them (DICOM
+    included): equal for re-encoded copies of one film."""
+    pixels = read_film(path)
     return hashlib.sha1(str(pixels.shape).encode() + pixels.tobytes()).hexdigest()
 
 
@@ -30,10 +32,10 @@ def _safe_hash(path: str) -> str | None:
 
 def hash_files(paths: list[str], workers: int | None = None) -> list[str | None]:
     workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(paths) < 256:
+    if workers == 1 or len(paths) < _PARALLEL_MIN_FILMS:
         return [_safe_hash(p) for p in paths]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_safe_hash, paths, chunksize=64))
+        return list(pool.map(_safe_hash, paths, chunksize=_FILMS_PER_TASK))
 
 
 def audit(manifest: pd.DataFrame, hashes: list[str | None], limit: int = 50) -> dict:
@@ -54,5 +56,4 @@ def audit(manifest: pd.DataFrame, hashes: list[str | None], limit: int = 50) -> 
         "duplicate_examples": [[{"path": p, "split": s} for p, s in zip(g["path"], g["split"])] for g in across[:limit]],
         "patients_in_pool_and_test": len(shared),
         "patient_examples": shared[:limit],
-        "test_split_changed": False,
     }

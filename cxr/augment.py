@@ -8,6 +8,7 @@ aspect ratio, which keeps the anatomy's proportions.
 from __future__ import annotations
 
 import kornia.augmentation as K
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +28,18 @@ def build_augmentation(strength: float, hflip: bool) -> nn.Module:
     if hflip:
         steps.insert(1, K.RandomHorizontalFlip(p=0.5))
     return nn.Sequential(*steps)
+
+
+def mirror(films):
+    """Films flipped left-right (the last axis): uint8 arrays (N, H, W) or normalised tensors (N, C, H, W)."""
+    if isinstance(films, torch.Tensor):
+        return torch.flip(films, dims=[-1])
+    return np.ascontiguousarray(np.asarray(films)[..., ::-1])
+
+
+def mirror_mean(plain, mirrored):
+    """Test-time mirroring: the mean of a film's and its mirror image's probabilities."""
+    return (plain + mirrored) / 2
 
 
 class BatchPipeline(nn.Module):

@@ -44,10 +44,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value is None and field.name in _OPTIONAL:
-                continue
-            kind, check, expected = _RULES[field.name]
-            if not _is_kind(value, kind) or not check(value):
+            expected = invalid_value(field.name, value)
+            if expected:
                 raise InputError(f"config key '{field.name}' = {value!r} is invalid: expected {expected}")
 
     @classmethod
@@ -66,6 +64,15 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def invalid_value(key: str, value: Any) -> str | None:
+    """What key's rule expects, if value breaks it (None if value is fine): the one judge of config values, also for
+    the tune.run flags that set a key."""
+    if value is None and key in _OPTIONAL:
+        return None
+    kind, check, expected = _RULES[key]
+    return None if _is_kind(value, kind) and check(value) else expected
 
 
 def _between(lo: float, hi: float) -> Callable[[float], bool]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.data import scan
+from cxr.kaggle import scan
 from cxr.images import load_images
 from cxr.manifest import is_manifest, read_manifest
 

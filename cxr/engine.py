@@ -15,13 +15,13 @@ from torch import nn
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
-from cxr.augment import BatchPipeline
+from cxr.augment import BatchPipeline, mirror, mirror_mean
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.errors import InputError
 from cxr.metrics import compute_metrics
 from cxr.models import CxrNet, create_model, data_config
-from cxr.schedules import build_optimizer, build_scheduler
+from cxr.schedules import build_lr_scheduler, build_optimizer
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # on_epoch_end(epoch, metrics, save_checkpoint): save_checkpoint(folder) writes the resumable state there
@@ -47,15 +47,14 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     *,
     resume_from: str | Path | None = None,
-    weights_dir: str | Path | None = None,
     backbone_state: dict | None = None,
     device: torch.device | None = None,
 ) -> FitResult:
     """Train on data's train split, validate each epoch, stop early on config.monitor. Pretrained weights
-    come from backbone_state, weights_dir or the hub (see cxr.models.create_model)."""
+    come from backbone_state, else from the hub (see cxr.models.create_model)."""
     device = device or default_device()
     torch.manual_seed(config.seed)
-    run = _Run(config, data, device, weights_dir, backbone_state)
+    run = _Run(config, data, device, backbone_state)
     if resume_from is not None:
         run.load(Path(resume_from))
     while run.epoch < config.epochs and not run.stopped:
@@ -70,11 +69,11 @@ def fit(
 class _Run:
     """The mutable state of one fit: everything a checkpoint must hold to continue exactly."""
 
-    def __init__(self, config: TrainConfig, data: CxrData, device: torch.device, weights_dir, backbone_state):
+    def __init__(self, config: TrainConfig, data: CxrData, device: torch.device, backbone_state):
         self.config, self.data, self.device = config, data, device
         self.model = create_model(
             config.backbone, pretrained=config.pretrained, dropout=config.dropout,
-            unfrozen_blocks=config.unfrozen_blocks, weights_dir=weights_dir, backbone_state=backbone_state,
+            unfrozen_blocks=config.unfrozen_blocks, backbone_state=backbone_state,
         ).to(device)
         self.amp = device.type == "cuda"
         if self.amp:
@@ -99,7 +98,7 @@ class _Run:
         self.eval_model = self.ema.module if self.ema is not None else self.model
         self.steps = 0
         self.steps_per_epoch = len(self.train_idx) // config.batch_size + (len(self.train_idx) % config.batch_size > 1)
-        self.scheduler = build_scheduler(self.optimizer, config, max(1, self.steps_per_epoch))
+        self.scheduler = build_lr_scheduler(self.optimizer, config, max(1, self.steps_per_epoch))
         self.sampler = torch.Generator().manual_seed(config.seed)
         self.epoch, self.history, self.stopped = 0, [], False
         self.best_value, self.best_epoch, self.bad_epochs = math.nan, 0, 0
@@ -220,8 +219,7 @@ def predict(model: CxrNet, images: np.ndarray, *, batch_size: int = 64, image_si
     amp = device.type == "cuda"
     probs, _ = _predict(model, pipeline, images, np.arange(len(images)), batch_size, amp)
     if tta:
-        mirrored = np.ascontiguousarray(np.asarray(images)[..., ::-1])
-        probs = (probs + _predict(model, pipeline, mirrored, np.arange(len(images)), batch_size, amp)[0]) / 2
+        probs = mirror_mean(probs, _predict(model, pipeline, mirror(images), np.arange(len(images)), batch_size, amp)[0])
     return probs
 
 

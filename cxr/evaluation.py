@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 
 from cxr.calibration import apply_temperature, calibration_summary, fit_temperature
-from cxr.intervals import bootstrap_thresholds, confident_threshold, metrics_with_intervals, patient_bootstrap, percentile_interval, rates
-from cxr.metrics import compute_metrics, threshold_for_recall, with_intervals
+from cxr.intervals import (N_BOOT, bootstrap_thresholds, confident_threshold, metrics_with_intervals, patient_bootstrap,
+                           percentile_interval, wilson_intervals)
+from cxr.metrics import compute_metrics, rates, threshold_for_recall
 from cxr.subgroups import class_balance, recall_by_kind
 
 
 def evaluate(predictions: pd.DataFrame, *, target_recall: float, recall_confidence: float | None = None,
-             n_boot: int = 2000, seed: int = 0, manifest: pd.DataFrame | None = None) -> dict:
+             n_boot: int = N_BOOT, seed: int = 0, manifest: pd.DataFrame | None = None) -> dict:
     """predictions: path, patient, split (val/test), label, probability_raw (uncalibrated). A JSON-able dict."""
     val, test = (predictions[predictions["split"] == s].reset_index(drop=True) for s in ("val", "test"))
     temperature = fit_temperature(val["label"], val["probability_raw"])
@@ -63,9 +64,8 @@ def _calibration(frame: pd.DataFrame, temperature: float) -> dict:
 
 def _scored(frame: pd.DataFrame, probs: np.ndarray, threshold: float, weights: np.ndarray) -> dict:
     out = metrics_with_intervals(frame["label"], probs, threshold, weights)
-    wilson = with_intervals({k: out[k] for k in ("tp", "fn", "tn", "fp")})
-    out["recall_wilson95"] = wilson.get("recall_ci95")
-    out["specificity_wilson95"] = wilson.get("specificity_ci95")
+    wilson = wilson_intervals(out)
+    out["recall_wilson95"], out["specificity_wilson95"] = wilson["recall"], wilson["specificity"]
     out.update(images=int(len(frame)), patients=int(frame["patient"].nunique()))
     return out
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxr.augment import mirror, mirror_mean
 from cxr.errors import InputError
 
 OPSET = 17
@@ -35,11 +36,11 @@ class EnsembleGraph(nn.Module):
         for member in self.members:
             p = torch.sigmoid(member(x).double())
             if self.tta:
-                p = (p + torch.sigmoid(member(torch.flip(x, dims=[3])).double())) / 2
+                p = mirror_mean(p, torch.sigmoid(member(mirror(x)).double()))
             probs.append(p)
         tiny, epsneg = torch.finfo(torch.float64).tiny, torch.finfo(torch.float64).eps / 2
         mean = torch.stack(probs).mean(dim=0).clamp(tiny, 1 - epsneg)  # as cxr.calibration.logit clips
-        return torch.sigmoid((torch.log(mean) - torch.log1p(-mean)) / self.temperature)
+        return torch.sigmoid(torch.logit(mean) / self.temperature)
 
 
 def normalised_batch(model, images: np.ndarray) -> torch.Tensor:

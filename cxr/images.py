@@ -16,10 +16,12 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 from PIL import Image, UnidentifiedImageError
 
-from cxr.dicom import is_dicom, read_dicom
+from cxr.dicom import DICOM_SUFFIXES, is_dicom, read_dicom
 from cxr.errors import InputError
 
-_PARALLEL_MIN_IMAGES = 512
+FILM_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"} | DICOM_SUFFIXES)  # what data folders and predict pick up
+_PARALLEL_MIN_IMAGES = 512  # below this, starting a process pool costs more than it saves
+_CHUNK = 256  # films per decode task: big enough to amortise the pool, small enough to spread over workers
 
 
 def default_cache_dir() -> Path:
@@ -51,7 +53,7 @@ def _cache_key(paths: list[str], size: int) -> str:
 def _decode_all(paths: list[str], size: int, target: Path, workers: int) -> None:
     tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
     out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
-    chunks = [range(i, min(i + 256, len(paths))) for i in range(0, len(paths), 256)]
+    chunks = [range(i, min(i + _CHUNK, len(paths))) for i in range(0, len(paths), _CHUNK)]
     bad: list[tuple[str, str]] = []  # (path, reason)
     if workers > 1 and len(paths) >= _PARALLEL_MIN_IMAGES:
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -93,10 +95,15 @@ def decode(path: str, size: int) -> np.ndarray:
         return resize_array(read_dicom(path), size)
     with Image.open(path) as image:
         image.draft("L", (size, size))  # JPEG: let libjpeg downscale while decoding
-        if image.mode.startswith("I") or image.mode == "F":  # 16-bit/int/float PNG: convert("L") would clip at 255
-            image = _stretch_to_8bit(np.asarray(image, dtype=np.float64))
-        gray = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+        gray = _gray(image).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(gray, dtype=np.uint8)
+
+
+def _gray(image: Image.Image) -> Image.Image:
+    """8-bit grayscale; 16-bit/int/float PNGs stretched by their own range, where convert("L") would clip at 255."""
+    if image.mode.startswith("I") or image.mode == "F":
+        return _stretch_to_8bit(np.asarray(image, dtype=np.float64))
+    return image.convert("L")
 
 
 def _stretch_to_8bit(values: np.ndarray) -> Image.Image:
@@ -120,7 +127,5 @@ def read_film(path: str) -> np.ndarray:
     if is_dicom(path):
         return np.asarray(_stretch_to_8bit(read_dicom(path)), dtype=np.uint8)
     with Image.open(path) as image:
-        if image.mode.startswith("I") or image.mode == "F":
-            return np.asarray(_stretch_to_8bit(np.asarray(image, dtype=np.float64)), dtype=np.uint8)
-        return np.asarray(image.convert("L"), dtype=np.uint8)
+        return np.asarray(_gray(image), dtype=np.uint8)
 

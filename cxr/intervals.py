@@ -1,7 +1,8 @@
-"""Uncertainty by patient: bootstrap resamples of patients (all images of a patient move together), metric
-intervals, the interval of the val-chosen threshold and a threshold whose recall holds with confidence.
+"""Uncertainty: bootstrap resamples of patients (all films of a patient move together), percentile intervals of
+any metric of cxr.metrics, Wilson intervals as the image-level cross-check, the interval of the val-chosen
+threshold, a threshold whose recall holds with confidence; and how intervals are written for a reader.
 
-A resample is a vector of image weights (how often each image's patient was drawn), so every metric of every
+A resample is a vector of film weights (how often each film's patient was drawn), so every metric of every
 resample is a weighted count: 2,000 resamples of a 600-patient split take well under a second or two.
 """
 
@@ -11,53 +12,21 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
-RATES = ("recall", "specificity", "ppv", "npv", "accuracy")
+from cxr.metrics import COUNTS, RANKING, RATES, counts, ranking, rates
+
+N_BOOT = 2000  # resamples: percentile intervals stable to about +-0.005 at this count
+_RECALL_SLACK = 1e-12  # recall is a ratio of float sums: a target reached up to rounding is reached
 
 
-def patient_bootstrap(patients, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+def patient_bootstrap(patients, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
     """(n_boot, n_images) weights: row b counts how often each image's patient was drawn in resample b
     (patients drawn with replacement, as many as there are)."""
     codes, uniques = pd.factorize(pd.Series(patients), sort=True)
     n = len(uniques)
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
-    return counts[:, codes].astype(np.float64)
-
-
-def rates(labels: np.ndarray, probs: np.ndarray, threshold: float, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Recall, specificity, PPV, NPV and accuracy at threshold; with weights (B, N) one value per resample."""
-    y = np.asarray(labels).astype(bool)
-    pred = np.asarray(probs) >= threshold
-    w = np.ones((1, len(y))) if weights is None else weights
-    tp, fn = w @ (y & pred), w @ (y & ~pred)
-    tn, fp = w @ (~y & ~pred), w @ (~y & pred)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = {"recall": tp / (tp + fn), "specificity": tn / (tn + fp), "ppv": tp / (tp + fp),
-               "npv": tn / (tn + fn), "accuracy": (tp + tn) / (tp + tn + fp + fn)}
-    return out if weights is not None else {k: float(v[0]) for k, v in out.items()}
-
-
-def ranking(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """AUROC and AUPRC (average precision, as sklearn computes them: ties count half for AUROC, step-wise AP); with
-    weights (B, N) one value per resample, all at once (NaN where a resample lacks a class)."""
-    y = np.asarray(labels).astype(bool)
-    w = np.ones((1, len(y))) if weights is None else np.asarray(weights, dtype=np.float64)
-    values, group = np.unique(np.asarray(probs, dtype=np.float64), return_inverse=True)  # ascending scores
-    onehot = np.zeros((len(y), len(values)))
-    onehot[np.arange(len(y)), group] = 1.0
-    pos, neg = (w * y) @ onehot, (w * ~y) @ onehot  # (B, G): weight of positives / negatives at each score
-    total_pos, total_neg = pos.sum(axis=1), neg.sum(axis=1)
-    below = np.cumsum(neg, axis=1) - neg  # negatives scored strictly lower
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auroc = (pos * (below + 0.5 * neg)).sum(axis=1) / (total_pos * total_neg)
-        tp, fp = np.cumsum(pos[:, ::-1], axis=1), np.cumsum(neg[:, ::-1], axis=1)  # predicting score >= each value
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        auprc = (pos[:, ::-1] * precision).sum(axis=1) / total_pos
-    missing = (total_pos == 0) | (total_neg == 0)
-    auroc[missing], auprc[missing] = np.nan, np.nan
-    if weights is None:
-        return {"auroc": float(auroc[0]), "auprc": float(auprc[0])}
-    return {"auroc": auroc, "auprc": auprc}
+    drawn = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+    return drawn[:, codes].astype(np.float64)
 
 
 def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> list[float]:
@@ -70,17 +39,26 @@ def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> list[fl
 
 
 def metrics_with_intervals(labels, probs, threshold: float, weights: np.ndarray, confidence: float = 0.95) -> dict:
-    """Point estimates of AUROC, AUPRC and the rates at threshold, each with a patient-bootstrap interval
+    """Point estimates of the ranking metrics and the rates at threshold, each with a patient-bootstrap interval
     (`<name>_ci95`); also the confusion counts."""
     point = {**ranking(labels, probs), **rates(labels, probs, threshold)}
     spread = {**ranking(labels, probs, weights), **rates(labels, probs, threshold, weights)}
     tag = f"ci{round(confidence * 100)}"
     out = {"threshold": float(threshold)}
-    for name, value in point.items():
-        out[name] = value
+    for name in (*RANKING, *RATES):
+        out[name] = point[name]
         out[f"{name}_{tag}"] = percentile_interval(spread[name], confidence)
-    y, pred = np.asarray(labels).astype(bool), np.asarray(probs) >= threshold
-    out.update(tp=int((y & pred).sum()), fn=int((y & ~pred).sum()), tn=int((~y & ~pred).sum()), fp=int((~y & pred).sum()))
+    out.update({k: int(v[0]) for k, v in counts(labels, probs, threshold).items()})
+    return out
+
+
+def wilson_intervals(confusion: dict, confidence: float = 0.95) -> dict[str, list[float] | None]:
+    """Image-level Wilson intervals of recall (tp of tp + fn) and specificity (tn of tn + fp) from COUNTS."""
+    tp, fn, tn, fp = (int(confusion[k]) for k in COUNTS)
+    out = {}
+    for name, hits, total in (("recall", tp, tp + fn), ("specificity", tn, tn + fp)):
+        ci = binomtest(hits, total).proportion_ci(confidence, method="wilson") if total else None
+        out[name] = [float(ci.low), float(ci.high)] if ci else None
     return out
 
 
@@ -100,7 +78,7 @@ def recall_curves(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) ->
 def bootstrap_thresholds(labels, probs, weights: np.ndarray, target: float) -> np.ndarray:
     """The threshold the point rule (highest threshold with recall >= target) picks in each resample."""
     thresholds, recall = recall_curves(labels, probs, weights)
-    reached = recall >= target - 1e-12
+    reached = recall >= target - _RECALL_SLACK
     first = np.argmax(reached, axis=1)
     return np.where(reached.any(axis=1), thresholds[first], np.nan)
 
@@ -110,5 +88,17 @@ def confident_threshold(labels, probs, weights: np.ndarray, target: float, confi
     patient resamples) still reaches target; the lowest positive probability if none does."""
     thresholds, recall = recall_curves(labels, probs, weights)
     lower = np.nanquantile(recall, 1 - confidence, axis=0)
-    ok = np.flatnonzero(lower >= target - 1e-12)
+    ok = np.flatnonzero(lower >= target - _RECALL_SLACK)
     return float(thresholds[ok[0]] if len(ok) else thresholds[-1])
+
+
+def value_text(value) -> str:
+    """A metric as the report, the model card and the console write it."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def interval_text(bounds) -> str:
+    """An interval as the report, the model card and the console write it: 0.912-0.987, or n/a."""
+    if not bounds or any(b is None or (isinstance(b, float) and math.isnan(b)) for b in bounds):
+        return "n/a"
+    return f"{bounds[0]:.3f}-{bounds[1]:.3f}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.data import MANIFEST_COLUMNS, SPLITS, _val_rows
+from cxr.splits import MANIFEST_COLUMNS, SPLITS, holdout_by_patient
 from cxr.errors import InputError
 
 MANIFEST_SUFFIXES = {".csv", ".parquet"}
@@ -41,12 +41,12 @@ def read_manifest(path: str | Path, *, val_fraction: float = 0.2, seed: int = 0)
         frame["source_split"] = frame["split"]
         if not (frame["split"] == "val").any():
             pool = frame.index[frame["split"] == "train"]
-            frame.loc[_val_rows(frame.loc[pool], val_fraction, seed), "split"] = "val"
+            frame.loc[holdout_by_patient(frame.loc[pool], val_fraction, seed), "split"] = "val"
     else:
         frame["split"] = "train"
-        frame.loc[_val_rows(frame, val_fraction, seed + 1), "split"] = "test"  # test held out by patient like val
+        frame.loc[holdout_by_patient(frame, val_fraction, seed + 1), "split"] = "test"  # test held out by patient like val
         pool = frame.index[frame["split"] == "train"]
-        frame.loc[_val_rows(frame.loc[pool], val_fraction, seed), "split"] = "val"
+        frame.loc[holdout_by_patient(frame.loc[pool], val_fraction, seed), "split"] = "val"
         frame["source_split"] = np.where(frame["split"] == "test", "test", "train")
         notes.append(f"manifest {path.name} has no split column: test and val are held out by patient")
     if not (frame["split"] == "train").any():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from cxr.config import TrainConfig
+from cxr.intervals import interval_text
 
 
 def render_model_card(metrics: dict, config: TrainConfig, best: dict) -> str:
@@ -29,19 +30,16 @@ def render_model_card(metrics: dict, config: TrainConfig, best: dict) -> str:
               "## Decision threshold",
               f"- {metrics['threshold']:.4f} on the calibrated probability: {metrics['threshold_rule']}; "
               f"target recall {metrics['target_recall']}. Bootstrap 95 % interval of the point-rule threshold on val: "
-              f"{_interval(metrics['threshold_ci95'])}.", "",
+              f"[{interval_text(metrics['threshold_ci95'])}].", "",
               "## Performance at the threshold (95 % intervals by patient bootstrap)", "",
               "| split | recall | specificity | PPV | NPV | AUROC |", "|---|---|---|---|---|---|"]
     for split in ("val", "test"):
         m = metrics[split]
         if m is not None:
-            lines.append(f"| {split} | " + " | ".join(f"{m[k]:.3f} {_interval(m[f'{k}_ci95'])}"
+            lines.append(f"| {split} | " + " | ".join(f"{m[k]:.3f} [{interval_text(m[f'{k}_ci95'])}]"
                                                        for k in ("recall", "specificity", "ppv", "npv", "auroc")) + " |")
     lines += ["", "## Limitations"] + [f"- {w}" for w in metrics["warnings"]]
     lines += ["- Labels are the data set's own; patient ids come from file names. Subgroup recall (bacterial / viral) "
               "is in metrics.json and the report.", ""]
     return "\n".join(lines)
 
-
-def _interval(bounds) -> str:
-    return "[n/a]" if bounds is None or None in bounds else f"[{bounds[0]:.3f}-{bounds[1]:.3f}]"

@@ -27,7 +27,6 @@ from cxr.models import CxrNet, create_model, data_config
 MODEL_FILE = "model.json"
 FORMAT = "cxr-final-model"
 VERSION = 2
-LEGACY_WEIGHTS = "model.safetensors"  # final/ folders of version 1: one model, config.json, metrics.json
 
 
 @dataclass
@@ -107,13 +106,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> FinalM
         info = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
         return FinalModel(config, members, [m["seed"] for m in spec["members"]], spec["threshold"],
                           spec.get("temperature", 1.0), spec.get("tta", False), info)
-    if (folder / LEGACY_WEIGHTS).is_file() and (folder / "config.json").is_file() and (folder / "metrics.json").is_file():
-        config = TrainConfig.from_dict(_read(folder / "config.json")["config"])
-        threshold = _read(folder / "metrics.json")["threshold"]
-        return FinalModel(config, [_member(config, folder / LEGACY_WEIGHTS, device)], [config.seed], threshold,
-                          info={"legacy_format": 1})
-    raise InputError(f"{folder} holds no {MODEL_FILE} (nor a version-1 model.safetensors + config.json + metrics.json): "
-                     "pass the final/ folder of a finished tune.run experiment")
+    raise InputError(f"{folder} holds no {MODEL_FILE}: pass the final/ folder of a finished tune.run experiment")
 
 
 _SPEC_KEYS = {"format", "version", "positive_class", "config", "members", "combine", "tta", "temperature",

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from cxr.errors import InputError
+from cxr.images import FILM_SUFFIXES
 
-FILM_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
 BATCH = 64  # films decoded and predicted at a time: memory stays flat on folders of any size
 
 
@@ -24,7 +24,7 @@ def collect(paths: list[str]) -> list[Path]:
         else:
             raise InputError(f"{given} does not exist: pass film files or folders")
     if not files:
-        raise InputError(f"no films (.jpeg/.jpg/.png/.dcm) in {', '.join(paths)}: pass other files or folders")
+        raise InputError(f"no films ({'/'.join(sorted(FILM_SUFFIXES))}) in {', '.join(paths)}: pass other files or folders")
     return files
 
 

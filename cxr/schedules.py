@@ -1,4 +1,5 @@
-"""Optimizer and learning-rate schedule factories from a TrainConfig (torch's own classes)."""
+"""Optimizer and learning-rate schedule factories from a TrainConfig (torch's own classes). The config key
+`scheduler` names the LR schedule; the trial scheduler (ASHA/FIFO) lives in tune.search."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return cls(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
     """step, plateau and cosine step once per epoch; onecycle steps once per batch."""
     if config.scheduler == "step":
         return lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)

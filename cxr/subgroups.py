@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.intervals import patient_bootstrap, percentile_interval, rates
+from cxr.intervals import patient_bootstrap, percentile_interval
+from cxr.metrics import rates
 
 _KINDS = (("bacterial", re.compile(r"bacteria", re.I)), ("viral", re.compile(r"virus", re.I)))
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a synthetic Kaggle-layout folder and a CXR cache, both made once per session in tmp.
+"""Shared fixtures: synthetic data made once per session in tmp, the README's demo experiment (run once, read by
+every test that only reads results), and the helpers several test modules use (no test module imports another).
 
 Nothing here reads ../shared, and CXR_CACHE_DIR points every test at a temporary cache, so no test writes
 to ~/.cache.
@@ -6,13 +7,19 @@ to ~/.cache.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cxr.dataset import CxrData, load_dataset
 from cxr.synthetic import make_synthetic
 
+REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC_PATIENTS = 200
 SYNTHETIC_SIZE = 96
 CACHED_SIZE = 64  # image size the session's decoded data set is cached at
@@ -41,3 +48,121 @@ def _temporary_cache(monkeypatch: pytest.MonkeyPatch, session_cache_dir: Path) -
 def synthetic_data(synthetic_root: Path, session_cache_dir: Path) -> CxrData:
     """The synthetic set scanned (seed 0) and decoded at 64 px; shared, so tests must not write into it."""
     return load_dataset(synthetic_root, image_size=CACHED_SIZE, cache_dir=session_cache_dir)
+
+
+def _run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """python -m tune.run as a user runs it, in a subprocess (a private local Ray cluster each)."""
+    return lambda *args, timeout=600: _run_module("tune.run", *args, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_module():
+    """python -m <module> (cxr.predict, cxr.export) in a subprocess."""
+    return _run_module
+
+
+@pytest.fixture
+def main_in_process(capsys: pytest.CaptureFixture):
+    """tune.run.main in this process (no Python start-up: for answers that come before Ray starts): (exit code,
+    stderr)."""
+    from tune.run import main
+
+    def run(*args: str) -> tuple[int, str]:
+        code = main(list(args))
+        return code, capsys.readouterr().err
+
+    return run
+
+
+def _assert_input_error(code: int, stderr: str, *words: str) -> None:
+    """Exit 2, no traceback, and the last stderr line is our one-line message naming the problem."""
+    assert code == 2, stderr[-2000:]
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), stderr[-2000:]
+    for word in words:
+        assert word in last, last
+
+
+@pytest.fixture(scope="session")
+def assert_input_error():
+    return _assert_input_error
+
+
+def _write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", window: tuple[float, float] | None = None,
+                 slope: float = 1.0, intercept: float = 0.0) -> Path:
+    """A minimal single-frame grayscale DICOM file (what a test needs; real films carry many more tags)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, photometric, 0
+    bits = 8 if pixels.dtype == np.uint8 else 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits if bits == 8 else 12, (bits if bits == 8 else 12) - 1
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_dicom():
+    return _write_dicom
+
+
+def _final_model(folder: Path, tta: bool = False) -> Path:
+    """A saved two-member final/ folder of untrained test_efficientnet members at 32 px (seeds 1 and 2)."""
+    from cxr.config import TrainConfig
+    from cxr.models import create_model
+    from cxr.package import FinalModel
+
+    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=32)
+    members = [create_model(config.backbone, pretrained=False).eval() for _ in range(2)]
+    return FinalModel(config, members, [1, 2], threshold=0.5, temperature=1.3, tta=tta).save(folder)
+
+
+@pytest.fixture(scope="session")
+def final_model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One saved final/ folder for the tests that only read it (predict, export)."""
+    return _final_model(tmp_path_factory.mktemp("model") / "final")
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    folder: Path  # results/<name>
+    stdout: str
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory, run_cli) -> FinishedRun:
+    """The README's demo command (smoke space, synthetic data, ASHA, 8 trials, 3 final members), run once for every
+    test that reads its results. A test that changes an experiment copies it first (copy_experiment)."""
+    results, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("demo-cache")
+    proc = run_cli("--space", "smoke", "--dataset", "synthetic", "--results-dir", str(results), "--name", "demo",
+                   "--cache-dir", str(cache))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return FinishedRun(results / "demo", proc.stdout)
+
+
+@pytest.fixture
+def copy_experiment(tmp_path: Path):
+    """A private copy of an experiment folder under tmp_path/results, for tests that extend or resume it."""
+    def copy(experiment: FinishedRun) -> Path:
+        target = tmp_path / "results" / experiment.folder.name
+        shutil.copytree(experiment.folder, target)
+        return target
+
+    return copy

@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.mark.benchmark
 def test_smoke_writes_curves_and_prints_the_ratio_last(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/bench_search_efficiency.py", "--smoke", "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)

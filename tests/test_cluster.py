@@ -1,4 +1,5 @@
-"""A real two-node Ray cluster on loopback, started and torn down by the test (only its own processes)."""
+"""A real two-node Ray cluster on loopback, started and torn down by the test (only its own processes); the driver-side
+checks that need no cluster (address, resources) with Ray's answers patched."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from test_run import REPO, assert_input_error, run_cli
+from cxr.errors import InputError
+from tune import cluster
 from tune.results import load
 
+REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
-pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -99,19 +101,6 @@ def _wait_for(condition, timeout: float = 90) -> None:
         time.sleep(1)
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare to hide a path from one node")
-def test_node_local_storage_fails_before_any_trial(tmp_path, token_env):
-    results = tmp_path / "results"
-    results.mkdir()
-    # the worker node gets its own empty tmpfs at the results path: storage there is truly node-local
-    hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -t tmpfs none "{results}" && exec "$0" "$@"']
-    with two_node_cluster(tmp_path, worker_prefix=hide) as address:
-        proc = run_cli("--address", address, "--space", "smoke", "--dataset", "synthetic",
-                       "--results-dir", str(results), "--name", "local", timeout=180)
-    assert_input_error(proc, "node-local", "--storage-path")
-    assert not any(results.iterdir())
-
-
 def _head_node_id(address: str) -> str:
     code = (f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
             "print([n['NodeID'] for n in ray.nodes() if n['Alive'] and 'node:__internal_head__' in n['Resources']][0])")
@@ -123,16 +112,31 @@ def _node_ids(trial_dir: Path) -> list[str]:
     return [json.loads(line)["node_id"] for line in result.read_text().splitlines()] if result.exists() else []
 
 
-def test_trials_run_on_both_nodes_and_those_of_a_lost_node_finish_on_the_head(tmp_path, token_env):
-    # one 1-CPU trial per node; the worker node is killed once its trial reported an epoch
+HIDING = shutil.which("unshare") is not None and os.geteuid() == 0
+
+
+@pytest.mark.slow
+def test_node_local_storage_is_refused_then_a_lost_node_s_trial_finishes_on_the_head(tmp_path, token_env, run_cli,
+                                                                                   assert_input_error):
+    """One cluster, two runs. The worker node gets its own empty tmpfs at one results folder (needs root and
+    unshare): storage there is truly node-local and the run must stop before any trial. Then a run on storage both
+    nodes see: one 1-CPU trial per node, the worker node killed once its trial reported an epoch."""
+    hidden, shared = tmp_path / "hidden", tmp_path / "shared"
+    hidden.mkdir()
+    hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -t tmpfs none "{hidden}" && exec "$0" "$@"']
     handles: list[subprocess.Popen] = []
-    args = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "2", "--scheduler", "fifo", "--max-epochs", "3",
-            "--image-size", "32", "--final-seeds", "1", "--results-dir", str(tmp_path / "results"), "--name", "lost"]
-    with two_node_cluster(tmp_path, handles=handles) as address:
+    with two_node_cluster(tmp_path, worker_prefix=hide if HIDING else (), handles=handles) as address:
+        if HIDING:
+            proc = run_cli("--address", address, "--space", "smoke", "--dataset", "synthetic",
+                           "--results-dir", str(hidden), "--name", "local", timeout=180)
+            assert_input_error(proc.returncode, proc.stderr, "node-local", "--storage-path")
+            assert not any(hidden.iterdir())
         head = _head_node_id(address)
+        args = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "2", "--trial-scheduler", "fifo",
+                "--max-epochs", "3", "--image-size", "32", "--final-seeds", "1", "--results-dir", str(shared), "--name", "lost"]
         driver = subprocess.Popen([sys.executable, "-m", "tune.run", "--address", address, *args], cwd=REPO,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        tune_dir = tmp_path / "results" / "lost" / "tune"
+        tune_dir = shared / "lost" / "tune"
         deadline = time.monotonic() + 300
         while not any(n != head for d in tune_dir.glob("trial_*") for n in _node_ids(d)[:1]):
             assert driver.poll() is None and time.monotonic() < deadline, "no trial reported from the worker node"
@@ -140,7 +144,7 @@ def test_trials_run_on_both_nodes_and_those_of_a_lost_node_finish_on_the_head(tm
         os.killpg(handles[1].pid, signal.SIGKILL)  # the worker node, its raylet and its trial processes
         out, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, out[-4000:]
-    results = load(tmp_path / "results" / "lost")
+    results = load(shared / "lost")
     assert len(results.trials) == 2 and (results.trials["status"] == "completed").all()
     first_nodes = results.epochs.sort_values("epoch").groupby("trial_id")["node_id"].first()
     assert first_nodes.nunique() == 2, "the two trials did not start on both nodes"
@@ -149,3 +153,44 @@ def test_trials_run_on_both_nodes_and_those_of_a_lost_node_finish_on_the_head(tm
     assert len(moved) == 1 and list(moved[0]["epoch"]) == [1, 2, 3], "the lost trial repeated or skipped an epoch"
     assert moved[0]["node_id"].iloc[-1] == head
 
+
+NODES = [{"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 4.0}},
+         {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]  # a dead node holds nothing
+
+
+@pytest.mark.parametrize("cpus, gpus, workers, fits", [
+    (1, 0, 1, True), (4, 0, 1, True), (5, 0, 1, False),  # the largest node has 4 CPUs
+    (2, 0, 3, True), (3, 0, 3, False),  # 3 workers of 2 CPUs fit in 8 CPUs (and the coordinator's share), of 3 do not
+    (1, 0.25, 1, True), (1, 1, 1, True), (1, 2, 1, False),  # one GPU on the largest GPU node
+])
+def test_a_trial_no_node_can_hold_fails_fast_naming_the_flag(monkeypatch, cpus, gpus, workers, fits):
+    monkeypatch.setattr(cluster.ray, "nodes", lambda: NODES)
+    if fits:
+        cluster.check_resources(cpus, gpus, workers)
+        return
+    with pytest.raises(InputError, match="--gpus-per-trial" if gpus > 1 else "--cpus-per-trial"):
+        cluster.check_resources(cpus, gpus, workers)
+
+
+@pytest.fixture
+def no_ray_init(monkeypatch):
+    """ray.init waits minutes where nothing answers: these answers must come before it is called."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(cluster.ray, "init", refuse)
+
+
+def test_an_address_where_nothing_listens_fails_before_connecting_naming_it(no_ray_init):
+    port = _free_port()  # free a moment ago: nothing listens there
+    with pytest.raises(InputError, match=f"127.0.0.1:{port}"):
+        cluster.connect(f"127.0.0.1:{port}")
+
+
+def test_address_auto_without_a_started_cluster_says_how_to_start_one(monkeypatch, tmp_path, no_ray_init):
+    monkeypatch.setattr(cluster, "get_ray_address_file", lambda temp_dir: str(tmp_path / "ray_current_cluster"))
+    with pytest.raises(InputError, match="ray start --head"):
+        cluster.connect("auto")
+    (tmp_path / "ray_current_cluster").write_text("127.0.0.1:1\n")  # a cluster that was started here and is gone
+    with pytest.raises(InputError, match=r"auto \(127.0.0.1:1\)"):
+        cluster.connect("auto")

@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import JPEG2000Lossless
 
 from cxr.dicom import is_dicom, read_dicom
 from cxr.images import decode, read_film
-
-
-def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", window: tuple[float, float] | None = None,
-                slope: float = 1.0, intercept: float = 0.0, suffix_less: bool = False) -> Path:
-    """A minimal single-frame grayscale DICOM file (what a test needs; real films carry many more tags)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, photometric, 0
-    bits = 8 if pixels.dtype == np.uint8 else 16
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits if bits == 8 else 12, (bits if bits == 8 else 12) - 1
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
 
 
 def _ramp(dtype, top: int) -> np.ndarray:
@@ -41,14 +18,14 @@ def _ramp(dtype, top: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 4095)])
-def test_monochrome2_keeps_and_monochrome1_inverts_brightness(tmp_path, dtype, top):
+def test_monochrome2_keeps_and_monochrome1_inverts_brightness(tmp_path, write_dicom, dtype, top):
     plain = decode(str(write_dicom(tmp_path / "m2.dcm", _ramp(dtype, top))), 32)
     inverted = decode(str(write_dicom(tmp_path / "m1.dcm", _ramp(dtype, top), photometric="MONOCHROME1")), 32)
     assert plain[:, 0].mean() < 20 and plain[:, -1].mean() > 235  # 12-bit values stretched to the full 8-bit range
     assert inverted[:, 0].mean() > 235 and inverted[:, -1].mean() < 20
 
 
-def test_window_is_applied(tmp_path):
+def test_window_is_applied(tmp_path, write_dicom):
     pixels = _ramp(np.uint16, 4095)
     windowed = read_dicom(write_dicom(tmp_path / "w.dcm", pixels, window=(1000, 400)))
     film = decode(str(tmp_path / "w.dcm"), 48)
@@ -56,12 +33,12 @@ def test_window_is_applied(tmp_path):
     assert ((film > 0) & (film < 255)).sum() < film.size / 3  # only the window's few columns are grey
 
 
-def test_rescale_and_detection_without_suffix(tmp_path):
+def test_rescale_and_detection_without_suffix(tmp_path, write_dicom):
     path = write_dicom(tmp_path / "film", _ramp(np.uint16, 1000), slope=2.0, intercept=-1000)
     assert is_dicom(path) and read_dicom(path).min() == -1000 and read_film(str(path)).shape == (40, 48)
 
 
-def test_unreadable_and_undecodable_files_raise_value_errors(tmp_path):
+def test_unreadable_and_undecodable_files_raise_value_errors(tmp_path, write_dicom):
     (tmp_path / "bad.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"junk")
     with pytest.raises(ValueError):
         read_dicom(tmp_path / "bad.dcm")

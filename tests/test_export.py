@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import onnxruntime
 
-from test_predict import REPO, _final
 
-
-def test_onnx_matches_pytorch_for_any_batch(tmp_path):
-    final = _final(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "cxr.export", "--model", str(final), "--onnx", str(tmp_path / "m.onnx")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_onnx_matches_pytorch_for_any_batch(tmp_path, final_model_folder, run_module):
+    proc = run_module("cxr.export", "--model", str(final_model_folder), "--onnx", str(tmp_path / "m.onnx"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "match" in proc.stdout and "opset 17" in proc.stdout
     from cxr.export import normalised_batch
     from cxr.package import load_model
 
-    model = load_model(final)
+    model = load_model(final_model_folder)
     films = np.random.default_rng(1).integers(0, 256, (7, 32, 32), dtype=np.uint8)
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     out = session.run(None, {"films": normalised_batch(model, films).numpy()})[0]

@@ -1,5 +1,5 @@
-"""Faults injected with real processes (no test-only switches in product code): a trial that always fails, a
-trial's worker killed, the driver killed during the final stage; and --extend of a finished study."""
+"""Faults injected with real processes (no test-only switches in product code): a trial that always fails and the
+trials' workers killed, in one search; the driver killed mid-search and again in the final stage, each time resumed."""
 
 from __future__ import annotations
 
@@ -13,15 +13,18 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
-from test_run import REPO, run_cli
+from safetensors.torch import load_file
+
 from tune.results import load
 from tune.search import open_study_storage
 
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-TINY = ["--dataset", "synthetic", "--image-size", "32", "--max-epochs", "2", "--scheduler", "fifo"]
+TINY = ["--dataset", "synthetic", "--image-size", "32", "--max-epochs", "2", "--trial-scheduler", "fifo"]
 
-# The baseline trial draws a model only this driver knows (registered when the space file is imported): on the
+# The first baseline draws a model only this driver knows (registered when the space file is imported): on the
 # Ray workers it does not exist, so that trial fails on every attempt; the others train normally.
 FAILING_SPACE = '''
 import timm
@@ -31,7 +34,7 @@ from timm.models import register_model
 def cxr_fault_net(pretrained=False, **kwargs):
     return timm.create_model("test_efficientnet", **kwargs)
 
-BASELINES = [{"backbone": "cxr_fault_net", "lr": 0.003}]
+BASELINES = [{"backbone": "cxr_fault_net", "lr": 0.003}, {"backbone": "test_efficientnet", "lr": 0.003}]
 
 def space(trial):
     trial.suggest_categorical("backbone", ["cxr_fault_net", "test_efficientnet"])
@@ -58,7 +61,7 @@ def test_failing_trial_errors_and_killed_trial_workers_continue_from_their_check
     trials that train are SIGKILLed once one has reported 2 of its 4 epochs."""
     space = tmp_path / "faulty.py"
     space.write_text(FAILING_SPACE)
-    args = ["--space", str(space), *TINY, "--max-epochs", "4", "--num-samples", "3", "--final-seeds", "1",
+    args = ["--space", str(space), *TINY, "--max-epochs", "4", "--num-samples", "2", "--final-seeds", "1",
             "--final-epochs", "1", "--results-dir", str(tmp_path / "r"), "--name", "f"]
     driver = subprocess.Popen([sys.executable, "-m", "tune.run", *args], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -84,40 +87,50 @@ def test_failing_trial_errors_and_killed_trial_workers_continue_from_their_check
     assert [t.state.name for t in study.trials].count("FAIL") == len(failed)
 
 
-def test_driver_killed_in_the_final_stage_resumes_without_searching_again(tmp_path):
-    # one member at a time (2 CPUs per task on a 2-CPU machine), so the kill lands between two members
-    args = ["--space", "smoke", *TINY, "--num-samples", "2", "--final-seeds", "2", "--final-epochs", "3",
-            "--cpus-per-trial", "2", "--results-dir", str(tmp_path), "--name", "d"]
-    driver = subprocess.Popen([sys.executable, "-m", "tune.run", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    members = tmp_path / "d" / "final-members"
-    _wait(lambda: any(members.glob("seed-*/member.json")), 400, driver)
-    os.killpg(driver.pid, signal.SIGKILL)
+def _finished_trials(tune_dir: Path, epochs: int) -> dict[str, int]:
+    """Trial folder -> result lines, for trials that reported all their epochs."""
+    return {r.parent.name: n for r in tune_dir.glob("trial_*/result.json") if (n := r.read_text().count("\n")) >= epochs}
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tune.run", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _kill(driver: subprocess.Popen) -> None:
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its private Ray cluster
     driver.wait()
-    trained = {p.name for p in members.glob("seed-*")}
-    search_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "d" / "tune").rglob("result.json")}
-    assert len(trained) == 1 and not (tmp_path / "d" / "final" / "metrics.json").exists()
+
+
+def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeating_work(tmp_path, run_cli):
+    """Kill, resume, kill, resume: finished trials never run again, the search does not run again once it has
+    finished, and a final member trained before the kill is kept as it was (not retrained)."""
+    # one trial or member at a time (2 CPUs each on a 2-CPU machine), so each kill lands between two of them
+    args = ["--space", "smoke", *TINY, "--num-samples", "2", "--cpus-per-trial", "2", "--final-seeds", "2",
+            "--final-epochs", "2", "--results-dir", str(tmp_path), "--name", "k"]
+    tune_dir, members = tmp_path / "k" / "tune", tmp_path / "k" / "final-members"
+    driver = _start(args)
+    _wait(lambda: len(_finished_trials(tune_dir, 2)) >= 1, 300, driver)  # the first done, the second running
+    _kill(driver)
+    finished = _finished_trials(tune_dir, 2)
+    assert len(finished) == 1, "the first kill must land mid-search"
+
+    driver = _start([*args, "--resume"])
+    _wait(lambda: any(members.glob("seed-*/member.json")), 400, driver)
+    _kill(driver)
+    trained = {p.name: load_file(str(p / "weights.safetensors")) for p in members.glob("seed-*")}
+    searched = {p: p.stat().st_mtime_ns for p in tune_dir.rglob("result.json")}
+    assert len(trained) == 1 and not (tmp_path / "k" / "final" / "metrics.json").exists()
+    assert all(_finished_trials(tune_dir, 2)[name] == lines for name, lines in finished.items()), "a finished trial ran again"
+
     proc = run_cli(*args, "--resume")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "(1 already trained)" in proc.stdout
-    assert {p: p.stat().st_mtime_ns for p in search_files} == search_files, "the search ran again"
-    results = load(tmp_path / "d")
-    assert results.test["k"] == 2 and f"seed-{results.test['members'][0]['seed']}" in trained | {f"seed-{m['seed']}" for m in results.test["members"]}
-
-
-def test_extend_adds_trials_the_sampler_sees_and_keeps_the_previous_final(tmp_path):
-    args = ["--space", "smoke", *TINY, "--max-epochs", "1", "--final-seeds", "1", "--results-dir", str(tmp_path), "--name", "x"]
-    first = run_cli(*args, "--num-samples", "2")
-    assert first.returncode == 0, first.stderr[-4000:]
-    before = load(tmp_path / "x")
-    extended = run_cli("--results-dir", str(tmp_path), "--name", "x", "--extend", "2")
-    assert extended.returncode == 0, extended.stderr[-4000:]
-    after = load(tmp_path / "x")
-    assert len(after.trials) == 4 and sorted(after.trials["trial_index"]) == [1, 2, 3, 4]
-    assert set(before.trials["trial_id"]) < set(after.trials["trial_id"])
-    study = optuna.load_study(study_name="x", storage=open_study_storage(tmp_path / "x" / "optuna.journal"))
-    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
-    assert (tmp_path / "x" / "report-1" / "report.html").is_file() and (tmp_path / "x" / "report" / "report.html").is_file()
-    if after.best["trial_id"] != before.best["trial_id"]:
-        assert (tmp_path / "x" / "final-1" / "model.json").is_file()
-    assert (tmp_path / "x" / "final" / "model.json").is_file()
+    assert f"({len(trained)} already trained)" in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in searched} == searched, "the search ran again"
+    results = load(tmp_path / "k")
+    assert len(results.trials) == 2 and results.trials["trial_id"].is_unique and results.test["k"] == 2
+    final_seeds = [m["seed"] for m in results.test["members"]]
+    for name, weights in trained.items():  # the members trained before the kill are in final/ as they were
+        i = final_seeds.index(int(name.removeprefix("seed-")))
+        shipped = load_file(str(tmp_path / "k" / "final" / f"member-{i}.safetensors"))
+        assert shipped.keys() == weights.keys() and all(torch.equal(shipped[k], v) for k, v in weights.items()), name

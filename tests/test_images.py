@@ -102,15 +102,15 @@ def test_process_pool_path_equals_serial_path(tmp_path: Path, monkeypatch) -> No
     np.testing.assert_array_equal(parallel, serial)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_corrupted_image_raises_naming_the_file_and_leaves_no_cache(tmp_path: Path, monkeypatch, workers) -> None:
+@pytest.mark.parametrize("damage, workers", [("truncated", 1), ("truncated", 2), ("garbage", 1), ("empty", 1)])
+def test_corrupted_image_raises_naming_the_file_and_leaves_no_cache(tmp_path: Path, monkeypatch, damage, workers) -> None:
     paths = _gradients(tmp_path / "img", n=5, suffix=".jpeg")
     good = Path(paths[3]).read_bytes()
-    Path(paths[3]).write_bytes(good[: len(good) // 2])  # truncated JPEG
+    Path(paths[3]).write_bytes({"garbage": b"this is not a JPEG", "truncated": good[: len(good) // 2], "empty": b""}[damage])
     monkeypatch.setattr(cxr.images, "_PARALLEL_MIN_IMAGES", 2)
-    with pytest.raises(InputError, match="img3.jpeg"):
+    with pytest.raises(InputError, match="unreadable image.*img3.jpeg"):
         load_images(paths, 24, cache_dir=tmp_path / "cache", workers=workers)
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing half-built is left to be reused
 
 
 def test_default_cache_dir_follows_environment(tmp_path: Path, monkeypatch) -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr.intervals import (bootstrap_thresholds, confident_threshold, metrics_with_intervals, patient_bootstrap, rates,
-                           recall_curves)
-from cxr.metrics import threshold_for_recall
+from cxr.intervals import (bootstrap_thresholds, confident_threshold, interval_text, metrics_with_intervals,
+                           patient_bootstrap, recall_curves, wilson_intervals)
+from cxr.metrics import rates, threshold_for_recall
 
 
 def _split(patients: int, seed: int = 0) -> pd.DataFrame:
@@ -71,3 +71,14 @@ def test_confidence_rule_gives_a_lower_threshold_that_keeps_recall():
     assert confident <= point
     recall = rates(frame["label"], frame["probability"], confident, weights)["recall"]
     assert np.quantile(recall, 0.05) >= 0.9 - 1e-9
+
+
+def test_wilson_intervals_match_the_textbook_case():
+    out = wilson_intervals({"tp": 8, "fn": 2, "tn": 0, "fp": 0})
+    assert out["recall"] == pytest.approx([0.4902, 0.9433], abs=1e-4)  # Wilson score interval of 8/10
+    assert out["specificity"] is None  # no negatives: no interval
+
+
+def test_interval_text():
+    assert interval_text([0.91234, 0.98]) == "0.912-0.980"
+    assert interval_text([np.nan, 0.5]) == interval_text(None) == "n/a"

@@ -8,28 +8,48 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cxr.metrics import compute_metrics, threshold_for_recall
+from cxr.metrics import compute_metrics, ranking, rates, threshold_for_recall
+
+
+def _random_case(seed: int, n: int = 300, decimals: int = 2):
+    """Labels, probabilities rounded to make ties, per-film weights (a patient-bootstrap-like resample), threshold."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    probs = np.round(np.clip(rng.normal(0.35 + 0.3 * labels, 0.25), 0, 1), decimals)
+    return labels, probs, rng.poisson(1.0, n).astype(float), float(np.round(rng.uniform(0.3, 0.7), decimals))
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_agrees_with_sklearn_on_random_data(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, 300)
-    probs = np.clip(rng.normal(0.35 + 0.3 * labels, 0.25), 0, 1)
-    threshold = float(rng.uniform(0.3, 0.7))
+def test_rates_and_ranking_agree_with_sklearn_with_and_without_weights(seed: int) -> None:
+    labels, probs, weights, threshold = _random_case(seed)
+    pred = (probs >= threshold).astype(int)
     out = compute_metrics(labels, probs, threshold)
-    pred = probs >= threshold
     tn, fp, fn, tp = skm.confusion_matrix(labels, pred).ravel()
     assert (out["tn"], out["fp"], out["fn"], out["tp"]) == (tn, fp, fn, tp)
-    assert out["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred))
-    assert out["recall"] == pytest.approx(skm.recall_score(labels, pred))
-    assert out["specificity"] == pytest.approx(tn / (tn + fp))
-    assert out["precision"] == pytest.approx(skm.precision_score(labels, pred))
-    assert out["f1"] == pytest.approx(skm.f1_score(labels, pred))
-    assert out["f2"] == pytest.approx(skm.fbeta_score(labels, pred, beta=2))
-    assert out["auroc"] == pytest.approx(skm.roc_auc_score(labels, probs))
-    assert out["auprc"] == pytest.approx(skm.average_precision_score(labels, probs))
-    assert out["threshold"] == threshold
+    for w, got in ((None, out), (weights, None)):
+        if got is None:  # one resample given as a weight row: the bootstrap's own code path
+            got = {k: float(v[0]) for k, v in {**rates(labels, probs, threshold, w[None]), **ranking(labels, probs, w[None])}.items()}
+        kw = {"sample_weight": w}
+        assert got["accuracy"] == pytest.approx(skm.accuracy_score(labels, pred, **kw))
+        assert got["recall"] == pytest.approx(skm.recall_score(labels, pred, **kw))
+        assert got["specificity"] == pytest.approx(skm.recall_score(labels, pred, pos_label=0, **kw))
+        assert got["ppv"] == pytest.approx(skm.precision_score(labels, pred, **kw))
+        assert got["npv"] == pytest.approx(skm.precision_score(labels, pred, pos_label=0, **kw))
+        assert got["f1"] == pytest.approx(skm.f1_score(labels, pred, **kw))
+        assert got["f2"] == pytest.approx(skm.fbeta_score(labels, pred, beta=2, **kw))
+        assert got["auroc"] == pytest.approx(skm.roc_auc_score(labels, probs, **kw))
+        assert got["auprc"] == pytest.approx(skm.average_precision_score(labels, probs, **kw))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_every_resample_of_a_bootstrap_agrees_with_sklearn(seed: int) -> None:
+    """The vectorised ranking over many weight rows at once equals sklearn on each row (ties included)."""
+    labels, probs, _, _ = _random_case(seed, n=120, decimals=1)  # one decimal: many ties
+    weights = np.random.default_rng(seed).poisson(1.0, (20, len(labels))).astype(float)
+    spread = ranking(labels, probs, weights)
+    for b, w in enumerate(weights):
+        assert spread["auroc"][b] == pytest.approx(skm.roc_auc_score(labels, probs, sample_weight=w))
+        assert spread["auprc"][b] == pytest.approx(skm.average_precision_score(labels, probs, sample_weight=w))
 
 
 def test_hand_computed_case() -> None:
@@ -40,7 +60,7 @@ def test_hand_computed_case() -> None:
     assert out["accuracy"] == pytest.approx(6 / 8)
     assert out["recall"] == pytest.approx(4 / 5)
     assert out["specificity"] == pytest.approx(2 / 3)
-    assert out["precision"] == pytest.approx(4 / 5)
+    assert out["ppv"] == pytest.approx(4 / 5) and out["npv"] == pytest.approx(2 / 3)
     assert out["f1"] == pytest.approx(0.8)
     assert out["f2"] == pytest.approx(5 * 0.8 * 0.8 / (4 * 0.8 + 0.8))
     # pairs (pos, neg) ranked right: 0.3 beats 0.1 only; 0.5 beats 0.1, 0.4; 0.7, 0.8, 0.9 beat all three

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from cxr.config import TrainConfig
+from cxr.errors import InputError
 from cxr.models import CxrNet, count_blocks, create_model, data_config
 from cxr.schedules import build_optimizer
 
@@ -121,3 +122,21 @@ def test_pretrained_weights_load_from_a_weights_dir() -> None:
         assert torch.equal(state[key], expected[key]), key
     assert state["classifier.weight"].shape == (1, 1280)  # a fresh one-logit head
     assert data_config(model)["mean"] == pytest.approx((0.5, 0.5, 0.5))
+
+
+def test_unknown_backbone_offers_close_matches() -> None:
+    with pytest.raises(InputError, match=r"unknown backbone 'resnet5O'") as info:
+        create_model("resnet5O", pretrained=False)
+    assert "'resnet50'" in str(info.value)
+    with pytest.raises(InputError, match=r"unknown backbone 'densenet12'.*densenet121"):
+        count_blocks("densenet12")
+
+
+def test_pretrained_without_weights_file(tmp_path: Path) -> None:
+    (tmp_path / "resnet18.txt").write_text("not weights")
+    with pytest.raises(InputError) as info:
+        create_model("resnet18", pretrained=True, weights_dir=tmp_path)
+    message = str(info.value)
+    assert "'resnet18'" in message and str(tmp_path) in message
+    assert "weights_dir" in message  # way out 1: a folder holding resnet18.safetensors
+    assert "pretrained=False" in message  # way out 2: train from scratch

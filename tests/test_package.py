@@ -1,4 +1,4 @@
-"""cxr.package: the shippable final/ folder round-trips; version-1 folders load; bad folders fail in one line."""
+"""cxr.package: the shippable final/ folder round-trips; bad folders fail in one line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from safetensors.torch import save_file
 
 from cxr.config import TrainConfig
 from cxr.errors import InputError
@@ -38,15 +37,6 @@ def test_predict_gives_an_error_row_and_still_predicts_the_rest(tmp_path):
     assert list(frame.columns) == ["path", "probability", "decision", "error"]
     assert np.isfinite(frame["probability"][0]) and pd.isna(frame["error"][0])
     assert np.isnan(frame["probability"][1]) and "broken.png" in frame["path"][1] and frame["error"][1]
-
-
-def test_version_one_folders_load(tmp_path):
-    model = create_model(CONFIG.backbone, pretrained=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps({"config": CONFIG.to_dict()}))
-    (tmp_path / "metrics.json").write_text(json.dumps({"threshold": 0.3}))
-    loaded = load_model(tmp_path)
-    assert loaded.threshold == 0.3 and loaded.temperature == 1.0 and len(loaded.members) == 1
 
 
 def test_a_folder_without_a_model_fails_with_one_line(tmp_path):

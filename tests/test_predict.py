@@ -1,36 +1,19 @@
-"""python -m cxr.predict: a mixed folder with a corrupt file, DICOM included; Grad-CAM overlays keep the aspect."""
+"""python -m cxr.predict: a mixed folder with a corrupt file, DICOM included; Grad-CAM overlays keep the aspect; and
+end to end, a search on a CSV manifest of DICOM films from driver-side weights whose test predictions cxr.predict
+repeats exactly."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
-from cxr.config import TrainConfig
-from cxr.models import create_model
-from cxr.package import FinalModel
-from test_dicom import write_dicom
-from test_run import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _final(tmp_path: Path) -> Path:
-    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=32)
-    members = [create_model(config.backbone, pretrained=False).eval() for _ in range(2)]
-    return FinalModel(config, members, [1, 2], threshold=0.5, temperature=1.3).save(tmp_path / "final")
-
-
-def _predict(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cxr.predict", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
-
-
-def test_mixed_folder_with_a_corrupt_file(tmp_path):
+def test_mixed_folder_with_a_corrupt_file(tmp_path, final_model_folder, run_module, write_dicom):
     films = tmp_path / "films" / "nested"
     films.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -39,8 +22,8 @@ def test_mixed_folder_with_a_corrupt_file(tmp_path):
     write_dicom(films / "c.dcm", rng.integers(0, 4095, (64, 48)).astype(np.uint16), photometric="MONOCHROME1")
     (films / "d.png").write_bytes(b"broken")
     (films / "notes.txt").write_text("not a film")
-    proc = _predict("--model", str(_final(tmp_path)), str(tmp_path / "films"), "--out", str(tmp_path / "p.csv"),
-                    "--cam", str(tmp_path / "cam"))
+    proc = run_module("cxr.predict", "--model", str(final_model_folder), str(tmp_path / "films"),
+                      "--out", str(tmp_path / "p.csv"), "--cam", str(tmp_path / "cam"))
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "4 film(s)" in proc.stderr and "1 unreadable" in proc.stderr and "Traceback" not in proc.stderr
     table = pd.read_csv(tmp_path / "p.csv")
@@ -53,49 +36,69 @@ def test_mixed_folder_with_a_corrupt_file(tmp_path):
             assert overlay.size == size
 
 
-def test_bad_arguments_exit_2(tmp_path):
-    proc = _predict("--model", str(tmp_path), str(tmp_path))
+def test_bad_arguments_exit_2(tmp_path, run_module):
+    proc = run_module("cxr.predict", "--model", str(tmp_path), str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 
 
-def _dicom_kaggle(root: Path, source: Path) -> Path:
-    """The synthetic Kaggle folder re-encoded as 16-bit MONOCHROME1 DICOM films (names kept, suffix .dcm)."""
-    for jpeg in source.rglob("*.jpeg"):
-        target = root / jpeg.relative_to(source).with_suffix(".dcm")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        pixels = np.asarray(Image.open(jpeg).convert("L"), dtype=np.uint16) * 16
-        write_dicom(target, (4095 - pixels).astype(np.uint16), photometric="MONOCHROME1")
-    return root
-
-
-TINY_RUN = ["--space", "smoke", "--num-samples", "1", "--max-epochs", "1", "--scheduler", "fifo", "--final-seeds", "1",
-            "--image-size", "32"]
+FROZEN_PRETRAINED_SPACE = """
+def space(trial):
+    trial.suggest_float('lr', 1e-3, 1e-2, log=True)
+    return {'backbone': 'test_efficientnet', 'pretrained': True, 'unfrozen_blocks': 0, 'image_size': 32, 'epochs': 1}
+"""
 
 
 @pytest.mark.slow
-def test_search_on_dicom_films_and_predictions_match_the_final_stage(tmp_path):
+def test_data_parallel_search_on_a_dicom_manifest_from_driver_weights_and_predictions_that_match(
+        tmp_path, demo, run_cli, run_module, write_dicom):
+    """One run covers four paths: a CSV manifest without patient or split columns, films that are 16-bit
+    MONOCHROME1 DICOM, --weights-dir read once by the driver (trials start from exactly those weights: the frozen
+    stem is unchanged in the shipped model) and a 2-process data-parallel trial (Ray Train, gloo) that reports what
+    a single-process trial of the demo reports. cxr.predict on the test films then equals the final stage."""
+    import timm
+    from safetensors.torch import load_file, save_file
+
     from cxr.synthetic import make_synthetic
 
     source = make_synthetic(tmp_path / "jpeg", n_patients=60, size=48)
-    data = _dicom_kaggle(tmp_path / "dicom", source)
-    proc = run_cli("--data-dir", str(data), *TINY_RUN, "--results-dir", str(tmp_path / "r"), "--name", "dcm")
+    rows = []
+    for jpeg in sorted(source.rglob("*.jpeg")):
+        target = tmp_path / "dicom" / jpeg.relative_to(source).with_suffix(".dcm")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.asarray(Image.open(jpeg).convert("L"), dtype=np.uint16) * 16
+        rows.append((str(write_dicom(target, (4095 - pixels).astype(np.uint16), photometric="MONOCHROME1")), jpeg.parent.name))
+    pd.DataFrame(rows, columns=["path", "label"]).to_csv(tmp_path / "films.csv", index=False)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.manual_seed(123)
+    reference = timm.create_model("test_efficientnet").state_dict()
+    save_file(reference, str(weights / "test_efficientnet.safetensors"))
+    (tmp_path / "frozen.py").write_text(FROZEN_PRETRAINED_SPACE)
+
+    proc = run_cli("--data-dir", str(tmp_path / "films.csv"), "--space", str(tmp_path / "frozen.py"), "--weights-dir",
+                   str(weights), "--num-samples", "1", "--trial-scheduler", "fifo", "--final-seeds", "1",
+                   "--workers-per-trial", "2", "--cpus-per-trial", "0.5",
+                   "--results-dir", str(tmp_path / "r"), "--name", "dcm")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    saved = pd.read_parquet(tmp_path / "r" / "dcm" / "final" / "predictions.parquet").query("split == 'test'")
+    assert proc.stdout.count("each image is treated as its own patient") == 1
+    folder = tmp_path / "r" / "dcm"
+    splits = pd.read_parquet(folder / "splits.parquet")
+    assert set(splits["split"]) == {"train", "val", "test"} and len(splits) == len(rows)
+    trial, epochs = pd.read_parquet(folder / "trials.parquet").iloc[0], pd.read_parquet(folder / "epochs.parquet")
+    assert (trial["status"], trial["epochs_run"]) == ("completed", 1) and list(epochs["epoch"]) == [1]
+    single = pd.read_parquet(demo.folder / "epochs.parquet")
+    metric_columns = sorted(c for c in single.columns if c.startswith(("val_", "train_")) or c in ("epoch", "lr", "best_epoch"))
+    assert set(metric_columns) <= set(epochs.columns)
+    assert epochs[["lr", "train_loss", "val_loss", "val_auroc", "val_spec_at_recall"]].notna().all().all()
+    final = load_file(str(folder / "final" / "member-0.safetensors"))
+    assert torch.equal(final["backbone.conv_stem.weight"], reference["conv_stem.weight"])
+    assert final["backbone.classifier.weight"].shape[0] == 1  # the new one-logit head, not the file's
+
+    saved = pd.read_parquet(folder / "final" / "predictions.parquet").query("split == 'test'")
     assert saved["path"].str.endswith(".dcm").all() and len(saved)
-    out = _predict("--model", str(tmp_path / "r" / "dcm" / "final"), *saved["path"], "--out", str(tmp_path / "p.parquet"))
+    out = run_module("cxr.predict", "--model", str(folder / "final"), *saved["path"], "--out", str(tmp_path / "p.parquet"))
     assert out.returncode == 0, out.stderr[-3000:]
     predicted = pd.read_parquet(tmp_path / "p.parquet")
     assert list(predicted["path"]) == list(saved["path"])
     assert np.allclose(predicted["probability"], saved["probability"], atol=1e-5)
     assert (predicted["decision"].to_numpy() == saved["prediction"].to_numpy()).all()
-
-
-@pytest.mark.slow
-def test_search_on_a_csv_manifest(tmp_path, synthetic_root):
-    rows = [(str(p), p.parent.name) for p in sorted(synthetic_root.rglob("*.jpeg"))]
-    pd.DataFrame(rows, columns=["path", "label"]).to_csv(tmp_path / "films.csv", index=False)
-    proc = run_cli("--data-dir", str(tmp_path / "films.csv"), *TINY_RUN, "--results-dir", str(tmp_path / "r"), "--name", "csv")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.count("each image is treated as its own patient") == 1
-    splits = pd.read_parquet(tmp_path / "r" / "csv" / "splits.parquet")
-    assert set(splits["split"]) == {"train", "val", "test"} and len(splits) == len(rows)

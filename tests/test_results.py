@@ -1,4 +1,4 @@
-"""Result tables and files: trial status, best/last columns, JSON without NaN, load() round trip."""
+"""Result tables and files: trial status, best/last columns, the leaderboard, JSON without NaN, load() round trip."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import math
 
 import pandas as pd
 
-from tune.results import ExperimentPaths, TrialRecord, build_tables, load, read_json, write_json, write_table
+import pytest
+
+from cxr.jsonio import read_json, write_json
+from tune.results import ExperimentPaths, TrialRecord, build_tables, leaderboard, load, trial_status, write_table
 
 
 def _epochs(aurocs, stopped_early=False):
@@ -26,7 +29,7 @@ def _records():
 
 
 def test_statuses_and_best_first():
-    trials, epochs = build_tables(_records(), "val_auroc", max_epochs=3)
+    trials, epochs = build_tables(_records(), "val_auroc")
     assert list(trials["trial_id"]) == ["c", "a", "b", "d"]
     assert dict(zip(trials["trial_id"], trials["status"])) == {"a": "completed", "b": "pruned", "c": "early_stopped", "d": "error"}
     a = trials.set_index("trial_id").loc["a"]
@@ -36,6 +39,27 @@ def test_statuses_and_best_first():
     assert len(epochs) == 6 and set(epochs["trial_id"]) == {"a", "b", "c"}
 
 
+@pytest.mark.parametrize("errored, epochs_run, planned, stopped_early, status", [
+    (True, 3, 3, False, "error"), (False, 3, 3, False, "completed"), (False, 3, 3, True, "completed"),
+    (False, 2, 3, True, "early_stopped"), (False, 1, 3, False, "pruned"), (False, 0, 3, False, "pruned"),
+])
+def test_trial_status(errored, epochs_run, planned, stopped_early, status):
+    assert trial_status(errored, epochs_run, planned, stopped_early) == status
+
+
+def test_a_config_without_epochs_plans_the_configs_default():
+    record = TrialRecord("e", 5, {"lr": 1e-3}, _epochs([0.5, 0.6]), None)  # TrainConfig trains 10 epochs by default
+    trials, _ = build_tables([record], "val_auroc")
+    assert trials["status"].iloc[0] == "pruned"
+
+
+def test_leaderboard_keeps_the_rank_and_the_columns_a_reader_compares():
+    trials, _ = build_tables(_records(), "val_auroc")
+    top = leaderboard(trials, "val_auroc", rows=2)
+    assert list(top["trial_id"]) == ["c", "a"]
+    assert list(top.columns) == ["trial_index", "trial_id", "status", "epochs_run", "best_val_auroc", "lr"]
+
+
 def test_json_writes_nan_as_null(tmp_path):
     write_json(tmp_path / "x.json", {"a": math.nan, "b": [1.5, float("nan")]})
     assert read_json(tmp_path / "x.json") == {"a": None, "b": [1.5, None]}
@@ -43,7 +67,7 @@ def test_json_writes_nan_as_null(tmp_path):
 
 def test_load_round_trip(tmp_path):
     paths = ExperimentPaths(tmp_path)
-    trials, epochs = build_tables(_records(), "val_auroc", max_epochs=3)
+    trials, epochs = build_tables(_records(), "val_auroc")
     write_table(paths.trials, trials)
     write_table(paths.epochs, epochs)
     write_table(paths.splits, pd.DataFrame({"path": ["x"], "label": [1], "patient": ["p1"], "split": ["train"]}))

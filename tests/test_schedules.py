@@ -8,7 +8,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from cxr.config import TrainConfig
-from cxr.schedules import build_optimizer, build_scheduler
+from cxr.schedules import build_lr_scheduler, build_optimizer
 
 
 def _model() -> nn.Module:
@@ -19,7 +19,7 @@ def _model() -> nn.Module:
 
 def _lrs(config: TrainConfig, epochs: int, steps_per_epoch: int = 1, losses=None) -> list[float]:
     optimizer = build_optimizer(_model(), config)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+    scheduler = build_lr_scheduler(optimizer, config, steps_per_epoch)
     seen = []
     for epoch in range(epochs):
         seen.append(optimizer.param_groups[0]["lr"])
@@ -66,7 +66,7 @@ def test_cosine_with_and_without_warmup() -> None:
 def test_onecycle_peaks_then_anneals_over_all_steps() -> None:
     config = TrainConfig(scheduler="onecycle", lr=0.1, pct_start=0.3, epochs=2)
     optimizer = build_optimizer(_model(), config)
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch=10)
+    scheduler = build_lr_scheduler(optimizer, config, steps_per_epoch=10)
     lrs = []
     for _ in range(20):
         lrs.append(optimizer.param_groups[0]["lr"])

@@ -1,33 +1,92 @@
-"""tune.search settings that are not visible end to end: the live table's columns and the searcher/scheduler defaults."""
+"""tune.search without a cluster: the searcher and its journal, TPE's start-up, the trial scheduler, the live table."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from tune import search
+from tune.spaces import load_space, validate
 
 
-def _settings(**changes) -> search.SearchSettings:
-    values = dict(metric="val_spec_at_recall", num_samples=8, max_epochs=4, scheduler="asha", cpus_per_trial=1,
-                  gpus_per_trial=0, workers_per_trial=1, max_concurrent=0, seed=0, storage_path="/tmp/x",
-                  journal_path="/tmp/x/optuna.journal", study_name="x")
+def _settings(tmp_path, **changes) -> search.SearchSettings:
+    values = dict(metric="val_spec_at_recall", num_samples=8, max_epochs=4, trial_scheduler="asha", cpus_per_trial=1,
+                  gpus_per_trial=0, workers_per_trial=1, max_concurrent=0, seed=0, storage_path=str(tmp_path),
+                  journal_path=str(tmp_path / "optuna.journal"), study_name="x")
     return search.SearchSettings(**{**values, **changes})
 
 
-def test_live_table_shows_the_search_metric_and_val_auroc():
-    reporter = search.make_reporter("val_spec_at_recall")
-    assert {"val_spec_at_recall", "val_auroc"} <= set(reporter._metric_columns)
+def test_baselines_are_the_first_suggestions_with_the_pinned_keys(tmp_path):
+    space = load_space("full").with_overrides({"epochs": 1, "image_size": 32, "pretrained": False})
+    searcher = search.make_searcher(_settings(tmp_path), space, validate(space))
+    first, second, third = (searcher.suggest(f"t{i}") for i in range(3))
+    assert (first["backbone"], first["scheduler"], first["lr"], first["step_size"]) == ("tf_efficientnetv2_s", "step", 1e-4, 5)
+    assert (second["backbone"], second["scheduler"], second["dropout"], second["unfrozen_blocks"]) == ("densenet121", "plateau", 0.3, 2)
+    assert all((c["epochs"], c["image_size"], c["pretrained"]) == (1, 32, False) for c in (first, second, third))
 
 
-def test_tpe_starts_after_ten_random_trials_and_models_conditional_parallel_trials():
+def _suggested(sampler: optuna.samplers.BaseSampler, n: int) -> list[dict]:
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    for _ in range(n):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0.0, 1.0)
+        study.tell(trial, -((x - 0.3) ** 2))
+    return [t.params for t in study.trials]
+
+
+def test_tpe_draws_its_first_ten_trials_at_random_then_steers(tmp_path):
     # measured in BENCHMARKS.md (issue 10): at ~12 trials, TPE started earlier did no better than random under ASHA
-    for num_samples in (8, 100):
-        sampler = search.make_sampler(_settings(num_samples=num_samples))
-        assert sampler._n_startup_trials == 10 and sampler._multivariate and sampler._group and sampler._constant_liar
+    product = _suggested(search.make_sampler(_settings(tmp_path)), 12)
+    random = _suggested(optuna.samplers.RandomSampler(seed=0), 12)
+    assert product[:10] == random[:10] and product[10] != random[10]
 
 
-def test_scheduler_choice():
-    assert isinstance(search.make_scheduler(_settings(scheduler="fifo")), FIFOScheduler)
-    asha = search.make_scheduler(_settings())
-    rungs = [milestone for milestone, _ in asha._brackets[0]._rungs]
-    assert isinstance(asha, ASHAScheduler) and min(rungs) == 1 and asha._reduction_factor == 3  # grace period 1
+def test_each_extend_round_draws_with_its_own_seed(tmp_path):
+    first, extend = (_suggested(search.make_sampler(_settings(tmp_path, first_index=i)), 3) for i in (1, 9))
+    assert first != extend
+
+
+def test_the_sampler_of_an_extend_round_sees_every_earlier_trial(tmp_path):
+    """Ray's OptunaSearch asks the study in the journal: an --extend round's sampler sees the earlier rounds' trials."""
+    seen = []
+
+    class Recording(optuna.samplers.RandomSampler):
+        def infer_relative_search_space(self, study, trial):
+            seen.append(len(study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])))
+            return {}
+
+    space = load_space("smoke")
+    checked = validate(space)
+    earlier = search.make_searcher(_settings(tmp_path), space, checked)
+    for i in range(3):
+        earlier.suggest(f"a{i}")
+        earlier.on_trial_result(f"a{i}", {"val_spec_at_recall": 0.5 + i / 10, "training_iteration": 1})
+        earlier.on_trial_complete(f"a{i}", {"val_spec_at_recall": 0.5 + i / 10, "epoch": 2, "config/epochs": 2})
+    extend = search.make_searcher(_settings(tmp_path, first_index=4, enqueue_baselines=False), space, checked,
+                                  sampler=Recording(seed=0))
+    extend.suggest("b0")
+    assert seen == [3]
+
+
+def test_trial_scheduler_choice():
+    assert isinstance(search.make_trial_scheduler(_settings(Path("unused"), trial_scheduler="fifo")), FIFOScheduler)
+    assert isinstance(search.make_trial_scheduler(_settings(Path("unused"))), ASHAScheduler)
+
+
+def test_the_journal_holds_each_trials_best_epoch_and_its_state(tmp_path):
+    space = load_space("smoke")
+    searcher = search.make_searcher(_settings(tmp_path), space, validate(space))
+    runs = {"done": ([0.7, 0.5], {"epoch": 2}), "pruned": ([0.4, 0.6], {"epoch": 2, "config/epochs": 4}),
+            "patience": ([0.3, 0.2], {"epoch": 2, "config/epochs": 4, "stopped_early": True}), "failed": ([0.1], None)}
+    for trial_id, (values, last) in runs.items():
+        searcher.suggest(trial_id)
+        for step, value in enumerate(values, start=1):
+            searcher.on_trial_result(trial_id, {"val_spec_at_recall": value, "training_iteration": step})
+        searcher.on_trial_complete(trial_id, last and {"val_spec_at_recall": values[-1], "config/epochs": 2, **last},
+                                   error=last is None)
+    study = optuna.load_study(study_name="x", storage=search.open_study_storage(tmp_path / "optuna.journal"))
+    states = [(t.state.name, t.value, t.intermediate_values) for t in study.trials]
+    assert states == [("COMPLETE", 0.7, {1: 0.7, 2: 0.5}), ("PRUNED", 0.6, {1: 0.4, 2: 0.6}),
+                      ("COMPLETE", 0.3, {1: 0.3, 2: 0.2}), ("FAIL", None, {1: 0.1})]

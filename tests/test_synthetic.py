@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.data import patient_key
+from cxr.kaggle import patient_key
 from cxr.synthetic import draw, make_synthetic
 
 

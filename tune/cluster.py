@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 import uuid
 from pathlib import Path
 
 import ray
+from ray._common.utils import get_ray_address_file  # no public API resolves "auto": tests/test_ray_internals.py guards it
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import cxr
@@ -42,7 +42,7 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
     started on this machine is gone): try the port first."""
     given = address
     if address == "auto":
-        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # where `ray start` records it
+        current = Path(get_ray_address_file(None))  # where `ray start` records the cluster it started
         if not current.is_file():
             raise InputError("--address auto: no Ray cluster was started on this machine: start one with "
                              "`ray start --head` or pass the head's host:port")

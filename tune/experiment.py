@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -11,20 +10,22 @@ import pandas as pd
 from cxr.dataset import CxrData, load_dataset
 from cxr.errors import InputError
 from cxr.images import default_cache_dir
+from cxr.intervals import interval_text, value_text
 from cxr.models import pretrained_state
 from cxr.synthetic import make_synthetic
+from cxr.jsonio import read_json, write_json
 from tune import cluster, search
-from tune.final import FinalSettings, run_final_stage
-from tune.flags import Experiment
+from tune.final_stage import FinalSettings, run_final_stage
 from tune.report import write_report
-from tune.results import ExperimentPaths, build_tables, read_json, write_json, write_table
+from tune.results import ExperimentPaths, build_tables, leaderboard, write_table
+from tune.settings import RunSettings
 from tune.spaces import load_space, validate
 
-LEADERBOARD_COLUMNS = ["backbone", "lr", "scheduler", "dropout", "unfrozen_blocks", "batch_size"]
+CONSOLE_LEADERBOARD_ROWS = 10
 
 
-def run_experiment(experiment: Experiment, *, resume: bool = False, extend: int = 0) -> int:
-    """Run an experiment that tune.flags.resolve returned."""
+def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int = 0) -> int:
+    """Run an experiment that tune.settings.resolve returned."""
     paths = ExperimentPaths(Path(experiment.results_dir) / experiment.name)
     space = load_space(experiment.space)
     if experiment.backbones is not None:
@@ -42,7 +43,7 @@ def run_experiment(experiment: Experiment, *, resume: bool = False, extend: int 
             _create(paths, experiment, data)
         data_ref, weight_refs = cluster.share(data), cluster.share_weights(weights)
         records = _search(settings, paths, space, checked, data_ref, weight_refs, resume=resume, extend=extend)
-        trials, epochs = build_tables(records, experiment.metric, checked.max_epochs)
+        trials, epochs = build_tables(records, experiment.metric)
         write_table(paths.trials, trials)
         write_table(paths.epochs, epochs)
         previous = read_json(paths.best) if paths.best.exists() else None
@@ -94,7 +95,7 @@ def _search(settings: search.SearchSettings, paths: ExperimentPaths, space, chec
     return records
 
 
-def _final_stage(experiment: Experiment, best: dict, trials: pd.DataFrame, data: CxrData, data_ref, weight_refs,
+def _final_stage(experiment: RunSettings, best: dict, trials: pd.DataFrame, data: CxrData, data_ref, weight_refs,
                  settings: search.SearchSettings, paths: ExperimentPaths) -> None:
     final = FinalSettings(experiment.final_seeds, experiment.final_epochs, experiment.recall_confidence, experiment.seed)
     metrics = run_final_stage(best, trials, data, data_ref, weight_refs, settings, final, paths)
@@ -117,7 +118,7 @@ def _folder_size(folder: Path) -> str:
     return f"{size / 2**20:.1f} MiB on disk"
 
 
-def _overrides(experiment: Experiment) -> dict:
+def _overrides(experiment: RunSettings) -> dict:
     """CLI flags that pin config keys in every trial, whatever the space says."""
     pinned = {"monitor": experiment.metric, "target_recall": experiment.target_recall, "seed": experiment.seed}
     if experiment.max_epochs:
@@ -129,7 +130,7 @@ def _overrides(experiment: Experiment) -> dict:
     return pinned
 
 
-def _load_data(experiment: Experiment, image_size: int) -> CxrData:
+def _load_data(experiment: RunSettings, image_size: int) -> CxrData:
     cache = Path(experiment.cache_dir) if experiment.cache_dir else default_cache_dir()
     if experiment.dataset == "synthetic":
         root = cache / f"synthetic-{experiment.seed}"
@@ -143,17 +144,17 @@ def _load_data(experiment: Experiment, image_size: int) -> CxrData:
     return data
 
 
-def _settings(experiment: Experiment, max_epochs: int, paths: ExperimentPaths) -> search.SearchSettings:
+def _settings(experiment: RunSettings, max_epochs: int, paths: ExperimentPaths) -> search.SearchSettings:
     storage = f"{experiment.storage_path.rstrip('/')}/{experiment.name}" if experiment.storage_path else str(paths.root.resolve())
     return search.SearchSettings(
         metric=experiment.metric, num_samples=experiment.num_samples, max_epochs=max_epochs,
-        scheduler=experiment.scheduler, cpus_per_trial=experiment.cpus_per_trial,
+        trial_scheduler=experiment.trial_scheduler, cpus_per_trial=experiment.cpus_per_trial,
         gpus_per_trial=experiment.gpus_per_trial, workers_per_trial=experiment.workers_per_trial, max_concurrent=experiment.max_concurrent, seed=experiment.seed,
         storage_path=storage, journal_path=str(paths.journal), study_name=experiment.name,
     )
 
 
-def _create(paths: ExperimentPaths, experiment: Experiment, data: CxrData) -> None:
+def _create(paths: ExperimentPaths, experiment: RunSettings, data: CxrData) -> None:
     paths.root.mkdir(parents=True, exist_ok=False)
     write_json(paths.run, dataclasses.asdict(experiment))
     write_table(paths.splits, data.manifest)
@@ -171,11 +172,10 @@ def _best(trials: pd.DataFrame, records: list, metric: str) -> dict:
 
 
 def _print_leaderboard(trials: pd.DataFrame, metric: str) -> None:
-    columns = ["trial_id", "status", "epochs_run", f"best_{metric}", "best_val_auroc"]
-    columns += [c for c in LEADERBOARD_COLUMNS if c in trials]
+    top = leaderboard(trials, metric, CONSOLE_LEADERBOARD_ROWS)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 4):
-        print(f"\nleaderboard (top 10 of {len(trials)} trials by best {metric}):")
-        print(trials[[c for c in columns if c in trials]].head(10).to_string(index=False))
+        print(f"\nleaderboard (top {len(top)} of {len(trials)} trials by best {metric}):")
+        print(top.to_string(index=False))
 
 
 def _print_final(metrics: dict) -> None:
@@ -189,16 +189,10 @@ def _print_final(metrics: dict) -> None:
         if m is None:
             print(f"{split}: no {split} split in the data")
             continue
-        print(f"{split}: recall {m['recall']:.4f} {_ci(m['recall_ci95'])}  specificity {m['specificity']:.4f} "
-              f"{_ci(m['specificity_ci95'])}  ppv {m['ppv']:.4f}  npv {_fmt(m['npv'])}  auroc {_fmt(m['auroc'])}  "
+        print(f"{split}: recall {m['recall']:.4f} [95% CI {interval_text(m['recall_ci95'])}]  specificity "
+              f"{m['specificity']:.4f} [95% CI {interval_text(m['specificity_ci95'])}]  ppv {value_text(m['ppv'])}  "
+              f"npv {value_text(m['npv'])}  auroc {value_text(m['auroc'])}  "
               f"(tp {m['tp']} fn {m['fn']} tn {m['tn']} fp {m['fp']}; 95% CI by patient bootstrap)")
     for warning in metrics["warnings"]:
         print(f"note: {warning}")
 
-
-def _ci(bounds) -> str:
-    return "[95% CI n/a]" if None in bounds or any(math.isnan(b) for b in bounds) else f"[95% CI {bounds[0]:.3f}-{bounds[1]:.3f}]"
-
-
-def _fmt(value: float) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"

@@ -6,14 +6,16 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import math
 import sys
 import warnings
 from pathlib import Path
 
+from cxr.calibration import ECE_BINS
 from cxr.errors import InputError
+from cxr.intervals import interval_text, value_text
+from cxr.metrics import RANKING, RATES
 
-RATES = ("recall", "specificity", "ppv", "npv", "accuracy", "auroc", "auprc")
+REPORT_LEADERBOARD_ROWS = 15
 
 
 def write_report(folder: str | Path) -> Path:
@@ -23,7 +25,8 @@ def write_report(folder: str | Path) -> Path:
     import pandas as pd
 
     from tune import report_plots as plots
-    from tune.results import ExperimentPaths, load, read_json, write_json
+    from cxr.jsonio import read_json, write_json
+    from tune.results import ExperimentPaths, load
 
     paths = ExperimentPaths(Path(folder))
     if not paths.run.is_file():
@@ -69,18 +72,18 @@ def write_report(folder: str | Path) -> Path:
 
 def _headline(metrics: dict, scored: str) -> str:
     m = metrics[scored]
-    cells = "".join(f"<tr><td>{name}</td><td><b>{_num(m[name])}</b></td><td>{_interval(m.get(f'{name}_ci95'))}</td></tr>"
-                    for name in RATES)
+    cells = "".join(f"<tr><td>{name}</td><td><b>{value_text(m[name])}</b></td><td>{interval_text(m.get(f'{name}_ci95'))}</td></tr>"
+                    for name in (*RATES, *RANKING))
     note = "" if scored == "test" else "<p class=warn>No test split: these are val numbers (val also chose the threshold).</p>"
     return (f"<p>Decision threshold <b>{metrics['threshold']:.4f}</b> on the calibrated probability "
             f"(temperature {metrics['temperature']:.3f}): {html.escape(metrics['threshold_rule'])}. "
             f"Point-rule threshold {metrics['threshold_point']:.4f}, its 95 % interval over val patients "
-            f"{_interval(metrics['threshold_ci95'])}.</p>{note}"
+            f"{interval_text(metrics['threshold_ci95'])}.</p>{note}"
             f"<table><tr><th>{scored} metric</th><th>value</th><th>95 % interval (patient bootstrap, "
             f"{metrics['n_boot']} resamples)</th></tr>{cells}</table>"
             f"<p>tp {m['tp']} · fn {m['fn']} · tn {m['tn']} · fp {m['fp']} on {m['images']} films of {m['patients']} "
-            f"patients. Wilson (image-level) cross-check: recall {_interval(m['recall_wilson95'])}, specificity "
-            f"{_interval(m['specificity_wilson95'])}.</p>" + _rule_cost(metrics))
+            f"patients. Wilson (image-level) cross-check: recall {interval_text(m['recall_wilson95'])}, specificity "
+            f"{interval_text(m['specificity_wilson95'])}.</p>" + _rule_cost(metrics))
 
 
 def _rule_cost(metrics: dict) -> str:
@@ -95,26 +98,26 @@ def _rule_cost(metrics: dict) -> str:
 def _calibration(metrics: dict) -> str:
     rows = "".join(f"<tr><td>{split}</td><td>{when}</td>" + "".join(f"<td>{v[k]:.4f}</td>" for k in ("ece", "brier", "log_loss")) + "</tr>"
                    for split, c in metrics["calibration"].items() for when, v in c.items())
-    return f"<table><tr><th>split</th><th>calibration</th><th>ECE (15 bins)</th><th>Brier</th><th>log-loss</th></tr>{rows}</table>"
+    return f"<table><tr><th>split</th><th>calibration</th><th>ECE ({ECE_BINS} bins)</th><th>Brier</th><th>log-loss</th></tr>{rows}</table>"
 
 
 def _members(metrics: dict) -> str:
     def row(name, entry):
         test = entry["test"] or {}
-        return (f"<tr><td>{name}</td><td>{_num(entry['val']['auroc'])}</td><td>{_num(entry['val']['spec_at_recall'])}</td>"
-                f"<td>{_num(test.get('auroc'))}</td><td>{_num(test.get('recall'))}</td><td>{_num(test.get('specificity'))}</td></tr>")
+        return (f"<tr><td>{name}</td><td>{value_text(entry['val']['auroc'])}</td><td>{value_text(entry['val']['spec_at_recall'])}</td>"
+                f"<td>{value_text(test.get('auroc'))}</td><td>{value_text(test.get('recall'))}</td><td>{value_text(test.get('specificity'))}</td></tr>")
     body = "".join(row(f"member seed {m['seed']} (best epoch {m['best_epoch']})", m) for m in metrics["members"])
     tta = metrics["tta"]
     return (f"<table><tr><th></th><th>val AUROC</th><th>val specificity at target recall</th><th>test AUROC</th>"
             f"<th>test recall</th><th>test specificity</th></tr>{body}{row('ensemble (mean)', metrics['ensemble'])}</table>"
             f"<p>Each at the threshold val picks for it (uncalibrated). Test-time mirroring "
-            f"{'used' if tta['used'] else 'not used'} ({html.escape(tta['rule'])}: val AUROC {_num(tta['val_auroc_plain'])} "
-            f"plain, {_num(tta['val_auroc_tta'])} mirrored).</p>")
+            f"{'used' if tta['used'] else 'not used'} ({html.escape(tta['rule'])}: val AUROC {value_text(tta['val_auroc_plain'])} "
+            f"plain, {value_text(tta['val_auroc_tta'])} mirrored).</p>")
 
 
 def _subgroups(metrics: dict) -> str:
     rows = "".join(f"<tr><td>{split}</td><td>{g['kind']}</td><td>{g['images']}</td><td>{g['patients']}</td><td>{g['missed']}</td>"
-                   f"<td>{_num(g['recall'])}</td><td>{_interval(g['recall_ci95'])}</td></tr>"
+                   f"<td>{value_text(g['recall'])}</td><td>{interval_text(g['recall_ci95'])}</td></tr>"
                    for split, groups in metrics["subgroups"].items() for g in groups)
     balance = "".join(f"<tr><td>{split}</td><td>{b['images']}</td><td>{b['patients']}</td><td>{b['pneumonia_share']:.1%}</td>"
                       f"<td>{b.get('bacterial_images', 0)}</td><td>{b.get('viral_images', 0)}</td></tr>"
@@ -128,7 +131,7 @@ def _subgroups(metrics: dict) -> str:
 def _audit(paths, splits) -> dict:
     """Cached in audit.json: hashing every film's pixels costs a minute on the full data set."""
     from cxr.audit import audit, hash_files
-    from tune.results import read_json, write_json
+    from cxr.jsonio import read_json, write_json
 
     cached = paths.root / "audit.json"
     if cached.is_file():
@@ -150,11 +153,11 @@ def _audit_html(audit: dict) -> str:
 
 
 def _search(paths, results, run: dict, figure, plots, optuna, pd) -> tuple[dict, str]:
+    from tune.results import leaderboard
+
     metric = run["metric"]
     trials = results.trials
-    columns = [c for c in ["trial_index", "trial_id", "status", "epochs_run", f"best_{metric}", "best_val_auroc", "backbone",
-                           "lr", "scheduler", "dropout", "unfrozen_blocks", "ema_decay"] if c in trials]
-    top = trials[columns].head(15)
+    top = leaderboard(trials, metric, REPORT_LEADERBOARD_ROWS)
     parts = [f"<h3>Leaderboard (top {len(top)} of {len(trials)} by best {metric})</h3>",
              top.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)]
     summary = {"trials": len(trials), "status": trials["status"].value_counts().to_dict(),
@@ -186,16 +189,6 @@ def _page(name: str, metrics: dict, sections: list[tuple[str, str]]) -> str:
             ".box{background:#fff4e0;border:1px solid #e0a040;padding:.5em 1em}.warn{color:#a04000}</style></head><body>"
             f"<h1>{html.escape(name)}: pneumonia model report</h1><div class=box><b>Read this first</b><ul>{warning_box}</ul></div>"
             f"{body}</body></html>")
-
-
-def _num(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
-
-
-def _interval(bounds) -> str:
-    if not bounds or any(b is None or (isinstance(b, float) and math.isnan(b)) for b in bounds):
-        return "n/a"
-    return f"{bounds[0]:.3f} – {bounds[1]:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,8 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve  # noqa: E402
 
-from cxr.calibration import reliability_curve  # noqa: E402
-from cxr.intervals import rates  # noqa: E402
+from cxr.calibration import ECE_BINS, reliability_curve  # noqa: E402
+from cxr.metrics import rates  # noqa: E402
 
 SPLIT_COLORS = {"val": "tab:blue", "test": "tab:red"}
 
@@ -48,12 +48,13 @@ def confusion(rows: pd.DataFrame, threshold: float, split: str):
 
 def threshold_sweep(predictions: pd.DataFrame, threshold: float):
     fig, ax = plt.subplots(figsize=(8, 4))
-    grid = np.linspace(0, 1, 201)
     for split, rows in predictions.groupby("split"):
-        swept = [rates(rows["label"], rows["probability"], t) for t in grid]
+        fpr, tpr, thresholds = roc_curve(rows["label"], rows["probability"], drop_intermediate=False)
+        thresholds = np.clip(thresholds, 0, 1)  # the first is +inf: nothing predicted positive
         color = SPLIT_COLORS.get(split, "gray")
-        ax.plot(grid, [s["recall"] for s in swept], color=color, label=f"{split} recall")
-        ax.plot(grid, [s["specificity"] for s in swept], "--", color=color, label=f"{split} specificity")
+        # predicting p >= t: recall and specificity hold from each threshold down to the next lower one
+        ax.step(thresholds, tpr, where="post", color=color, label=f"{split} recall")
+        ax.step(thresholds, 1 - fpr, "--", where="post", color=color, label=f"{split} specificity")
     ax.axvline(threshold, color="black", lw=1, label=f"chosen {threshold:.3f}")
     ax.axvline(0.5, color="gray", lw=1, ls=":", label="0.5")
     ax.set(xlabel="threshold on the calibrated probability", ylabel="rate", ylim=(0, 1.02))
@@ -70,7 +71,7 @@ def reliability(predictions: pd.DataFrame):
             x, y = reliability_curve(rows["label"], rows[column])
             ax.plot(x, y, style, label=f"{name} calibration")
         ax.plot([0, 1], [0, 1], ":", color="gray")
-        ax.set(title=f"{split}: reliability (15 bins)", xlabel="mean predicted probability", ylabel="observed pneumonia rate")
+        ax.set(title=f"{split}: reliability ({ECE_BINS} bins)", xlabel="mean predicted probability", ylabel="observed pneumonia rate")
         ax.legend(fontsize=8)
     return fig
 

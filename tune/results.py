@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.jsonio import read_json, write_json  # noqa: F401  (re-exported: tune modules read/write JSON here)
+from cxr.config import TrainConfig
+from cxr.jsonio import read_json
+
+# what the console and the report show of each trial, after its id, status and scores (keys a space may not search are skipped)
+LEADERBOARD_KEYS = ["backbone", "lr", "scheduler", "dropout", "unfrozen_blocks", "ema_decay", "batch_size"]
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,15 @@ class TrialRecord:
     error: str | None
 
 
-def build_tables(records: list[TrialRecord], metric: str, max_epochs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_tables(records: list[TrialRecord], metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """trials (one row per trial: status, config keys, best/last val metrics) and epochs (one row per epoch)."""
     rows, frames = [], []
     for record in records:
         epochs = record.epochs
         frames.append(epochs.assign(trial_id=record.trial_id, trial_index=record.trial_index))
-        row = {"trial_id": record.trial_id, "trial_index": record.trial_index, "status": _status(record, max_epochs), "epochs_run": len(epochs),
+        stopped_early = bool(len(epochs) and epochs["stopped_early"].iloc[-1])
+        status = trial_status(record.error is not None, len(epochs), planned_epochs(record.config), stopped_early)
+        row = {"trial_id": record.trial_id, "trial_index": record.trial_index, "status": status, "epochs_run": len(epochs),
                "time_s": float(epochs["time_total_s"].iloc[-1]) if len(epochs) else 0.0,
                "node_id": _last(epochs, "node_id"), "node_ip": _last(epochs, "node_ip"), "error": record.error}
         row.update(record.config)
@@ -101,15 +107,25 @@ def build_tables(records: list[TrialRecord], metric: str, max_epochs: int) -> tu
 _NOT_RANKED = {"val_tp", "val_fp", "val_tn", "val_fn", "val_threshold", "val_threshold_at_recall"}
 
 
-def _status(record: TrialRecord, max_epochs: int) -> str:
-    """error | completed (all epochs) | early_stopped (patience ran out) | pruned (stopped by the scheduler)."""
-    if record.error:
+def planned_epochs(config: dict) -> int:
+    """The epochs a trial's config asks for (TrainConfig's default where the space leaves the key out)."""
+    return int(config.get("epochs", TrainConfig.epochs))
+
+
+def trial_status(errored: bool, epochs_run: int, planned: int, stopped_early: bool) -> str:
+    """error | completed (all planned epochs) | early_stopped (its own patience ran out) | pruned (the trial
+    scheduler, ASHA, stopped it): the one rule for the tables and the Optuna journal."""
+    if errored:
         return "error"
-    if len(record.epochs) >= record.config.get("epochs", max_epochs):
+    if epochs_run >= planned:
         return "completed"
-    if len(record.epochs) and bool(record.epochs["stopped_early"].iloc[-1]):
-        return "early_stopped"
-    return "pruned"
+    return "early_stopped" if stopped_early else "pruned"
+
+
+def leaderboard(trials: pd.DataFrame, metric: str, rows: int) -> pd.DataFrame:
+    """The top rows of the trials table (already ranked by best metric) with the columns a reader compares."""
+    columns = dict.fromkeys(["trial_index", "trial_id", "status", "epochs_run", f"best_{metric}", "best_val_auroc", *LEADERBOARD_KEYS])
+    return trials[[c for c in columns if c in trials]].head(rows)  # (dict: the metric may be val_auroc itself)
 
 
 def _last(frame: pd.DataFrame, column: str):

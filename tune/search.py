@@ -1,12 +1,11 @@
-"""Driver-side search: the Ray Tune experiment (Optuna searcher with its journal, ASHA/FIFO scheduler,
+"""Driver-side search: the Ray Tune experiment (Optuna searcher with its journal, the ASHA/FIFO trial scheduler,
 checkpoints). The code that runs inside trials is tune/trainable.py; cluster setup is tune/cluster.py; the final
-stage is tune/final.py."""
+stage is tune/final_stage.py."""
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +21,14 @@ from ray.tune import CLIReporter
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from cxr.config import TrainConfig
 from tune.cluster import COORDINATOR_CPU
-from tune.results import TrialRecord
+from tune.results import TrialRecord, planned_epochs, trial_status
 from tune.spaces import CheckedSpace, Space
 from tune.trainable import TrialContext, train_trial
 
 TUNE_DIR_NAME = "tune"
 STARTUP_TRIALS = 10  # random trials before TPE steers: Optuna's default, kept after measuring (BENCHMARKS.md)
+TRIAL_RETRIES = 2  # a trial whose process dies (node lost, OOM kill) restarts from its last checkpoint this often
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class SearchSettings:
     metric: str
     num_samples: int
     max_epochs: int
-    scheduler: str  # asha | fifo
+    trial_scheduler: str  # asha | fifo (the LR schedule is the config key "scheduler")
     cpus_per_trial: float  # per worker with workers_per_trial > 1
     gpus_per_trial: float
     workers_per_trial: int
@@ -99,26 +98,37 @@ def open_study_storage(journal_path: str | Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(journal_path)))
 
 
+# Ray's OptunaSearch keeps these as private attributes and no public API gives them: the Optuna trial asked for each
+# Ray trial, the study, and the Ray trials already told. tests/test_ray_internals.py fails naming them when a release
+# changes them (pyproject.toml pins the releases known to work).
+RAY_SEARCHER_INTERNALS = ("_ot_trials", "_ot_study", "_completed_trials")
+
+
 class JournalOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch with the study kept in a journal file. Ray tells Optuna the last epoch's value as
     COMPLETE and never passes the epoch at which a trial is stopped through on_trial_result; here every epoch is an
     intermediate value, a trial's value is its best epoch's metric (what the leaderboard ranks), a trial the
-    scheduler stopped is PRUNED and an errored one FAIL."""
+    trial scheduler stopped is PRUNED and an errored one FAIL."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, study_name: str, storage: JournalStorage, **kwargs):
+        super().__init__(*args, study_name=study_name, storage=storage, **kwargs)
+        self._journal, self._study_name = storage, study_name
         self._best: dict[str, float] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._note(trial_id, result)
 
-    def _stored(self, trial_id: str):
+    def _journal_id(self, trial: optuna.Trial) -> int:
+        study_id = self._journal.get_study_id_from_name(self._study_name)
+        return self._journal.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+
+    def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         trial = self._ot_trials.get(trial_id)
-        return None if trial is None else trial.storage.get_trial(trial._trial_id)
+        return None if trial is None else self._journal.get_trial(self._journal_id(trial))
 
     def _note(self, trial_id: str, result: dict) -> None:
         value, step, stored = result.get(self.metric), result.get("training_iteration"), self._stored(trial_id)
-        if value is None or math.isnan(value) or stored is None or stored.state.is_finished() or step in stored.intermediate_values:
+        if value is None or step is None or math.isnan(value) or stored is None or stored.state.is_finished() or step in stored.intermediate_values:
             return
         self._ot_trials[trial_id].report(value, step)
         self._best[trial_id] = max(self._best.get(trial_id, -math.inf), value)
@@ -134,25 +144,25 @@ class JournalOptunaSearch(OptunaSearch):
         trial, best = self._ot_trials[trial_id], self._best.get(trial_id)
         if error or best is None:
             self._ot_study.tell(trial, None, state=TrialState.FAIL)
-        elif stopped_by_scheduler(result or {}):
+        elif _status_of_last(result or {}) == "pruned":
             # tell() would set a pruned trial's value to its last intermediate value, not its best
-            self._storage.set_trial_state_values(trial._trial_id, TrialState.PRUNED, [best])
+            self._journal.set_trial_state_values(self._journal_id(trial), TrialState.PRUNED, [best])
         else:
             self._ot_study.tell(trial, best, state=TrialState.COMPLETE)
         self._completed_trials.add(trial_id)
 
 
-def stopped_by_scheduler(last: dict) -> bool:
-    """Neither all epochs run nor stopped by the trial's own early stopping: the scheduler ended it.
-    (Ray hands the searcher flattened results: the config's keys arrive as config/<key>.)"""
-    epochs = last.get("config/epochs", (last.get("config") or {}).get("epochs", TrainConfig.epochs))
-    return last.get("epoch", 0) < epochs and not last.get("stopped_early", False)
+def _status_of_last(last: dict) -> str:
+    """tune.results.trial_status from a trial's last result. (Ray hands the searcher flattened results: the
+    config's keys arrive as config/<key>.)"""
+    config = {k.removeprefix("config/"): v for k, v in last.items() if k.startswith("config/")} or last.get("config") or {}
+    return trial_status(False, last.get("epoch", 0), planned_epochs(config), bool(last.get("stopped_early", False)))
 
 
 def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace) -> ray_tune.TuneConfig:
     name = functools.partial(_trial_name, first=settings.first_index)
     return ray_tune.TuneConfig(metric=settings.metric, mode="max", search_alg=make_searcher(settings, space, checked),
-                               scheduler=make_scheduler(settings), num_samples=settings.num_samples,
+                               scheduler=make_trial_scheduler(settings), num_samples=settings.num_samples,
                                max_concurrent_trials=settings.max_concurrent, trial_name_creator=name,
                                trial_dirname_creator=name,
                                reuse_actors=False)  # a fresh process per trial frees its CUDA memory at the end
@@ -178,8 +188,8 @@ def make_searcher(settings: SearchSettings, space: Space, checked: CheckedSpace,
                                storage=open_study_storage(settings.journal_path))
 
 
-def make_scheduler(settings: SearchSettings) -> ASHAScheduler | FIFOScheduler:
-    if settings.scheduler == "fifo":
+def make_trial_scheduler(settings: SearchSettings) -> ASHAScheduler | FIFOScheduler:
+    if settings.trial_scheduler == "fifo":
         return FIFOScheduler()
     # every trial gets one epoch (the cheapest signal that separates lr/unfrozen settings), a third go on at each rung
     return ASHAScheduler(time_attr="training_iteration", max_t=settings.max_epochs, grace_period=1, reduction_factor=3)
@@ -196,7 +206,7 @@ def _run_config(settings: SearchSettings) -> ray_tune.RunConfig:
         name=settings.tune_dir_name,
         storage_path=settings.storage_path,
         checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
-        failure_config=ray_tune.FailureConfig(max_failures=2),
+        failure_config=ray_tune.FailureConfig(max_failures=TRIAL_RETRIES),
         progress_reporter=make_reporter(settings.metric, settings.config_keys),
         verbose=1,
     )
@@ -206,10 +216,8 @@ REPORTED_PARAMETERS = ("backbone", "lr", "scheduler", "unfrozen_blocks")
 
 
 def make_reporter(metric: str, keys: frozenset[str] = frozenset(REPORTED_PARAMETERS)) -> CLIReporter:
-    """The live table: per trial its epoch, the search metric and val AUROC, so the leading trial is visible.
-    Ray 2.x's default console output ignores progress_reporter; RAY_AIR_NEW_OUTPUT=0 (unless the user set it)
-    selects the reporter that honours these columns."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    """The live table: per trial its epoch, the search metric and val AUROC, so the leading trial is visible
+    (shown when RAY_AIR_NEW_OUTPUT=0, which python -m tune.run sets unless the user chose otherwise)."""
     return CLIReporter(
         metric_columns={"training_iteration": "epoch", metric: metric, "val_auroc": "val_auroc", "val_loss": "val_loss"},
         parameter_columns=[k for k in REPORTED_PARAMETERS if k in keys],  # Ray fails on a key a trial lacks

@@ -17,7 +17,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.engine import fit
-from cxr.final import Member, train_member
+from cxr.ensemble import Member, train_member
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The final model: K members of the best config trained with new seeds, combined by mean probability, with
+"""The ensemble of the final model: K members of the best config trained with new seeds, combined by mean probability, with
 test-time mirroring only if val prefers it, then calibrated and thresholded by cxr.evaluation."""
 
 from __future__ import annotations
@@ -8,15 +8,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cxr.augment import mirror, mirror_mean
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.engine import EpochCallback, fit, predict
 from cxr.evaluation import calibrated, evaluate
+from cxr.intervals import N_BOOT
 from cxr.metrics import compute_metrics, threshold_for_recall
 from cxr.models import create_model
 from cxr.package import FinalModel
 
 SPLITS = ("val", "test")
+_SEED_STREAM = 0xF1A1  # tags the member seeds' stream, so they never follow the run seed's own sequence
 
 
 @dataclass
@@ -31,7 +34,7 @@ class Member:
 def member_seeds(base_seed: int, k: int, taken: set[int]) -> list[int]:
     """k distinct seeds derived from base_seed, none of them a seed a search trial trained with."""
     seeds: list[int] = []
-    for word in np.random.SeedSequence([base_seed, 0xF1A1]).generate_state(4 * k + len(taken) + 4):
+    for word in np.random.SeedSequence([base_seed, _SEED_STREAM]).generate_state(4 * k + len(taken) + 4):
         seed = int(word) % 2**31
         if seed not in taken and seed not in seeds:
             seeds.append(seed)
@@ -47,29 +50,32 @@ def train_member(config: TrainConfig, data: CxrData, *, backbone_state: dict | N
     for split in SPLITS:
         images = data.images[data.indices(split)]
         probs[split] = predict(result.model, images, image_size=config.image_size)
-        probs[f"{split}_mirrored"] = predict(result.model, np.ascontiguousarray(images[..., ::-1]), image_size=config.image_size)
+        probs[f"{split}_mirrored"] = predict(result.model, mirror(images), image_size=config.image_size)
     return Member(config.seed, result.best_epoch, result.best_state, result.history, probs)
 
 
 def choose_tta(members: list[Member], labels: np.ndarray) -> dict:
     """Mirroring is used only if it raises the ensemble's val AUROC (ties keep the cheaper plain pass)."""
-    plain = np.mean([m.probs["val"] for m in members], axis=0)
-    mirrored = np.mean([(m.probs["val"] + m.probs["val_mirrored"]) / 2 for m in members], axis=0)
+    plain = np.mean([member_probs(m, "val", tta=False) for m in members], axis=0)
+    mirrored = np.mean([member_probs(m, "val", tta=True) for m in members], axis=0)
     auroc_plain = compute_metrics(labels, plain)["auroc"]
     auroc_tta = compute_metrics(labels, mirrored)["auroc"]
     return {"used": bool(auroc_tta > auroc_plain), "rule": "used if it raises the ensemble's val AUROC",
             "val_auroc_plain": auroc_plain, "val_auroc_tta": auroc_tta}
 
 
+def member_probs(member: Member, split: str, tta: bool) -> np.ndarray:
+    return mirror_mean(member.probs[split], member.probs[f"{split}_mirrored"]) if tta else member.probs[split]
+
+
 def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, recall_confidence: float | None = None,
-             n_boot: int = 2000, seed: int = 0) -> tuple[FinalModel, dict, pd.DataFrame, pd.DataFrame]:
+             n_boot: int = N_BOOT, seed: int = 0) -> tuple[FinalModel, dict, pd.DataFrame, pd.DataFrame]:
     """(the shippable model, metrics.json, predictions of val and test rows, every member's history)."""
     rows = np.concatenate([data.indices(s) for s in SPLITS])
     predictions = data.manifest.iloc[rows][["path", "patient", "split", "label"]].reset_index(drop=True)
     tta = choose_tta(members, data.labels[data.indices("val")])
     for i, m in enumerate(members):
-        per_split = [(m.probs[s] + m.probs[f"{s}_mirrored"]) / 2 if tta["used"] else m.probs[s] for s in SPLITS]
-        predictions[f"prob_member_{i}"] = np.concatenate(per_split)
+        predictions[f"prob_member_{i}"] = np.concatenate([member_probs(m, s, tta["used"]) for s in SPLITS])
     member_columns = [f"prob_member_{i}" for i in range(len(members))]
     predictions["probability_raw"] = predictions[member_columns].mean(axis=1)
     metrics = evaluate(predictions, target_recall=config.target_recall, recall_confidence=recall_confidence,

@@ -1,4 +1,4 @@
-"""Read the Kaggle chest_xray layout into a manifest and re-split train/val by patient."""
+"""The Kaggle chest_xray folder layout: scan it into a manifest, patient ids from Kaggle file names."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from cxr.errors import InputError
+from cxr.images import FILM_SUFFIXES
+from cxr.splits import MANIFEST_COLUMNS, SPLITS, holdout_by_patient
 
 CLASSES = {"normal": 0, "pneumonia": 1}
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
-SPLITS = ("train", "val", "test")
-MANIFEST_COLUMNS = ["path", "label", "patient", "split", "source_split"]
 
 _PATIENT_PATTERNS = (
     (re.compile(r"^person(\d+)_(?:bacteria|virus)_\d+(?:_\d+)?$", re.I), "p{}"),  # also person447_virus_921_1
@@ -45,12 +43,13 @@ def scan(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -> pd.Da
     frame = pd.DataFrame(rows, columns=["path", "label", "patient", "source_split"])
     frame["split"] = np.where(frame["source_split"] == "test", "test", "train")
     pool = frame.index[frame["split"] == "train"]
-    frame.loc[_val_rows(frame.loc[pool], val_fraction, seed), "split"] = "val"
-    frame.attrs["ignored_files"] = ignored
+    frame.loc[holdout_by_patient(frame.loc[pool], val_fraction, seed), "split"] = "val"
+    frame.attrs["notes"] = [f"ignored {len(ignored)} file(s) in {root} that are not films ({'/'.join(sorted(FILM_SUFFIXES))}), "
+                            f"e.g. {ignored[0]}"] if ignored else []
     return frame[MANIFEST_COLUMNS].reset_index(drop=True)
 
 
-def _read_layout(root: Path) -> tuple[list[tuple], int]:
+def _read_layout(root: Path) -> tuple[list[tuple], list[str]]:
     if not root.is_dir():
         raise InputError(f"data folder {root} does not exist: pass the Kaggle chest_xray folder (with train/)")
     split_dirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and p.name.lower() in SPLITS}
@@ -60,7 +59,7 @@ def _read_layout(root: Path) -> tuple[list[tuple], int]:
             f"no train/ folder in {root} (found: {found or 'nothing'}): expected "
             f"<root>/train/{{NORMAL,PNEUMONIA}}/*.jpeg, optionally val/ and test/ alike"
         )
-    rows, ignored = [], 0
+    rows, ignored = [], []
     for split, split_dir in sorted(split_dirs.items()):
         class_dirs = {p.name.lower(): p for p in split_dir.iterdir() if p.is_dir()}
         missing = sorted(set(CLASSES) - set(class_dirs))
@@ -72,8 +71,8 @@ def _read_layout(root: Path) -> tuple[list[tuple], int]:
             )
         for name, label in CLASSES.items():
             files = sorted(p for p in class_dirs[name].iterdir() if p.is_file())
-            images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-            ignored += len(files) - len(images)
+            images = [p for p in files if p.suffix.lower() in FILM_SUFFIXES]
+            ignored += [str(p) for p in files if p.suffix.lower() not in FILM_SUFFIXES]
             if not images and split != "val":
                 raise InputError(
                     f"{class_dirs[name]} holds no .jpeg/.jpg/.png/.dcm image: every class needs images in {split}/"
@@ -81,15 +80,3 @@ def _read_layout(root: Path) -> tuple[list[tuple], int]:
             rows += [(str(p.resolve()), label, patient_key(p), split) for p in images]
     return rows, ignored
 
-
-def _val_rows(pool: pd.DataFrame, val_fraction: float, seed: int) -> pd.Index:
-    """First fold of a stratified, patient-grouped K-fold with K = round(1 / val_fraction)."""
-    n_splits = max(2, round(1 / val_fraction))
-    if pool["patient"].nunique() < n_splits:
-        raise InputError(
-            f"only {pool['patient'].nunique()} patients in train: need at least {n_splits} to hold out "
-            f"val_fraction={val_fraction} by patient; add images or raise val_fraction"
-        )
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, val_idx = next(splitter.split(pool, pool["label"], groups=pool["patient"]))
-    return pool.index[val_idx]

@@ -1,4 +1,4 @@
-"""cxr.data: Kaggle layout scan, patient keys, patient-grouped stratified train/val re-split."""
+"""cxr.kaggle: Kaggle layout scan, patient keys, patient-grouped stratified train/val re-split (cxr.splits)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.data import MANIFEST_COLUMNS, patient_key, scan
+from cxr.errors import InputError
+from cxr.kaggle import patient_key, scan
+from cxr.splits import MANIFEST_COLUMNS
 
 
 def _image(path: Path, value: int = 128, size: int = 8) -> None:
@@ -53,7 +55,7 @@ def test_manifest_columns_and_labels(synthetic_root: Path) -> None:
     for path, label in zip(frame["path"], frame["label"]):
         assert Path(path).is_absolute()
         assert Path(path).parent.name == ("PNEUMONIA" if label == 1 else "NORMAL")
-    assert frame.attrs["ignored_files"] == 0
+    assert frame.attrs["notes"] == []
     assert frame["path"].is_unique
 
 
@@ -118,7 +120,8 @@ def test_any_case_class_folders_png_jpg_and_ignored_files(tmp_path: Path) -> Non
     (root / "train" / "Pneumonia" / "scan.tif").write_bytes(b"\0")
     frame = scan(root)
     assert len(frame) == 18
-    assert frame.attrs["ignored_files"] == 3
+    (note,) = frame.attrs["notes"]
+    assert note.startswith("ignored 3 file(s)") and "notes.txt" in note
     assert frame["label"].sum() == 12
     assert {Path(p).suffix for p in frame["path"]} == {".png", ".jpg", ".JPEG"}
     assert frame.loc[frame["label"] == 1, "patient"].str.fullmatch(r"p\d+").all()
@@ -136,3 +139,61 @@ def test_upper_case_split_folders(tmp_path: Path) -> None:
     frame = scan(root)
     assert set(frame["source_split"]) == {"train", "test"}
     assert (frame["split"] == "test").sum() == 18
+
+
+def _layout(root: Path, patients: int = 6) -> Path:
+    for i in range(patients):
+        _image(root / "train" / "NORMAL" / f"IM-{i:04d}-0001.jpeg", 60)
+        _image(root / "train" / "PNEUMONIA" / f"person{i}_virus_1.jpeg", 180)
+    return root
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"does not exist") as info:
+        scan(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(info.value)
+
+
+def test_root_without_train_folder(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    with pytest.raises(InputError) as info:
+        scan(tmp_path)
+    message = str(info.value)
+    assert "no train/ folder" in message and "'images'" in message  # what was found
+    assert "train/{NORMAL,PNEUMONIA}" in message  # the expected layout
+
+
+def test_no_class_folders(tmp_path: Path) -> None:
+    _image(tmp_path / "train" / "scans" / "a.jpeg")
+    _image(tmp_path / "train" / "b.jpeg")
+    with pytest.raises(InputError) as info:
+        scan(tmp_path)
+    message = str(info.value)
+    assert "NORMAL/PNEUMONIA" in message  # the problem: both class folders missing
+    assert "'scans'" in message and "'b.jpeg'" in message  # what was found
+    assert "train/NORMAL and" in message and "train/PNEUMONIA" in message  # the expected layout
+
+
+def test_one_class_folder_missing(tmp_path: Path) -> None:
+    _image(tmp_path / "train" / "NORMAL" / "IM-0001-0001.jpeg")
+    with pytest.raises(InputError, match=r"has no PNEUMONIA folder"):
+        scan(tmp_path)
+
+
+def test_empty_class_folder(tmp_path: Path) -> None:
+    root = _layout(tmp_path)
+    for file in (root / "train" / "PNEUMONIA").iterdir():
+        file.unlink()
+    (root / "train" / "PNEUMONIA" / "readme.txt").write_text("no images here")
+    with pytest.raises(InputError, match=r"PNEUMONIA holds no \.jpeg/\.jpg/\.png/\.dcm image"):
+        scan(root)
+
+
+def test_too_few_patients_to_hold_out_val(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"only 4 patients in train"):
+        scan(_layout(tmp_path, patients=2))
+
+
+def test_val_fraction_out_of_range(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"val_fraction=0\.6"):
+        scan(_layout(tmp_path), val_fraction=0.6)

@@ -15,9 +15,10 @@ from safetensors.torch import load_file, save_file
 
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
-from cxr.final import Member, assemble, member_seeds
+from cxr.ensemble import Member, assemble, member_seeds
 from cxr.model_card import render_model_card
-from tune.results import ExperimentPaths, read_json, write_json, write_table
+from cxr.jsonio import read_json, write_json
+from tune.results import ExperimentPaths, write_table
 from tune.search import SearchSettings
 from tune.trainable import member_task
 

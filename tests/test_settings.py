@@ -1,0 +1,71 @@
+"""tune.settings: the run a command line asks for, judged before anything heavy is imported."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from cxr.config import TrainConfig
+from cxr.errors import InputError
+from tune.settings import RunSettings, resolve
+
+
+def _resolve(tmp_path, resume=False, extend=0, **fields):
+    return resolve(RunSettings(dataset="synthetic", results_dir=str(tmp_path), **fields), resume, extend)
+
+
+def test_a_new_experiment_gets_a_timestamped_name(tmp_path):
+    assert _resolve(tmp_path).name.startswith("smoke-")
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"num_samples": 0}, "--num-samples 0"),
+    ({"image_size": 8}, r"--image-size 8 is out of range: expected an integer in \[16, 2048\]"),
+    ({"max_epochs": 0}, "--max-epochs 0"),
+    ({"final_epochs": 0}, "--final-epochs 0"),
+    ({"seed": -1}, "--seed -1"),
+    ({"target_recall": 1.5}, "--target-recall 1.5"),
+    ({"val_fraction": 0.5}, "--val-fraction 0.5"),
+    ({"recall_confidence": 1.0}, "--recall-confidence 1.0"),
+    ({"weights_dir": "/nonexistent-weights"}, "--weights-dir /nonexistent-weights"),
+])
+def test_bad_values_are_named(tmp_path, fields, words):
+    with pytest.raises(InputError, match=words):
+        _resolve(tmp_path, **fields)
+
+
+@pytest.mark.parametrize("key, flag_value", [("image_size", 2048), ("image_size", 16), ("epochs", 1)])
+def test_flags_that_set_a_config_key_accept_what_the_config_accepts(tmp_path, key, flag_value):
+    TrainConfig(**{key: flag_value})  # the config's own rule accepts it, so the flag must too
+    field = {"image_size": "image_size", "epochs": "max_epochs"}[key]
+    assert getattr(_resolve(tmp_path, **{field: flag_value}), field) == flag_value
+
+
+def test_an_existing_name_is_refused_and_resume_takes_the_saved_settings(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(InputError, match="--resume"):
+        _resolve(tmp_path, name="x")
+    saved = {**dataclasses.asdict(RunSettings()), "name": "x", "num_samples": 5, "results_dir": "/where/it/was"}
+    (tmp_path / "x" / "run.json").write_text(json.dumps(saved))
+    resumed = _resolve(tmp_path, resume=True, name="x", num_samples=99)
+    assert resumed.num_samples == 5  # the saved run, not the flags
+    assert resumed.results_dir == str(tmp_path)  # the folder as it is now, also after a move
+    with pytest.raises(InputError, match="not finished"):
+        _resolve(tmp_path, extend=2, name="x")
+
+
+def test_resume_reads_the_settings_of_earlier_versions(tmp_path):
+    saved = {**dataclasses.asdict(RunSettings()), "name": "old", "results_dir": str(tmp_path)}
+    saved["scheduler"] = saved.pop("trial_scheduler")  # run.json before the trial scheduler got its own name
+    saved["scheduler"] = "fifo"
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "run.json").write_text(json.dumps(saved))
+    assert _resolve(tmp_path, resume=True, name="old").trial_scheduler == "fifo"
+
+
+@pytest.mark.parametrize("resume, extend, words", [(True, 2, "together"), (False, -1, "--extend -1"), (True, 0, "--name")])
+def test_resume_and_extend_are_checked(tmp_path, resume, extend, words):
+    with pytest.raises(InputError, match=words):
+        _resolve(tmp_path, resume=resume, extend=extend)

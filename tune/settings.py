@@ -1,0 +1,166 @@
+"""The run a command line asks for: RunSettings declares every flag once (name, default, help), tune.run builds its
+parser from it, and resolve() checks the values and paths before data is read or Ray starts.
+
+Only light imports at the top: tune.run answers --help and judges every flag before torch, Ray or Optuna load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr.config import MONITORS, invalid_value
+from cxr.errors import InputError
+
+METRICS = tuple(m for m in MONITORS if m != "val_loss")
+TRIAL_SCHEDULERS = ("asha", "fifo")
+# run.json keys of earlier versions -> today's field names (--resume reads the saved settings)
+RENAMED_KEYS = {"scheduler": "trial_scheduler"}
+
+
+def _flag(default, help: str, **argparse: object):
+    """A RunSettings field and its command-line flag (--<field-name> unless argparse names another)."""
+    return dataclasses.field(default=default, metadata={"help": help, **argparse})
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a run was asked for; saved as run.json so --resume repeats it exactly."""
+
+    space: str = _flag("smoke", "search space: a name in search_spaces/ or a path to a .py file defining space(trial)")
+    backbones: str | None = _flag(None, "comma-separated subset of the space's backbones to search (only these need weights)")
+    data_dir: str | None = _flag(None, "Kaggle chest_xray folder (<dir>/{train,val,test}/{NORMAL,PNEUMONIA}, JPEG/PNG/DICOM) "
+                                 "or a CSV/parquet manifest (path, label[, patient, split])", group="data")
+    dataset: str | None = _flag(None, "use a generated CXR-like data set (made once in the cache folder)",
+                                choices=["synthetic"], group="data")
+    num_samples: int = _flag(8, "number of trials")
+    max_epochs: int | None = _flag(None, "epoch budget per trial (ASHA's max_t); default: the space's epochs",
+                                   config_key="epochs")
+    image_size: int | None = _flag(None, "override the space's image size (e.g. small for a CPU check)", config_key="image_size")
+    metric: str = _flag("val_spec_at_recall", "trial score to maximise; val_spec_at_recall = val specificity at the "
+                        "threshold reaching --target-recall", choices=list(METRICS))
+    target_recall: float = _flag(0.98, "pneumonia recall the decision threshold must reach on val", config_key="target_recall")
+    trial_scheduler: str = _flag("asha", "asha stops weak trials early; fifo runs all to the end (not the LR schedule: "
+                                 "that is the config key 'scheduler')", choices=list(TRIAL_SCHEDULERS),
+                                 aliases=["--scheduler"])
+    cpus_per_trial: float = _flag(1.0, "CPUs reserved per trial")
+    gpus_per_trial: float = _flag(0.0, "GPUs per trial; fractions pack trials on one GPU (0.25 = four per GPU)")
+    workers_per_trial: int = _flag(1, "data-parallel processes per trial (Ray Train, NCCL on GPUs, gloo on CPU); "
+                                   "--cpus/--gpus-per-trial are then per worker")
+    max_concurrent: int = _flag(0, "trials running at once (0: as many as resources allow)")
+    results_dir: str = _flag("results", "experiment folders are created here")
+    name: str | None = _flag(None, "experiment name (default: <space>-<timestamp>); an existing name needs --resume")
+    seed: int = _flag(0, "seed of the sampler, the train/val split and training", config_key="seed")
+    val_fraction: float = _flag(0.2, "share of train patients held out for validation")
+    weights_dir: str | None = _flag(None, "folder of <backbone>.safetensors files used instead of the timm hub")
+    pretrained: bool = _flag(True, "train from random initialisation", flag="--no-pretrained", action="store_false")
+    cache_dir: str | None = _flag(None, "decoded-image cache (default: $CXR_CACHE_DIR or ~/.cache/cxr)")
+    address: str | None = _flag(None, "join an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one")
+    storage_path: str | None = _flag(None, "where Ray Tune keeps trials and checkpoints (local path, NFS, s3://, gs://); "
+                                     "default: the experiment folder")
+    final_seeds: int = _flag(3, "ensemble members of the best config trained with new seeds (in parallel) for the final model",
+                             metavar="K")
+    final_epochs: int | None = _flag(None, "epochs of each final member (default: the best config's)", metavar="N",
+                                     config_key="epochs")
+    recall_confidence: float | None = _flag(None, "choose the highest threshold whose one-sided C lower bound of val recall "
+                                            "(patient bootstrap) reaches --target-recall (e.g. 0.95); default: the point "
+                                            "estimate", metavar="C")
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag", f"--{field.name.replace('_', '-')}")
+
+
+def resolve(settings: RunSettings, resume: bool, extend: int) -> RunSettings:
+    """Fill the default name; on --resume/--extend take the saved settings; refuse to overwrite an experiment."""
+    from cxr.jsonio import read_json
+    from tune.results import ExperimentPaths  # pandas: only after --help has answered
+
+    if extend < 0:
+        raise InputError(f"--extend {extend} is out of range: use the number of trials to add (1 or more)")
+    if resume and extend:
+        raise InputError("--resume and --extend together: finish the run with --resume first, then --extend")
+    if resume or extend:
+        flag = "--resume" if resume else "--extend"
+        if not settings.name:
+            raise InputError(f"{flag} needs --name: the experiment to continue")
+        paths = ExperimentPaths(Path(settings.results_dir) / settings.name)
+        if not paths.run.exists():
+            raise InputError(f"no experiment '{settings.name}' in {settings.results_dir}: check --name and --results-dir")
+        if resume and paths.metrics.exists():
+            raise InputError(f"experiment '{settings.name}' is already complete ({paths.metrics}): add trials with --extend N or start a new --name")
+        if extend and not paths.metrics.exists():
+            raise InputError(f"experiment '{settings.name}' is not finished: complete it with --resume before --extend")
+        saved = RunSettings(**{RENAMED_KEYS.get(k, k): v for k, v in read_json(paths.run).items()})
+        # the folder is where it is now (copied or moved since), the rest is what the run was asked for
+        return dataclasses.replace(saved, results_dir=settings.results_dir, name=settings.name)
+    name = settings.name or f"{Path(settings.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (Path(settings.results_dir) / name).exists():
+        raise InputError(f"experiment '{name}' already exists in {settings.results_dir}: add --resume to continue it or pick another --name")
+    if settings.data_dir is None and settings.dataset is None:
+        raise InputError("no data: pass --data-dir <Kaggle chest_xray folder> or --dataset synthetic")
+    check_flags(settings)
+    return dataclasses.replace(settings, name=name)
+
+
+_RULES = {  # flags that no TrainConfig key judges: (ok, fix)
+    "num_samples": (lambda v: v >= 1, "use 1 or more"),
+    "workers_per_trial": (lambda v: v >= 1, "use 1 or more"),
+    "cpus_per_trial": (lambda v: v > 0, "use a positive number"),
+    "gpus_per_trial": (lambda v: v >= 0, "use 0 or more"),
+    "max_concurrent": (lambda v: v >= 0, "use 0 (no limit) or more"),
+    "val_fraction": (lambda v: 0 < v < 0.5, "use a fraction in (0, 0.5)"),
+    "final_seeds": (lambda v: v >= 1, "use 1 or more ensemble members"),
+    "recall_confidence": (lambda v: 0.5 <= v < 1, "use a confidence in [0.5, 1), e.g. 0.95"),
+}
+
+
+def check_flags(settings: RunSettings) -> None:
+    """Every flag value and path that can be judged before data is read or Ray starts; flags that set a TrainConfig
+    key are judged by that key's own rule."""
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        fix = None if value is None else _range_problem(field, value)
+        if fix:
+            raise InputError(f"{flag_name(field)} {value} is out of range: {fix}")
+    folders = [("--results-dir", settings.results_dir), ("--cache-dir", settings.cache_dir)]
+    if settings.storage_path and "://" not in settings.storage_path:
+        folders.append(("--storage-path", settings.storage_path))
+    for flag, folder in folders:
+        if folder is not None:
+            _check_writable_folder(flag, Path(folder))
+    if settings.weights_dir is not None and not Path(settings.weights_dir).is_dir():
+        raise InputError(f"--weights-dir {settings.weights_dir} does not exist or is not a folder: pass an existing folder")
+    _check_data_dir(settings.data_dir)
+
+
+def _range_problem(field: dataclasses.Field, value) -> str | None:
+    if "config_key" in field.metadata:
+        expected = invalid_value(field.metadata["config_key"], value)
+        return f"expected {expected}" if expected else None
+    ok, fix = _RULES.get(field.name, (None, None))
+    return fix if ok is not None and not ok(value) else None
+
+
+def _check_data_dir(data_dir: str | None) -> None:
+    if data_dir is None:
+        return
+    from cxr.manifest import is_manifest
+
+    if not (Path(data_dir).is_dir() or is_manifest(data_dir)):
+        raise InputError(f"--data-dir {data_dir} does not exist as a folder or a .csv/.parquet manifest: pass the "
+                         "Kaggle chest_xray folder or a manifest with path and label columns")
+
+
+def _check_writable_folder(flag: str, folder: Path) -> None:
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{flag} {folder}: {existing} is a file, not a folder: pass a folder path")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"{flag} {folder}: {existing} is not writable: pass a folder you can write to")
+

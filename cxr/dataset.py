@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.kaggle import scan
-from cxr.images import load_images
+from cxr.images import MAX_PIXELS, load_images
 from cxr.manifest import is_manifest, read_manifest
 
 
@@ -35,7 +35,8 @@ class CxrData:
 
 
 def load_dataset(
-    root: str | Path, *, image_size: int, val_fraction: float = 0.2, seed: int = 0, cache_dir: str | Path | None = None
+    root: str | Path, *, image_size: int, val_fraction: float = 0.2, seed: int = 0, cache_dir: str | Path | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> CxrData:
     """Scan a Kaggle-layout folder (or read a CSV/parquet manifest), split by patient, decode once (cached) at
     image_size."""
@@ -43,5 +44,5 @@ def load_dataset(
         manifest = read_manifest(root, val_fraction=val_fraction, seed=seed)
     else:
         manifest = scan(root, val_fraction=val_fraction, seed=seed)
-    return CxrData(load_images(manifest["path"], image_size, cache_dir), manifest)
+    return CxrData(load_images(manifest["path"], image_size, cache_dir, max_pixels=max_pixels), manifest)
 

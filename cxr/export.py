@@ -72,20 +72,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxr.export", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the final/ folder of a finished tune.run experiment")
     parser.add_argument("--onnx", required=True, help="output .onnx file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
     args = parser.parse_args(argv)
+    out = Path(args.onnx)
     try:
+        if out.suffix.lower() != ".onnx":
+            raise InputError(f"--onnx {out}: use a .onnx file name (the model folder's own files are never targets)")
+        if out.exists() and not args.overwrite:
+            raise InputError(f"--onnx {out} already exists: pass another path, remove it, or add --overwrite")
         from cxr.package import load_model
 
         model = load_model(args.model)
         films = np.random.default_rng(0).integers(0, 256, (4, model.image_size, model.image_size), dtype=np.uint8)
-        diff = export_onnx(model, args.onnx, films)
+        diff = export_onnx(model, out, films)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ok = diff <= TOLERANCE
-    print(f"wrote {args.onnx} (opset {OPSET}, dynamic batch, {len(model.members)} member(s)); onnxruntime vs PyTorch on "
-          f"4 films: max |difference| {diff:.2e} {'<=' if ok else '>'} {TOLERANCE:g}: {'match' if ok else 'MISMATCH'}")
-    return 0 if ok else 1
+    if not diff <= TOLERANCE:
+        out.unlink(missing_ok=True)  # a graph that disagrees with PyTorch must not be shipped by mistake
+        print(f"error: onnxruntime and PyTorch disagree by {diff:.2e} (> {TOLERANCE:g}) on 4 films: {out} was removed",
+              file=sys.stderr)
+        return 1
+    print(f"wrote {out} (opset {OPSET}, dynamic batch, {len(model.members)} member(s)); onnxruntime vs PyTorch on "
+          f"4 films: max |difference| {diff:.2e} <= {TOLERANCE:g}: match")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Decode once: every image of a manifest as grayscale uint8 in one memory-mapped .npy cache.
+"""The one way in for every film (training, predict, the data audit, Grad-CAM), and decode once: every film of a
+manifest as grayscale uint8 in one memory-mapped .npy cache.
+
+A film is decoded by the decoder its suffix names (.png: PNG, .jpg/.jpeg: JPEG, .dcm/.dicom: DICOM; a file without a
+suffix only when it carries the DICOM preamble), after its pixel count was read from the header and checked against
+max_pixels (MAX_PIXELS unless raised). Every failure is a ValueError naming the problem.
 
 Images are resized straight to size x size (aspect ratio NOT kept, as in both reference projects and
 the 224 px Kaggle copy): chest films are close to square and cropping would cut lung bases or apices.
@@ -16,10 +21,14 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 from PIL import Image, UnidentifiedImageError
 
-from cxr.dicom import DICOM_SUFFIXES, is_dicom, read_dicom
+from cxr.dicom import DICOM_SUFFIXES, has_dicom_preamble, read_dicom
 from cxr.errors import InputError
 
-FILM_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"} | DICOM_SUFFIXES)  # what data folders and predict pick up
+PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}  # suffix -> the only PIL decoder tried
+FILM_SUFFIXES = frozenset(PIL_FORMATS) | DICOM_SUFFIXES  # what data folders and predict pick up
+# 60 megapixels (e.g. 7750 x 7750): above any chest film (detectors give up to ~4300 x 4300); a header claiming more
+# is refused before a pixel is decoded. Raise it with max_pixels= (--max-pixels in the CLIs).
+MAX_PIXELS = 60_000_000
 _PARALLEL_MIN_IMAGES = 512  # below this, starting a process pool costs more than it saves
 _CHUNK = 256  # films per decode task: big enough to amortise the pool, small enough to spread over workers
 
@@ -29,7 +38,8 @@ def default_cache_dir() -> Path:
 
 
 def load_images(
-    paths: pd.Series | list[str], size: int, cache_dir: str | Path | None = None, workers: int | None = None
+    paths: pd.Series | list[str], size: int, cache_dir: str | Path | None = None, workers: int | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray:
     """(N, size, size) uint8 array of the images, decoded once and memory-mapped from the cache after."""
     paths = [str(p) for p in paths]
@@ -37,7 +47,7 @@ def load_images(
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"images-{_cache_key(paths, size)}-{size}px.npy"
     if not target.exists():
-        _decode_all(paths, size, target, workers or os.cpu_count() or 1)
+        _decode_all(paths, size, target, workers or os.cpu_count() or 1, max_pixels)
     return np.load(target, mmap_mode="r")
 
 
@@ -50,24 +60,13 @@ def _cache_key(paths: list[str], size: int) -> str:
     return digest.hexdigest()[:20]
 
 
-def _decode_all(paths: list[str], size: int, target: Path, workers: int) -> None:
+def _decode_all(paths: list[str], size: int, target: Path, workers: int, max_pixels: int) -> None:
     tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")
-    out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
-    chunks = [range(i, min(i + _CHUNK, len(paths))) for i in range(0, len(paths), _CHUNK)]
-    bad: list[tuple[str, str]] = []  # (path, reason)
-    if workers > 1 and len(paths) >= _PARALLEL_MIN_IMAGES:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(_decode_chunk, [[paths[i] for i in c] for c in chunks], [size] * len(chunks))
-            for chunk, (array, failed) in zip(chunks, results):
-                out[chunk.start : chunk.stop] = array
-                bad += failed
-    else:
-        for chunk in chunks:
-            array, failed = _decode_chunk([paths[i] for i in chunk], size)
-            out[chunk.start : chunk.stop] = array
-            bad += failed
-    out.flush()
-    del out
+    try:
+        bad = _decode_into(tmp, paths, size, workers, max_pixels)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no temporary file outlives a failure, an interrupt included
+        raise
     if bad:
         tmp.unlink()
         path, reason = bad[0]
@@ -78,39 +77,112 @@ def _decode_all(paths: list[str], size: int, target: Path, workers: int) -> None
     os.replace(tmp, target)
 
 
-def _decode_chunk(paths: list[str], size: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
+def _decode_into(tmp: Path, paths: list[str], size: int, workers: int, max_pixels: int) -> list[tuple[str, str]]:
+    """Decode every film into the memory-mapped file tmp; the (path, reason) of each film that failed."""
+    out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
+    chunks = [range(i, min(i + _CHUNK, len(paths))) for i in range(0, len(paths), _CHUNK)]
+    bad: list[tuple[str, str]] = []
+    if workers > 1 and len(paths) >= _PARALLEL_MIN_IMAGES:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(_decode_chunk, [[paths[i] for i in c] for c in chunks], [size] * len(chunks),
+                               [max_pixels] * len(chunks))
+            for chunk, (array, failed) in zip(chunks, results):
+                out[chunk.start : chunk.stop] = array
+                bad += failed
+    else:
+        for chunk in chunks:
+            array, failed = _decode_chunk([paths[i] for i in chunk], size, max_pixels)
+            out[chunk.start : chunk.stop] = array
+            bad += failed
+    out.flush()
+    del out
+    return bad
+
+
+def _decode_chunk(paths: list[str], size: int, max_pixels: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
     array = np.zeros((len(paths), size, size), dtype=np.uint8)
     failed = []
     for i, path in enumerate(paths):
         try:
-            array[i] = decode(path, size)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            array[i] = decode(path, size, max_pixels)
+        except (OSError, ValueError) as exc:
             failed.append((path, f"{type(exc).__name__}: {str(exc)[:300]}"))
     return array, failed
 
 
-def decode(path: str, size: int) -> np.ndarray:
-    """One image (JPEG, PNG, 16-bit PNG or DICOM) as a (size, size) grayscale uint8 array."""
-    if is_dicom(path):
-        return resize_array(read_dicom(path), size)
-    with Image.open(path) as image:
+def decode(path: str, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One film as a (size, size) grayscale uint8 array."""
+    if _is_dicom(path):
+        return resize_array(read_dicom(path, max_pixels), size)
+    with _open_pil(path, max_pixels) as image:
         image.draft("L", (size, size))  # JPEG: let libjpeg downscale while decoding
         gray = _gray(image).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(gray, dtype=np.uint8)
 
 
+def read_film(path: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The film at its own resolution as grayscale uint8 (overlays, the data audit); high bit depths stretched."""
+    if _is_dicom(path):
+        return np.asarray(_stretch_to_8bit(read_dicom(path, max_pixels)), dtype=np.uint8)
+    with _open_pil(path, max_pixels) as image:
+        return np.asarray(_gray(image), dtype=np.uint8)
+
+
+def _is_dicom(path: str) -> bool:
+    suffix = Path(path).suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix in PIL_FORMATS:
+        return False
+    if suffix == "" and has_dicom_preamble(path):
+        return True
+    raise ValueError(f"unsupported file type {suffix or '(no suffix, no DICOM preamble)'}: films are "
+                     f"{'/'.join(sorted(FILM_SUFFIXES))}, or DICOM without a suffix")
+
+
+def _open_pil(path: str, max_pixels: int) -> Image.Image:
+    """The film opened by the one decoder its suffix names (a TIFF or EPS named .png is refused, never decoded),
+    its size read from the header and checked before any pixel is decoded."""
+    fmt = PIL_FORMATS[Path(path).suffix.lower()]
+    try:
+        image = Image.open(path, formats=[fmt])
+    except UnidentifiedImageError:
+        raise ValueError(f"not a {fmt} file (the suffix names the decoder; the content is something else)") from None
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"the header claims more pixels than PIL decodes ({exc})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ValueError(f"{width} x {height} pixels exceed the limit of {max_pixels:,}: raise max_pixels "
+                         "(--max-pixels) if the film is genuine")
+    return image
+
+
 def _gray(image: Image.Image) -> Image.Image:
     """8-bit grayscale; 16-bit/int/float PNGs stretched by their own range, where convert("L") would clip at 255."""
     if image.mode.startswith("I") or image.mode == "F":
-        return _stretch_to_8bit(np.asarray(image, dtype=np.float64))
-    return image.convert("L")
+        return _stretch_to_8bit(np.asarray(image, dtype=np.float32))
+    gray = image.convert("L")
+    _check_range(*gray.getextrema())
+    return gray
+
+
+def _check_range(lo: float, hi: float) -> None:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("pixel data holds non-finite values (NaN or infinity)")
+    if hi <= lo:
+        raise ValueError(f"pixel data is constant ({lo:g} everywhere): no film to read")
 
 
 def _stretch_to_8bit(values: np.ndarray) -> Image.Image:
-    """High bit-depth film -> 8-bit by its own min..max (12-bit data often sits in 16-bit files)."""
+    """High bit-depth film -> 8-bit by its own min..max (12-bit data often sits in 16-bit files); in float32, in
+    place (callers hand over an array of their own). Non-finite or constant pixel data is no film."""
+    values = np.asarray(values, dtype=np.float32)
     lo, hi = float(values.min()), float(values.max())
-    scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
-    return Image.fromarray(np.round(scaled).astype(np.uint8))
+    _check_range(lo, hi)
+    values -= lo
+    values *= 255.0 / (hi - lo)
+    return Image.fromarray(np.round(values, out=values).astype(np.uint8))
 
 
 def resize_array(values: np.ndarray, size: int) -> np.ndarray:
@@ -118,14 +190,10 @@ def resize_array(values: np.ndarray, size: int) -> np.ndarray:
     values = np.asarray(values)
     if values.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale array, got shape {values.shape}")
-    image = Image.fromarray(values) if values.dtype == np.uint8 else _stretch_to_8bit(values.astype(np.float64))
+    if values.dtype == np.uint8:
+        _check_range(int(values.min()), int(values.max()))
+        image = Image.fromarray(values)
+    else:
+        image = _stretch_to_8bit(values.astype(np.float32))
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
-
-
-def read_film(path: str) -> np.ndarray:
-    """The film at its own resolution as grayscale uint8 (for overlays); high bit depths stretched as in decode."""
-    if is_dicom(path):
-        return np.asarray(_stretch_to_8bit(read_dicom(path)), dtype=np.uint8)
-    with Image.open(path) as image:
-        return np.asarray(_gray(image), dtype=np.uint8)
 

@@ -22,17 +22,18 @@ def is_manifest(path: str | Path) -> bool:
 def read_manifest(path: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
     """path (absolute or relative to the manifest), label (0/1 or NORMAL/PNEUMONIA), patient?, split?."""
     path = Path(path)
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix.lower() == ".csv" else pd.read_parquet(path).astype(str)
-    raw.columns = [c.strip().lower() for c in raw.columns]
+    raw = _read_table(path)
     for column in ("path", "label"):
         if column not in raw:
             raise InputError(f"manifest {path} has no '{column}' column (columns: {list(raw.columns)}): add it "
                              "(path, label; optional patient, split)")
+    _check_filled(path, raw)
     notes = []
     frame = pd.DataFrame({"path": [_resolve(path, p, i) for i, p in enumerate(raw["path"])],
                           "label": [_label(path, v, i) for i, v in enumerate(raw["label"])]})
+    _check_unique(path, frame["path"], raw["split"].str.strip().str.lower() if "split" in raw else None)
     if "patient" in raw:
-        frame["patient"] = raw["patient"].astype(str).to_numpy()
+        frame["patient"] = raw["patient"].str.strip().to_numpy()
     else:
         frame["patient"] = frame["path"]
         notes.append(f"manifest {path.name} has no patient column: each image is treated as its own patient")
@@ -53,6 +54,39 @@ def read_manifest(path: str | Path, *, val_fraction: float = 0.2, seed: int = 0)
         raise InputError(f"manifest {path} has no train rows: give some rows split=train or leave the split column out")
     frame.attrs["notes"] = notes
     return frame[MANIFEST_COLUMNS].reset_index(drop=True)
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """Every cell as a string, a missing one (CSV empty cell, parquet null) as "": a null never becomes "None"."""
+    if path.suffix.lower() == ".csv":
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    else:
+        table = pd.read_parquet(path)
+        raw = table.astype(str).mask(table.isna(), "")
+    raw.columns = [str(c).strip().lower() for c in raw.columns]
+    return raw
+
+
+def _check_filled(manifest: Path, raw: pd.DataFrame) -> None:
+    """No empty path, label, patient or split: an empty patient id would merge unrelated films into one patient."""
+    for column in ("path", "label", "patient", "split"):
+        if column in raw:
+            empty = np.flatnonzero(raw[column].str.strip() == "")
+            if len(empty):
+                rows = ", ".join(str(i + 1) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
+                raise InputError(f"manifest {manifest}: {len(empty)} row(s) with an empty '{column}' (rows {rows}): fill "
+                                 f"them in or drop those rows" + (" (leave the whole patient column out to treat each "
+                                                                  "film as its own patient)" if column == "patient" else ""))
+
+
+def _check_unique(manifest: Path, paths: pd.Series, splits: pd.Series | None) -> None:
+    """A film listed twice would count twice; listed in two splits it would train on its own test."""
+    twice = paths[paths.duplicated(keep=False)]
+    if len(twice):
+        first = twice.index[twice == twice.iloc[0]]
+        where = "in two splits" if splits is not None and splits[first].nunique() > 1 else "twice"
+        raise InputError(f"manifest {manifest}: {twice.iloc[0]} is listed {where} (rows {', '.join(str(i + 1) for i in first)}; "
+                         f"{twice.nunique()} film(s) repeated in all): list every film once")
 
 
 def _row(manifest: Path, index: int) -> str:

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from cxr.calibration import apply_temperature
+from cxr.calibration import TEMPERATURE_BOUNDS, apply_temperature
 from cxr.config import TrainConfig
 from cxr.engine import predict as predict_probs
 from cxr.errors import InputError
@@ -51,20 +51,22 @@ class FinalModel:
         """Calibrated ensemble probabilities, the number the threshold applies to."""
         return apply_temperature(self.member_probabilities(images).mean(axis=0), self.temperature)
 
-    def predict(self, items: Iterable[str | Path | np.ndarray]) -> pd.DataFrame:
-        """One row per item (a file path or a 2-D grayscale array): path, probability, decision, error.
-        An unreadable file gets its error and NaN probability; the others are still predicted."""
-        from cxr.images import decode, resize_array  # decode knows every supported file type
+    def predict(self, items: Iterable[str | Path | np.ndarray], max_pixels: int | None = None) -> pd.DataFrame:
+        """One row per item (a file path or a 2-D grayscale array), in order: path, probability, decision, error.
+        A film that cannot be read (whatever its decoder raises) gets its error and NaN probability; the others are
+        still predicted. Files above max_pixels (cxr.images.MAX_PIXELS unless given) are refused unread."""
+        from cxr.images import MAX_PIXELS, decode, resize_array  # decode knows every supported file type
 
         rows, images, ok = [], [], []
         for i, item in enumerate(items):
             is_array = isinstance(item, np.ndarray)
             row = {"path": f"<array {i}>" if is_array else str(item), "probability": math.nan, "decision": pd.NA, "error": None}
             try:
-                images.append(resize_array(item, self.image_size) if is_array else decode(str(item), self.image_size))
+                images.append(resize_array(item, self.image_size) if is_array
+                              else decode(str(item), self.image_size, max_pixels or MAX_PIXELS))
                 ok.append(i)
-            except (OSError, ValueError) as exc:
-                row["error"] = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001  untrusted files: any decoder failure is this film's error row
+                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
             rows.append(row)
         frame = pd.DataFrame(rows, columns=["path", "probability", "decision", "error"])
         if ok:
@@ -95,29 +97,75 @@ class FinalModel:
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> FinalModel:
-    """The model a search shipped in results/<name>/final (or a copy of that folder)."""
+    """The model a search shipped in results/<name>/final (or a copy of that folder), validated: every key of
+    model.json with its type and range, and every member's weights against the architecture it names. Any problem is
+    one InputError naming the key or the file."""
     folder = Path(folder)
-    if (folder / MODEL_FILE).is_file():
-        spec = _read(folder / MODEL_FILE)
-        if spec.get("format") != FORMAT:
-            raise InputError(f"{folder / MODEL_FILE} is not a cxr final model (format {spec.get('format')!r}): pass a final/ folder")
+    path = folder / MODEL_FILE
+    if not path.is_file():
+        raise InputError(f"{folder} holds no {MODEL_FILE}: pass the final/ folder of a finished tune.run experiment")
+    spec = _read(path)
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        found = spec.get("format") if isinstance(spec, dict) else type(spec).__name__
+        raise InputError(f"{path} is not a cxr final model (format {found!r}): pass a final/ folder")
+    for key, (ok, expected) in _CHECKS.items():
+        if key not in spec:
+            raise InputError(f"{path}: key '{key}' is missing ({expected} expected): copy the final/ folder again")
+        if not ok(spec[key]):
+            raise InputError(f"{path}: '{key}' = {spec[key]!r} is invalid: expected {expected}")
+    if not isinstance(spec["config"], dict):
+        raise InputError(f"{path}: 'config' = {spec['config']!r} is invalid: expected the training config (an object)")
+    try:
         config = TrainConfig.from_dict(spec["config"])
-        members = [_member(config, folder / m["file"], device) for m in spec["members"]]
-        info = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
-        return FinalModel(config, members, [m["seed"] for m in spec["members"]], spec["threshold"],
-                          spec.get("temperature", 1.0), spec.get("tta", False), info)
-    raise InputError(f"{folder} holds no {MODEL_FILE}: pass the final/ folder of a finished tune.run experiment")
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    members = [_member(config, folder, m, i, device) for i, m in enumerate(spec["members"])]
+    info = {k: v for k, v in spec.items() if k not in _SPEC_KEYS}
+    return FinalModel(config, members, [m["seed"] for m in spec["members"]], spec["threshold"], spec["temperature"],
+                      spec["tta"], info)
 
 
+def _finite(value, lo: float, hi: float, closed: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return lo <= value <= hi if closed else lo < value < hi
+
+
+_CHECKS = {  # key: (check, what is expected)
+    "threshold": (lambda v: _finite(v, 0.0, 1.0, closed=False), "a finite probability strictly between 0 and 1"),
+    "temperature": (lambda v: _finite(v, *TEMPERATURE_BOUNDS, closed=True),
+                    f"a finite temperature in [{TEMPERATURE_BOUNDS[0]}, {TEMPERATURE_BOUNDS[1]}] (the bounds calibration fits in)"),
+    "tta": (lambda v: isinstance(v, bool), "true or false"),
+    "members": (lambda v: isinstance(v, list) and len(v) >= 1, "a list of at least one member"),
+    "config": (lambda v: isinstance(v, dict), "the training config (an object)"),
+}
 _SPEC_KEYS = {"format", "version", "positive_class", "config", "members", "combine", "tta", "temperature",
               "threshold", "image_size", "mean", "std", "grayscale_as_rgb"}
 
 
-def _member(config: TrainConfig, path: Path, device) -> CxrNet:
+def _member(config: TrainConfig, folder: Path, entry, index: int, device) -> CxrNet:
+    """Member index's weights: a plain file name inside the folder, safetensors, matching config's architecture."""
+    where = f"{folder / MODEL_FILE}: member {index}"
+    name = entry.get("file") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not isinstance(entry.get("seed"), int) or isinstance(entry.get("seed"), bool):
+        raise InputError(f"{where} = {entry!r} is invalid: expected {{\"file\": <name>.safetensors, \"seed\": <integer>}}")
+    if Path(name).name != name or name in ("", ".", "..") or not name.endswith(".safetensors"):
+        raise InputError(f"{where}: file {name!r} is not a plain .safetensors name inside the model folder: "
+                         "a model folder never points outside itself")
+    path = folder / name
     if not path.is_file():
         raise InputError(f"member weights {path} are missing: copy the whole final/ folder")
     model = create_model(config.backbone, pretrained=False, dropout=config.dropout, unfrozen_blocks=config.unfrozen_blocks)
-    model.load_state_dict(load_file(str(path)))
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001  safetensors raises its own error kinds for a corrupt file
+        raise InputError(f"member weights {path} are unreadable ({type(exc).__name__}: {str(exc)[:200]}): "
+                         "copy the final/ folder again") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InputError(f"member weights {path} do not fit the backbone '{config.backbone}' that {MODEL_FILE} names "
+                         f"({str(exc).splitlines()[0][:200]}): the folder mixes two models") from None
     return model.to(device).eval()
 
 

@@ -9,14 +9,15 @@ from PIL import Image
 from cxr.audit import audit, hash_files
 
 
-def test_duplicates_across_splits_and_shared_patients(tmp_path):
+def test_duplicates_across_splits_and_shared_patients(tmp_path, write_dicom):
     rng = np.random.default_rng(0)
     film, other = (rng.integers(0, 255, (40, 30), dtype=np.uint8) for _ in range(2))
+    film[0, :2] = 0, 255  # the full 8-bit range: the DICOM copy decodes to the same pixels
     Image.fromarray(film).save(tmp_path / "a.png")
-    Image.fromarray(film).save(tmp_path / "b.bmp")  # the same pixels in another file format
+    write_dicom(tmp_path / "b.dcm", film)  # the same pixels in another file format
     Image.fromarray(other).save(tmp_path / "c.png")
     Image.fromarray(other).save(tmp_path / "d.png")
-    manifest = pd.DataFrame({"path": [str(tmp_path / n) for n in ("a.png", "b.bmp", "c.png", "d.png")],
+    manifest = pd.DataFrame({"path": [str(tmp_path / n) for n in ("a.png", "b.dcm", "c.png", "d.png")],
                              "split": ["train", "test", "val", "val"], "patient": ["p1", "p2", "p1", "p3"]})
     hashes = hash_files(list(manifest["path"]))
     assert hashes[0] == hashes[1] != hashes[2] == hashes[3]

@@ -44,6 +44,7 @@ def make_token(tmp_path: Path) -> dict[str, str]:
                    capture_output=True, check=True, timeout=60)
     token = home / ".ray" / "auth_token"
     assert token.is_file()
+    token.chmod(0o600)  # Ray writes it readable by everyone
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 

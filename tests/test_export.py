@@ -18,3 +18,15 @@ def test_onnx_matches_pytorch_for_any_batch(tmp_path, final_model_folder, run_mo
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     out = session.run(None, {"films": normalised_batch(model, films).numpy()})[0]
     assert out.shape == (7,) and np.abs(out - model.probabilities(films)).max() < 1e-4
+
+
+def test_an_existing_file_or_a_non_onnx_name_is_refused_unread(tmp_path, final_model_folder, capsys):
+    from cxr.export import main
+
+    weights = final_model_folder / "member-0.safetensors"
+    before = weights.read_bytes()
+    assert main(["--model", str(final_model_folder), "--onnx", str(weights)]) == 2
+    assert weights.read_bytes() == before and "use a .onnx file name" in capsys.readouterr().err
+    (tmp_path / "m.onnx").write_bytes(b"keep me")
+    assert main(["--model", str(final_model_folder), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    assert (tmp_path / "m.onnx").read_bytes() == b"keep me" and "--overwrite" in capsys.readouterr().err

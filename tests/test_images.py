@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ from PIL import Image
 
 import cxr.images
 from cxr.errors import InputError
-from cxr.images import decode, default_cache_dir, load_images
+from cxr.images import decode, default_cache_dir, load_images, resize_array
 
 
 def _write(path: Path, array: np.ndarray) -> str:
@@ -40,6 +44,7 @@ def _cache_files(cache: Path) -> list[Path]:
 def test_decode_grayscale_square_uint8(tmp_path: Path) -> None:
     rgb = np.zeros((30, 50, 3), np.uint8)
     rgb[..., 1] = 200
+    rgb[0, 0] = 0  # not constant: a constant film is refused
     out = decode(_write(tmp_path / "rgb.png", rgb), 16)
     assert out.shape == (16, 16) and out.dtype == np.uint8
     assert abs(int(out.mean()) - round(200 * 0.587)) <= 2  # ITU-R 601 luma of pure green
@@ -87,10 +92,11 @@ def test_touched_or_changed_file_gives_a_new_entry(tmp_path: Path, monkeypatch) 
     touched = load_images(paths, 24, cache_dir=cache)
     np.testing.assert_array_equal(touched, before)
     assert len(_cache_files(cache)) == 2
-    _write(Path(paths[2]), np.full((40, 47), 7, np.uint8))  # changed pixels
+    _write(Path(paths[2]), np.tile(np.arange(47, dtype=np.uint8), (40, 1)))  # changed pixels
     changed = load_images(paths, 24, cache_dir=cache)
     assert len(_cache_files(cache)) == 3
-    assert (changed[2] == 7).all()
+    np.testing.assert_array_equal(changed[2], decode(paths[2], 24))
+    assert not np.array_equal(changed[2], before[2])
     np.testing.assert_array_equal(np.delete(changed, 2, axis=0), np.delete(before, 2, axis=0))
 
 
@@ -119,3 +125,94 @@ def test_default_cache_dir_follows_environment(tmp_path: Path, monkeypatch) -> N
     paths = _gradients(tmp_path / "img", n=2)
     load_images(paths, 16)
     assert len(_cache_files(tmp_path / "elsewhere")) == 1
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height 8-bit gray pixels, with almost no data: a decompression bomb's shape."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_the_pixel_limit_is_checked_from_the_header_and_can_be_raised(tmp_path: Path) -> None:
+    (tmp_path / "bomb.png").write_bytes(_png_header(12000, 12000))
+    with pytest.raises(ValueError, match="12000 x 12000 pixels exceed the limit of 60,000,000"):
+        decode(str(tmp_path / "bomb.png"), 16)
+    (tmp_path / "huge.png").write_bytes(_png_header(20000, 20000))  # past PIL's own limit too: refused all the same
+    with pytest.raises(ValueError, match="more pixels than PIL decodes"):
+        decode(str(tmp_path / "huge.png"), 16)
+    small = _write(tmp_path / "small.png", np.arange(40 * 50, dtype=np.uint16).reshape(40, 50).astype(np.uint8))
+    with pytest.raises(ValueError, match="exceed the limit of 1,000"):
+        decode(small, 16, max_pixels=1000)
+    assert decode(small, 16, max_pixels=2000).shape == (16, 16)
+
+
+@pytest.mark.parametrize("name, save", [
+    ("tiff.png", lambda img, p: img.save(p, format="TIFF")),
+    ("webp.jpg", lambda img, p: img.save(p, format="WEBP")),
+    ("eps.png", lambda img, p: p.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")),
+    ("png.jpeg", lambda img, p: img.save(p, format="PNG")),
+])
+def test_the_decoder_is_the_one_the_suffix_names(tmp_path: Path, name, save) -> None:
+    save(Image.fromarray(np.arange(100, dtype=np.uint8).reshape(10, 10)), tmp_path / name)
+    with pytest.raises(ValueError, match="the suffix names the decoder"):
+        decode(str(tmp_path / name), 16)
+
+
+def test_other_suffixes_and_suffixless_non_dicom_files_are_refused(tmp_path: Path) -> None:
+    png = Path(_write(tmp_path / "x.png", np.arange(16, dtype=np.uint8).reshape(4, 4))).read_bytes()
+    for name in ("film.tif", "film"):
+        (tmp_path / name).write_bytes(png)
+        with pytest.raises(ValueError, match="unsupported file type"):
+            decode(str(tmp_path / name), 16)
+
+
+@pytest.mark.parametrize("pixels, words", [
+    (np.full((8, 8), 7, np.uint8), "constant"),
+    (np.full((8, 8), 300, np.uint16), "constant"),
+    (np.where(np.eye(8, dtype=bool), np.nan, 1.0).astype(np.float32), "non-finite"),
+])
+def test_constant_or_non_finite_pixel_data_is_no_film(pixels, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        resize_array(pixels, 16)
+
+
+def test_an_interrupted_decode_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    paths = _gradients(tmp_path / "img", n=3)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cxr.images, "_decode_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_images(paths, 16, cache_dir=tmp_path / "cache", workers=1)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+REFUSE_IN_A_FRESH_PROCESS = """
+import resource, sys
+from cxr.images import decode
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    decode(sys.argv[1], 64)
+except ValueError as exc:
+    print("refused", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, exc)
+"""
+
+
+def test_refusing_a_film_above_the_limit_costs_under_50_mib(tmp_path: Path, write_dicom) -> None:
+    """Peak RSS of a fresh process (what PIL's and pydicom's buffers count in; tracemalloc misses them)."""
+    (tmp_path / "bomb.png").write_bytes(_png_header(12000, 12000))  # under PIL's own limit: our check refuses it
+    dicom = write_dicom(tmp_path / "bomb.dcm", np.zeros((4, 4), np.uint16))
+    import pydicom
+
+    ds = pydicom.dcmread(dicom)
+    ds.Rows, ds.Columns = 9000, 9000  # a header claiming 81 megapixels over 16 stored ones
+    ds.save_as(str(dicom))
+    for film in (tmp_path / "bomb.png", dicom):
+        done = subprocess.run([sys.executable, "-c", REFUSE_IN_A_FRESH_PROCESS, str(film)], capture_output=True, text=True,
+                              timeout=120)
+        words = done.stdout.split()
+        assert words[:1] == ["refused"] and "exceed the limit" in done.stdout, done.stdout + done.stderr
+        assert int(words[1]) < 50, f"refusing {film.name} grew the peak RSS by {words[1]} MiB"

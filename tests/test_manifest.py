@@ -63,3 +63,39 @@ def test_missing_column_is_named(films):
     pd.DataFrame({"file": names}).to_csv(root / "m.csv", index=False)
     with pytest.raises(InputError, match="'path' column"):
         read_manifest(root / "m.csv")
+
+
+def _labels(n: int) -> list[str]:
+    return ["PNEUMONIA" if i % 3 else "normal" for i in range(n)]
+
+
+@pytest.mark.parametrize("column", ["path", "label", "patient"])
+def test_a_null_in_a_parquet_manifest_is_named_not_read_as_none(films, column):
+    root, names = films
+    frame = pd.DataFrame({"path": names, "label": _labels(60), "patient": [f"p{i}" for i in range(60)]}).astype(object)
+    frame.loc[7, column] = None
+    frame.to_parquet(root / "m.parquet")
+    with pytest.raises(InputError, match=f"1 row\\(s\\) with an empty '{column}' \\(rows 8\\)"):
+        read_manifest(root / "m.parquet")
+
+
+def test_an_empty_patient_id_is_refused_not_merged_into_one_patient(films):
+    root, names = films
+    patients = [f"p{i}" for i in range(60)]
+    patients[3] = patients[9] = " "
+    pd.DataFrame({"path": names, "label": _labels(60), "patient": patients}).to_csv(root / "m.csv", index=False)
+    with pytest.raises(InputError, match=r"2 row\(s\) with an empty 'patient' \(rows 4, 10\)"):
+        read_manifest(root / "m.csv")
+
+
+def test_a_film_listed_twice_or_in_two_splits_is_refused(films):
+    root, names = films
+    twice = pd.DataFrame({"path": names + [names[5]], "label": _labels(61)})
+    twice.to_csv(root / "twice.csv", index=False)
+    with pytest.raises(InputError, match=r"f5.png is listed twice \(rows 6, 61"):
+        read_manifest(root / "twice.csv")
+    splits = ["train"] * 40 + ["test"] * 20
+    rows = pd.DataFrame({"path": names + [f"./{names[2]}"], "label": _labels(61), "split": splits + ["test"]})
+    rows.to_csv(root / "leak.csv", index=False)  # the same file under another spelling, in train and in test
+    with pytest.raises(InputError, match=r"f2.png is listed in two splits \(rows 3, 61"):
+        read_manifest(root / "leak.csv")

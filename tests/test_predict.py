@@ -31,9 +31,87 @@ def test_mixed_folder_with_a_corrupt_file(tmp_path, final_model_folder, run_modu
     good = table.iloc[:3]
     assert good["probability"].between(0, 1).all() and good["error"].isna().all() and set(good["decision"]) <= {0, 1}
     assert np.isnan(table["probability"][3]) and isinstance(table["error"][3], str)
-    for name, size in (("a", (40, 60)), ("c", (48, 64))):  # (width, height) of the film itself
+    for name, size in (("a.png", (40, 60)), ("c.dcm", (48, 64))):  # (width, height) of the film itself
         with Image.open(tmp_path / "cam" / f"{name}.cam.png") as overlay:
             assert overlay.size == size
+    assert list(table["cam"].isna()) == [False, False, False, True]
+
+
+def _film(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 30), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_films_of_the_same_name_in_two_studies_get_their_own_rows_and_overlays(tmp_path, final_model_folder, capsys):
+    from cxr.predict import main
+
+    a, b = _film(tmp_path / "studyA" / "IM0001.png", 1), _film(tmp_path / "studyB" / "IM0001.png", 2)
+    code = main(["--model", str(final_model_folder), str(tmp_path / "studyA"), str(tmp_path / "studyB"), str(a),
+                 "--out", str(tmp_path / "p.csv"), "--cam", str(tmp_path / "cam")])
+    assert code == 0, capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert list(table["path"]) == [str(a), str(b)]  # a film reached twice is one row
+    assert list(table["cam"]) == [str(tmp_path / "cam" / "studyA" / "IM0001.png.cam.png"),
+                                  str(tmp_path / "cam" / "studyB" / "IM0001.png.cam.png")]
+    overlays = [np.asarray(Image.open(c)) for c in table["cam"]]
+    assert not np.array_equal(*overlays)  # each overlay is its own film's
+
+
+def test_existing_outputs_are_refused_unless_overwrite(tmp_path, final_model_folder, capsys):
+    from cxr.predict import main
+
+    film = _film(tmp_path / "films" / "a.png", 0)
+    (tmp_path / "p.csv").write_text("keep me")
+    args = ["--model", str(final_model_folder), str(film), "--out", str(tmp_path / "p.csv")]
+    assert main(args) == 2 and "add --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "p.csv").read_text() == "keep me"
+    overlay = tmp_path / "cam" / "a.png.cam.png"
+    overlay.parent.mkdir()
+    overlay.write_text("keep me too")
+    assert main([*args[:3], "--cam", str(tmp_path / "cam")]) == 2 and "--cam" in capsys.readouterr().err
+    assert overlay.read_text() == "keep me too"
+    assert main([*args, "--overwrite"]) == 0 and pd.read_csv(tmp_path / "p.csv")["path"].tolist() == [str(film)]
+
+
+def _hostile_films(folder: Path, write_dicom) -> dict[str, str]:
+    """Files a hospital export or an attacker may hand over, each with the words its error row must carry."""
+    import struct
+    import zlib
+
+    import pydicom
+
+    folder.mkdir()
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+                                      + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    Image.fromarray(np.arange(100, dtype=np.uint8).reshape(10, 10)).save(folder / "tiff.png", format="TIFF")
+    (folder / "eps.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    for tag in ("Rows", "BitsAllocated"):
+        path = write_dicom(folder / f"no-{tag}.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8))
+        ds = pydicom.dcmread(path)
+        delattr(ds, tag)
+        ds.save_as(str(path))
+    Image.fromarray(np.full((20, 20), 9, np.uint8)).save(folder / "blank.png")
+    return {"bomb.png": "exceed", "tiff.png": "not a PNG file", "eps.png": "not a PNG file",
+            "no-Rows.dcm": "without Rows", "no-BitsAllocated.dcm": "without BitsAllocated", "blank.png": "constant"}
+
+
+def test_every_hostile_film_gets_its_error_row_and_the_others_are_predicted(tmp_path, final_model_folder, write_dicom,
+                                                                          capsys):
+    from cxr.predict import main
+
+    expected = _hostile_films(tmp_path / "films", write_dicom)
+    good = _film(tmp_path / "films" / "good.png", 3)
+    assert main(["--model", str(final_model_folder), str(tmp_path / "films"), "--out", str(tmp_path / "p.csv")]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    table = pd.read_csv(tmp_path / "p.csv").set_index("path")
+    assert len(table) == len(expected) + 1
+    assert np.isfinite(table.loc[str(good), "probability"]) and pd.isna(table.loc[str(good), "error"])
+    for name, words in expected.items():
+        row = table.loc[str(tmp_path / "films" / name)]
+        assert np.isnan(row["probability"]) and words in row["error"], (name, row["error"])
 
 
 def test_bad_arguments_exit_2(tmp_path, run_module):

@@ -34,6 +34,6 @@ def test_ray_optuna_searcher_keeps_the_attributes_journal_optuna_search_reads(tm
 
 def test_ray_records_the_last_started_cluster_where_tune_cluster_looks():
     assert hasattr(ray_utils, "get_ray_address_file"), (
-        f"Ray {ray.__version__} moved get_ray_address_file: adapt tune.cluster._check_reachable (--address auto)")
+        f"Ray {ray.__version__} moved get_ray_address_file: adapt tune.cluster.check_reachable (--address auto)")
     assert Path(ray_utils.get_ray_address_file(None)).name == "ray_current_cluster", (
-        f"Ray {ray.__version__} records the started cluster elsewhere: adapt tune.cluster._check_reachable")
+        f"Ray {ray.__version__} records the started cluster elsewhere: adapt tune.cluster.check_reachable")

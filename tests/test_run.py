@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -215,13 +216,18 @@ def test_bad_space_file_fails_before_ray(tmp_path, main_in_process, assert_input
     assert not (tmp_path / "r").exists()
 
 
-def test_missing_weights_fail_before_ray_naming_the_file(tmp_path, main_in_process, assert_input_error):
-    weights = tmp_path / "weights"
+def test_missing_weights_and_a_dead_address_fail_before_any_film_is_decoded(tmp_path, main_in_process, assert_input_error):
+    weights, cache = tmp_path / "weights", tmp_path / "cache"
     weights.mkdir()
     assert_input_error(*main_in_process("--space", "cpu", "--dataset", "synthetic", "--weights-dir", str(weights),
-                                        "--image-size", "16", "--results-dir", str(tmp_path / "r")),
+                                        "--cache-dir", str(cache), "--results-dir", str(tmp_path / "r")),
                        "mobilenetv3_large_100", "safetensors", "--no-pretrained")
-    assert not (tmp_path / "r").exists()
+    with socket.socket() as s:  # free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert_input_error(*main_in_process("--address", f"127.0.0.1:{port}", "--dataset", "synthetic", "--cache-dir",
+                                        str(cache), "--results-dir", str(tmp_path / "r")), f"127.0.0.1:{port}")
+    assert not (tmp_path / "r").exists() and not list(cache.rglob("images-*.npy")), "films were decoded first"
 
 
 def test_deprecated_scheduler_flag_still_works_and_says_so(tmp_path, main_in_process):

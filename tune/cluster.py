@@ -26,7 +26,7 @@ def connect(address: str | None) -> None:
     private local one."""
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        _check_reachable(address)
+        check_reachable(address)
         try:
             ray.init(address=address, runtime_env={"py_modules": [cxr, tune, search_spaces]},
                      logging_level="WARNING", log_to_driver=True)
@@ -37,9 +37,12 @@ def connect(address: str | None) -> None:
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
 
 
-def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
     """ray.init waits minutes on a host:port where nothing listens (also for "auto" when the last cluster
-    started on this machine is gone): try the port first."""
+    started on this machine is gone): try the port of address (or $RAY_ADDRESS) first. No address: nothing to check."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        return
     given = address
     if address == "auto":
         current = Path(get_ray_address_file(None))  # where `ray start` records the cluster it started

@@ -9,7 +9,7 @@ import pandas as pd
 
 from cxr.dataset import CxrData, load_dataset
 from cxr.errors import InputError
-from cxr.images import default_cache_dir
+from cxr.images import MAX_PIXELS, default_cache_dir
 from cxr.intervals import interval_text, value_text
 from cxr.models import pretrained_state
 from cxr.synthetic import make_synthetic
@@ -32,8 +32,11 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
         space = space.with_backbones([b.strip() for b in experiment.backbones.split(",") if b.strip()])
     space = space.with_overrides(_overrides(experiment))
     checked = validate(space, seed=experiment.seed)
-    data = _load_data(experiment, checked.image_size)
+    # fail fast, cheapest first: flags and paths (tune.settings), the space, every backbone's weights, the cluster's
+    # address; only then decode the data (minutes on the real split)
     weights = {b: pretrained_state(b, experiment.weights_dir) for b in sorted(checked.pretrained_backbones)}
+    cluster.check_reachable(experiment.address)
+    data = _load_data(experiment, checked.image_size)
     cluster.connect(experiment.address)
     try:
         cluster.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial, experiment.workers_per_trial)
@@ -138,7 +141,8 @@ def _load_data(experiment: RunSettings, image_size: int) -> CxrData:
             make_synthetic(root.with_suffix(".tmp"), seed=experiment.seed).rename(root)
     else:
         root = Path(experiment.data_dir)
-    data = load_dataset(root, image_size=image_size, val_fraction=experiment.val_fraction, seed=experiment.seed, cache_dir=cache)
+    data = load_dataset(root, image_size=image_size, val_fraction=experiment.val_fraction, seed=experiment.seed, cache_dir=cache,
+                        max_pixels=experiment.max_pixels or MAX_PIXELS)
     for note in data.manifest.attrs.get("notes", []):
         print(f"note: {note}")
     return data

@@ -142,13 +142,16 @@ def _audit(paths, splits) -> dict:
 
 
 def _audit_html(audit: dict) -> str:
-    by = ", ".join(f"{k}: {v}" for k, v in audit["duplicate_groups_by_splits"].items()) or "none"
-    examples = "".join("<li>" + " = ".join(f"{html.escape(Path(e['path']).name)} ({e['split']})" for e in group) + "</li>"
+    """File names, splits and patient ids come from the data (a manifest or file names): every one is escaped."""
+    esc = html.escape
+    by = ", ".join(f"{esc(k)}: {v}" for k, v in audit["duplicate_groups_by_splits"].items()) or "none"
+    examples = "".join("<li>" + " = ".join(f"{esc(Path(e['path']).name)} ({esc(e['split'])})" for e in group) + "</li>"
                        for group in audit["duplicate_examples"][:10])
+    patients = ", ".join(esc(str(p)) for p in audit["patient_examples"][:20])
     return (f"<p>{audit['images_hashed']} films hashed by their decoded pixels. Pixel-identical groups across splits: "
             f"<b>{audit['duplicate_groups_across_splits']}</b> ({by}); within one split: "
             f"{audit['duplicate_groups_within_one_split']}. Patients in both the training pool (train + val) and test: "
-            f"<b>{audit['patients_in_pool_and_test']}</b>{': ' + ', '.join(audit['patient_examples'][:20]) if audit['patient_examples'] else ''}."
+            f"<b>{audit['patients_in_pool_and_test']}</b>{': ' + patients if patients else ''}."
             f" The test split is reported as the data set defines it, not changed.</p><ul>{examples}</ul>")
 
 
@@ -159,7 +162,7 @@ def _search(paths, results, run: dict, figure, plots, optuna, pd) -> tuple[dict,
     trials = results.trials
     top = leaderboard(trials, metric, REPORT_LEADERBOARD_ROWS)
     parts = [f"<h3>Leaderboard (top {len(top)} of {len(trials)} by best {metric})</h3>",
-             top.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0)]
+             top.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, escape=True)]
     summary = {"trials": len(trials), "status": trials["status"].value_counts().to_dict(),
                "leaderboard": top.to_dict("records"), "importances": None}
     if paths.journal.is_file():

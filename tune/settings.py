@@ -58,6 +58,8 @@ class RunSettings:
     weights_dir: str | None = _flag(None, "folder of <backbone>.safetensors files used instead of the timm hub")
     pretrained: bool = _flag(True, "train from random initialisation", flag="--no-pretrained", action="store_false")
     cache_dir: str | None = _flag(None, "decoded-image cache (default: $CXR_CACHE_DIR or ~/.cache/cxr)")
+    max_pixels: int | None = _flag(None, "a film whose header claims more pixels stops the run, unread (default: "
+                                   "cxr.images.MAX_PIXELS, 60 million)")
     address: str | None = _flag(None, "join an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one")
     storage_path: str | None = _flag(None, "where Ray Tune keeps trials and checkpoints (local path, NFS, s3://, gs://); "
                                      "default: the experiment folder")
@@ -115,6 +117,7 @@ _RULES = {  # flags that no TrainConfig key judges: (ok, fix)
     "val_fraction": (lambda v: 0 < v < 0.5, "use a fraction in (0, 0.5)"),
     "final_seeds": (lambda v: v >= 1, "use 1 or more ensemble members"),
     "recall_confidence": (lambda v: 0.5 <= v < 1, "use a confidence in [0.5, 1), e.g. 0.95"),
+    "max_pixels": (lambda v: v >= 1, "use a positive pixel count"),
 }
 
 

@@ -76,7 +76,8 @@ def run_ray(method: str, space: Space, data_ref, weight_refs, seed: int, args, s
     tuner = ray_tune.Tuner(
         trainable,
         tune_config=ray_tune.TuneConfig(metric=METRIC, mode="max", search_alg=search.make_searcher(settings, space, checked, sampler),
-                                        scheduler=search.make_trial_scheduler(settings), num_samples=args.budget, reuse_actors=False),
+                                        scheduler=search.make_trial_scheduler(settings), num_samples=args.budget,
+                                        reuse_actors=search.reuse_processes(settings)),  # as the product runs trials
         run_config=ray_tune.RunConfig(name=f"{method}-{seed}", storage_path=str(storage), stop=BudgetStopper(args.budget),
                                       checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1), verbose=0),
     )

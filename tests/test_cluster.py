@@ -52,7 +52,7 @@ def make_token(tmp_path: Path) -> dict[str, str]:
 def token_env(tmp_path, monkeypatch) -> dict[str, str]:
     env = make_token(tmp_path)
     for key, value in env.items():
-        monkeypatch.setenv(key, value)  # the driver (run_cli) inherits it
+        monkeypatch.setenv(key, value)  # this process and the driver it starts inherit it
     return env
 
 
@@ -117,8 +117,7 @@ HIDING = shutil.which("unshare") is not None and os.geteuid() == 0
 
 
 @pytest.mark.slow
-def test_node_local_storage_is_refused_then_a_lost_node_s_trial_finishes_on_the_head(tmp_path, token_env, run_cli,
-                                                                                   assert_input_error):
+def test_node_local_storage_is_refused_then_a_lost_node_s_trial_finishes_on_the_head(tmp_path, token_env):
     """One cluster, two runs. The worker node gets its own empty tmpfs at one results folder (needs root and
     unshare): storage there is truly node-local and the run must stop before any trial. Then a run on storage both
     nodes see: one 1-CPU trial per node, the worker node killed once its trial reported an epoch."""
@@ -127,10 +126,12 @@ def test_node_local_storage_is_refused_then_a_lost_node_s_trial_finishes_on_the_
     hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -t tmpfs none "{hidden}" && exec "$0" "$@"']
     handles: list[subprocess.Popen] = []
     with two_node_cluster(tmp_path, worker_prefix=hide if HIDING else (), handles=handles) as address:
-        if HIDING:
-            proc = run_cli("--address", address, "--space", "smoke", "--dataset", "synthetic",
-                           "--results-dir", str(hidden), "--name", "local", timeout=180)
-            assert_input_error(proc.returncode, proc.stderr, "node-local", "--storage-path")
+        if HIDING:  # the driver's check alone (no training stack: the CLI turns its InputError into one line, exit 2)
+            code = (f"import ray\nfrom tune import cluster\nray.init(address='{address}', logging_level='ERROR')\n"
+                    f"cluster.check_storage({str(hidden / 'local')!r})")
+            proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+            assert proc.returncode != 0 and "InputError" in proc.stderr, proc.stderr[-2000:]
+            assert "node-local" in proc.stderr and "--storage-path" in proc.stderr
             assert not any(hidden.iterdir())
         head = _head_node_id(address)
         args = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "2", "--trial-scheduler", "fifo",

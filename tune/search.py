@@ -165,10 +165,10 @@ def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace) 
                                scheduler=make_trial_scheduler(settings), num_samples=settings.num_samples,
                                max_concurrent_trials=settings.max_concurrent, trial_name_creator=name,
                                trial_dirname_creator=name,
-                               reuse_actors=_reuse_processes(settings))
+                               reuse_actors=reuse_processes(settings))
 
 
-def _reuse_processes(settings: SearchSettings) -> bool:
+def reuse_processes(settings: SearchSettings) -> bool:
     """CPU-only, single-process trials reuse their worker processes (no torch import per trial: the demo ran 1.36x
     faster, BENCHMARKS.md); trials on GPUs get a fresh process each, so a trial's CUDA memory is freed when it ends."""
     return settings.gpus_per_trial == 0 and settings.workers_per_trial == 1

@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 
-def test_mixed_folder_with_a_corrupt_file(tmp_path, final_model_folder, run_module, write_dicom):
+def test_mixed_folder_with_a_corrupt_file(tmp_path, final_model_folder, write_dicom, capsys):
+    from cxr.predict import main
+
     films = tmp_path / "films" / "nested"
     films.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -22,10 +24,11 @@ def test_mixed_folder_with_a_corrupt_file(tmp_path, final_model_folder, run_modu
     write_dicom(films / "c.dcm", rng.integers(0, 4095, (64, 48)).astype(np.uint16), photometric="MONOCHROME1")
     (films / "d.png").write_bytes(b"broken")
     (films / "notes.txt").write_text("not a film")
-    proc = run_module("cxr.predict", "--model", str(final_model_folder), str(tmp_path / "films"),
-                      "--out", str(tmp_path / "p.csv"), "--cam", str(tmp_path / "cam"))
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "4 film(s)" in proc.stderr and "1 unreadable" in proc.stderr and "Traceback" not in proc.stderr
+    code = main(["--model", str(final_model_folder), str(tmp_path / "films"), "--out", str(tmp_path / "p.csv"),
+                 "--cam", str(tmp_path / "cam")])
+    err = capsys.readouterr().err
+    assert code == 1, err[-3000:]
+    assert "4 film(s)" in err and "1 unreadable" in err
     table = pd.read_csv(tmp_path / "p.csv")
     assert [Path(p).name for p in table["path"]] == ["a.png", "b.jpeg", "c.dcm", "d.png"]
     good = table.iloc[:3]
@@ -128,7 +131,7 @@ def space(trial):
 
 @pytest.mark.slow
 def test_data_parallel_search_on_a_dicom_manifest_from_driver_weights_and_predictions_that_match(
-        tmp_path, demo, run_cli, run_module, write_dicom):
+        tmp_path, demo, run_cli, write_dicom):
     """One run covers four paths: a CSV manifest without patient or split columns, films that are 16-bit
     MONOCHROME1 DICOM, --weights-dir read once by the driver (trials start from exactly those weights: the frozen
     stem is unchanged in the shipped model) and a 2-process data-parallel trial (Ray Train, gloo) that reports what
@@ -174,8 +177,9 @@ def test_data_parallel_search_on_a_dicom_manifest_from_driver_weights_and_predic
 
     saved = pd.read_parquet(folder / "final" / "predictions.parquet").query("split == 'test'")
     assert saved["path"].str.endswith(".dcm").all() and len(saved)
-    out = run_module("cxr.predict", "--model", str(folder / "final"), *saved["path"], "--out", str(tmp_path / "p.parquet"))
-    assert out.returncode == 0, out.stderr[-3000:]
+    from cxr.predict import main
+
+    assert main(["--model", str(folder / "final"), *saved["path"], "--out", str(tmp_path / "p.parquet")]) == 0
     predicted = pd.read_parquet(tmp_path / "p.parquet")
     assert list(predicted["path"]) == list(saved["path"])
     assert np.allclose(predicted["probability"], saved["probability"], atol=1e-5)

@@ -49,6 +49,7 @@ class SearchSettings:
     first_index: int = 1  # trial_index of this search's first trial (after the trials of earlier searches)
     enqueue_baselines: bool = True  # the space's BASELINES run first, once per study
     config_keys: frozenset[str] = frozenset()  # keys every trial's config has (the live table shows some of them)
+    local_cluster: bool = True  # the run started its own Ray cluster (no --address)
 
 
 def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data_ref: ray.ObjectRef,
@@ -169,9 +170,11 @@ def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace) 
 
 
 def reuse_processes(settings: SearchSettings) -> bool:
-    """CPU-only, single-process trials reuse their worker processes (no torch import per trial: the demo ran 1.36x
-    faster, BENCHMARKS.md); trials on GPUs get a fresh process each, so a trial's CUDA memory is freed when it ends."""
-    return settings.gpus_per_trial == 0 and settings.workers_per_trial == 1
+    """CPU-only, single-process trials on the run's own local cluster reuse their worker processes (no torch import
+    per trial: the demo ran 1.36x faster, BENCHMARKS.md). Trials on GPUs get a fresh process each, so a trial's CUDA
+    memory is freed when it ends; so do trials on a shared cluster (--address), where a fresh process per trial keeps
+    Ray's placement and node-loss recovery as they were measured."""
+    return settings.local_cluster and settings.gpus_per_trial == 0 and settings.workers_per_trial == 1
 
 
 def make_sampler(settings: SearchSettings) -> optuna.samplers.TPESampler:

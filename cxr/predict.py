@@ -66,11 +66,12 @@ def predict_files(model, files: list[Path], overlays: list[Path] | None = None, 
 
 def _cam(model, film: Path, target: Path, max_pixels: int) -> str:
     from cxr.cam import grad_cam, write_overlay
-    from cxr.images import decode, read_film
+    from cxr.images import read_film, resize_array
 
-    heat = grad_cam(model.members, decode(str(film), model.image_size, max_pixels), model.image_size)
+    pixels = read_film(str(film), max_pixels)  # decoded once: the overlay's background and the members' input
+    heat = grad_cam(model.members, resize_array(pixels, model.image_size), model.image_size)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return str(write_overlay(read_film(str(film), max_pixels), heat, target))
+    return str(write_overlay(pixels, heat, target))
 
 
 def _refuse_existing(paths: list[Path], flag: str) -> None:

@@ -8,8 +8,10 @@ to ~/.cache.
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +123,19 @@ def _write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHRO
 @pytest.fixture(scope="session")
 def write_dicom():
     return _write_dicom
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height 8-bit gray pixels, with almost no data: a decompression bomb's shape."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="session")
+def png_header():
+    return _png_header
 
 
 def _final_model(folder: Path, tta: bool = False) -> Path:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -127,19 +125,11 @@ def test_default_cache_dir_follows_environment(tmp_path: Path, monkeypatch) -> N
     assert len(_cache_files(tmp_path / "elsewhere")) == 1
 
 
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height 8-bit gray pixels, with almost no data: a decompression bomb's shape."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
-def test_the_pixel_limit_is_checked_from_the_header_and_can_be_raised(tmp_path: Path) -> None:
-    (tmp_path / "bomb.png").write_bytes(_png_header(12000, 12000))
+def test_the_pixel_limit_is_checked_from_the_header_and_can_be_raised(tmp_path: Path, png_header) -> None:
+    (tmp_path / "bomb.png").write_bytes(png_header(12000, 12000))
     with pytest.raises(ValueError, match="12000 x 12000 pixels exceed the limit of 60,000,000"):
         decode(str(tmp_path / "bomb.png"), 16)
-    (tmp_path / "huge.png").write_bytes(_png_header(20000, 20000))  # past PIL's own limit too: refused all the same
+    (tmp_path / "huge.png").write_bytes(png_header(20000, 20000))  # past PIL's own limit too: refused all the same
     with pytest.raises(ValueError, match="more pixels than PIL decodes"):
         decode(str(tmp_path / "huge.png"), 16)
     small = _write(tmp_path / "small.png", np.arange(40 * 50, dtype=np.uint16).reshape(40, 50).astype(np.uint8))
@@ -201,9 +191,9 @@ except ValueError as exc:
 """
 
 
-def test_refusing_a_film_above_the_limit_costs_under_50_mib(tmp_path: Path, write_dicom) -> None:
+def test_refusing_a_film_above_the_limit_costs_under_50_mib(tmp_path: Path, write_dicom, png_header) -> None:
     """Peak RSS of a fresh process (what PIL's and pydicom's buffers count in; tracemalloc misses them)."""
-    (tmp_path / "bomb.png").write_bytes(_png_header(12000, 12000))  # under PIL's own limit: our check refuses it
+    (tmp_path / "bomb.png").write_bytes(png_header(12000, 12000))  # under PIL's own limit: our check refuses it
     dicom = write_dicom(tmp_path / "bomb.dcm", np.zeros((4, 4), np.uint16))
     import pydicom
 

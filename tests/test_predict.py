@@ -77,18 +77,12 @@ def test_existing_outputs_are_refused_unless_overwrite(tmp_path, final_model_fol
     assert main([*args, "--overwrite"]) == 0 and pd.read_csv(tmp_path / "p.csv")["path"].tolist() == [str(film)]
 
 
-def _hostile_films(folder: Path, write_dicom) -> dict[str, str]:
+def _hostile_films(folder: Path, write_dicom, png_header) -> dict[str, str]:
     """Files a hospital export or an attacker may hand over, each with the words its error row must carry."""
-    import struct
-    import zlib
-
     import pydicom
 
     folder.mkdir()
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
-                                      + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    (folder / "bomb.png").write_bytes(png_header(20000, 20000))
     Image.fromarray(np.arange(100, dtype=np.uint8).reshape(10, 10)).save(folder / "tiff.png", format="TIFF")
     (folder / "eps.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
     for tag in ("Rows", "BitsAllocated"):
@@ -102,10 +96,10 @@ def _hostile_films(folder: Path, write_dicom) -> dict[str, str]:
 
 
 def test_every_hostile_film_gets_its_error_row_and_the_others_are_predicted(tmp_path, final_model_folder, write_dicom,
-                                                                          capsys):
+                                                                          png_header, capsys):
     from cxr.predict import main
 
-    expected = _hostile_films(tmp_path / "films", write_dicom)
+    expected = _hostile_films(tmp_path / "films", write_dicom, png_header)
     good = _film(tmp_path / "films" / "good.png", 3)
     assert main(["--model", str(final_model_folder), str(tmp_path / "films"), "--out", str(tmp_path / "p.csv")]) == 1
     assert "Traceback" not in capsys.readouterr().err

@@ -21,10 +21,15 @@ from cxr.errors import InputError
 COORDINATOR_CPU = 0.01
 
 
+def requested_address(address: str | None) -> str | None:
+    """The cluster to join: --address, else $RAY_ADDRESS; None: the run starts a private local one."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at address or $RAY_ADDRESS (shipping our packages to its workers), or start a
     private local one."""
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = requested_address(address)
     if address:
         check_reachable(address)
         try:
@@ -40,7 +45,7 @@ def connect(address: str | None) -> None:
 def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
     """ray.init waits minutes on a host:port where nothing listens (also for "auto" when the last cluster
     started on this machine is gone): try the port of address (or $RAY_ADDRESS) first. No address: nothing to check."""
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = requested_address(address)
     if not address:
         return
     given = address

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -156,7 +155,7 @@ def _settings(experiment: RunSettings, max_epochs: int, paths: ExperimentPaths) 
         trial_scheduler=experiment.trial_scheduler, cpus_per_trial=experiment.cpus_per_trial,
         gpus_per_trial=experiment.gpus_per_trial, workers_per_trial=experiment.workers_per_trial, max_concurrent=experiment.max_concurrent, seed=experiment.seed,
         storage_path=storage, journal_path=str(paths.journal), study_name=experiment.name,
-        local_cluster=not (experiment.address or os.environ.get("RAY_ADDRESS")),
+        local_cluster=cluster.requested_address(experiment.address) is None,
     )
 
 

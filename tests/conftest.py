@@ -7,10 +7,14 @@ to ~/.cache.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +79,12 @@ def main_in_process(capsys: pytest.CaptureFixture):
     from tune.run import main
 
     def run(*args: str) -> tuple[int, str]:
-        code = main(list(args))
+        saved = dict(os.environ)  # main sets Ray's loopback switch for a local run: keep it out of later tests
+        try:
+            code = main(list(args))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         return code, capsys.readouterr().err
 
     return run
@@ -159,17 +168,55 @@ def final_model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class FinishedRun:
     folder: Path  # results/<name>
     stdout: str
+    home: Path  # the run's own HOME (it starts with no ~/.ray)
+    listening: set[tuple[str, str]]  # (process name, local address) of every TCP socket its processes listened on
 
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory, run_cli) -> FinishedRun:
     """The README's demo command (smoke space, synthetic data, ASHA, 8 trials, 3 final members), run once for every
     test that reads its results. A test that changes an experiment copies it first (copy_experiment)."""
-    results, cache = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("demo-cache")
-    proc = run_cli("--space", "smoke", "--dataset", "synthetic", "--results-dir", str(results), "--name", "demo",
-                   "--cache-dir", str(cache))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return FinishedRun(results / "demo", proc.stdout)
+    results, cache, home = (tmp_path_factory.mktemp(n) for n in ("results", "demo-cache", "demo-home"))
+    args = ("--space", "smoke", "--dataset", "synthetic", "--results-dir", str(results), "--name", "demo",
+            "--cache-dir", str(cache))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(home)}
+    with subprocess.Popen([sys.executable, "-m", "tune.run", *args], cwd=REPO, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        listening, out = set(), ([], [])
+        readers = [threading.Thread(target=lambda s, o: o.extend(s), args=(s, o)) for s, o in zip((proc.stdout, proc.stderr), out)]
+        for r in readers:
+            r.start()
+        while proc.poll() is None:  # Ray's processes come and go: look twice a second
+            listening |= _listening_sockets(proc.pid)
+            time.sleep(0.5)
+        for r in readers:
+            r.join()
+    stdout, stderr = ("".join(o) for o in out)
+    assert proc.returncode == 0, stderr[-4000:]
+    return FinishedRun(results / "demo", stdout, home, listening)
+
+
+def _listening_sockets(root: int) -> set[tuple[str, str]]:
+    """(process name, local address) of the TCP sockets that root's process tree listens on, from `ss -ltnpH`."""
+    tree, parents = {root}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+        except OSError:
+            continue
+        parents[int(pid)] = int(rest.rsplit(") ", 1)[1].split()[1])
+    grew = True
+    while grew:
+        new = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= new
+        grew = bool(new)
+    found = set()
+    for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
+        local = line.split()[3]
+        for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line):
+            if int(pid) in tree:
+                found.add((name, local))
+    return found
 
 
 @pytest.fixture

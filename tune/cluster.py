@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import uuid
 from pathlib import Path
 
@@ -16,14 +17,10 @@ import search_spaces
 import tune
 from cxr.dataset import CxrData
 from cxr.errors import InputError
+from tune.loopback import ensure_private_token, is_loopback, requested_address
 
 # with --workers-per-trial > 1 the Tune trial only coordinates its Ray Train worker group (Ray rejects 0)
 COORDINATOR_CPU = 0.01
-
-
-def requested_address(address: str | None) -> str | None:
-    """The cluster to join: --address, else $RAY_ADDRESS; None: the run starts a private local one."""
-    return address or os.environ.get("RAY_ADDRESS") or None
 
 
 def connect(address: str | None) -> None:
@@ -39,7 +36,11 @@ def connect(address: str | None) -> None:
             raise InputError(f"no Ray cluster at --address {address} ({str(exc).splitlines()[0][:200]}): "
                              "start one with `ray start --head` or fix the address") from None
     else:
+        ensure_private_token()
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+        if not is_loopback(ray.util.get_node_ip_address()):  # Ray was imported before tune.loopback.bind_to_loopback
+            print(f"note: the local Ray cluster listens on {ray.util.get_node_ip_address()}, not only on 127.0.0.1",
+                  file=sys.stderr)
 
 
 def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:

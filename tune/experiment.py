@@ -15,6 +15,7 @@ from cxr.models import pretrained_state
 from cxr.synthetic import make_synthetic
 from cxr.jsonio import read_json, write_json
 from tune import cluster, search
+from tune.loopback import requested_address
 from tune.final_stage import FinalSettings, run_final_stage
 from tune.report import write_report
 from tune.results import ExperimentPaths, build_tables, leaderboard, write_table
@@ -155,7 +156,7 @@ def _settings(experiment: RunSettings, max_epochs: int, paths: ExperimentPaths) 
         trial_scheduler=experiment.trial_scheduler, cpus_per_trial=experiment.cpus_per_trial,
         gpus_per_trial=experiment.gpus_per_trial, workers_per_trial=experiment.workers_per_trial, max_concurrent=experiment.max_concurrent, seed=experiment.seed,
         storage_path=storage, journal_path=str(paths.journal), study_name=experiment.name,
-        local_cluster=cluster.requested_address(experiment.address) is None,
+        local_cluster=requested_address(experiment.address) is None,
     )
 
 

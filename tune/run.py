@@ -13,6 +13,7 @@ import sys
 import typing
 
 from cxr.errors import InputError
+from tune.loopback import bind_to_loopback
 from tune.settings import RunSettings, flag_name
 
 # imported only once the flags parsed (--help answers at once), and tune.experiment (torch, Ray, Optuna) only once
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
         fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunSettings)}
         settings = resolve(RunSettings(**fields), args.resume, args.extend)
+        bind_to_loopback(settings.address)  # before Ray is first imported
         from tune.experiment import run_experiment
 
         return run_experiment(settings, resume=args.resume, extend=args.extend)

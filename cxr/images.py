@@ -11,8 +11,10 @@ the 224 px Kaggle copy): chest films are close to square and cropping would cut 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -145,7 +147,8 @@ def _open_pil(path: str, max_pixels: int) -> Image.Image:
     its size read from the header and checked before any pixel is decoded."""
     fmt = PIL_FORMATS[Path(path).suffix.lower()]
     try:
-        image = Image.open(path, formats=[fmt])
+        with _pil_limit(max_pixels):
+            image = Image.open(path, formats=[fmt])
     except UnidentifiedImageError:
         raise ValueError(f"not a {fmt} file (the suffix names the decoder; the content is something else)") from None
     except Image.DecompressionBombError as exc:
@@ -156,6 +159,20 @@ def _open_pil(path: str, max_pixels: int) -> Image.Image:
         raise ValueError(f"{width} x {height} pixels exceed the limit of {max_pixels:,}: raise max_pixels "
                          "(--max-pixels) if the film is genuine")
     return image
+
+
+@contextlib.contextmanager
+def _pil_limit(max_pixels: int):
+    """PIL's own bomb check (a warning above its limit, an error above twice it) yields to ours: raised with it,
+    its warning silenced, since the size check after Image.open decides."""
+    default = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(default or 0, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = default
 
 
 def _gray(image: Image.Image) -> Image.Image:

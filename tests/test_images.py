@@ -132,6 +132,10 @@ def test_the_pixel_limit_is_checked_from_the_header_and_can_be_raised(tmp_path: 
     (tmp_path / "huge.png").write_bytes(png_header(20000, 20000))  # past PIL's own limit too: refused all the same
     with pytest.raises(ValueError, match="more pixels than PIL decodes"):
         decode(str(tmp_path / "huge.png"), 16)
+    (tmp_path / "large.png").write_bytes(png_header(15000, 15000))  # past PIL's limit, within a raised one: decoded
+    with pytest.raises(Exception) as raised:  # (as far as the header-only file goes)
+        decode(str(tmp_path / "large.png"), 16, max_pixels=300_000_000)
+    assert "pixels" not in str(raised.value), raised.value
     small = _write(tmp_path / "small.png", np.arange(40 * 50, dtype=np.uint16).reshape(40, 50).astype(np.uint8))
     with pytest.raises(ValueError, match="exceed the limit of 1,000"):
         decode(small, 16, max_pixels=1000)

@@ -1,5 +1,7 @@
-"""The ensemble of the final model: K members of the best config trained with new seeds, combined by mean probability, with
-test-time mirroring only if val prefers it, then calibrated and thresholded by cxr.evaluation."""
+"""The ensemble of the final model: K members of the best config, combined by mean probability, with test-time
+mirroring only if the fit set prefers it, then calibrated and thresholded by cxr.evaluation. The members are either
+trained with new seeds on train (the fit set is val) or one per patient fold of the pool (train + val), each scoring
+the fold it never saw (the fit set is those out-of-fold predictions, about 5x val)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,13 @@ from cxr.augment import mirror, mirror_mean
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.engine import EpochCallback, fit, predict
-from cxr.evaluation import calibrated, evaluate
+from cxr.calibration import apply_temperature
+from cxr.evaluation import FIT_SETS, calibrated, evaluate
 from cxr.intervals import N_BOOT
 from cxr.metrics import compute_metrics, threshold_for_recall
 from cxr.models import create_model
 from cxr.package import FinalModel
 
-SPLITS = ("val", "test")
 _SEED_STREAM = 0xF1A1  # tags the member seeds' stream, so they never follow the run seed's own sequence
 
 
@@ -28,7 +30,8 @@ class Member:
     best_epoch: int
     state: dict = field(repr=False)  # the best epoch's weights (CPU tensors)
     history: list[dict]
-    probs: dict[str, np.ndarray]  # "<split>" plain and "<split>_mirrored" probabilities for val and test
+    probs: dict[str, np.ndarray]  # "<split>" plain and "<split>_mirrored" probabilities: val (or oof) and test
+    fold: int | None = None  # the pool fold this member never saw (None: a seed member)
 
 
 def member_seeds(base_seed: int, k: int, taken: set[int]) -> list[int]:
@@ -44,60 +47,110 @@ def member_seeds(base_seed: int, k: int, taken: set[int]) -> list[int]:
 
 
 def train_member(config: TrainConfig, data: CxrData, *, backbone_state: dict | None = None,
-                 on_epoch_end: EpochCallback | None = None) -> Member:
+                 on_epoch_end: EpochCallback | None = None, fold: int | None = None) -> Member:
+    """A seed member (data's own splits), or fold member `fold` (data's splits from cxr.splits.fold_roles: it
+    scores its "oof" rows, never trained on nor used to pick its epoch)."""
     result = fit(config, data, on_epoch_end, backbone_state=backbone_state)
     probs = {}
-    for split in SPLITS:
+    for split in ("val" if fold is None else "oof", "test"):
         images = data.images[data.indices(split)]
         probs[split] = predict(result.model, images, image_size=config.image_size)
         probs[f"{split}_mirrored"] = predict(result.model, mirror(images), image_size=config.image_size)
-    return Member(config.seed, result.best_epoch, result.best_state, result.history, probs)
-
-
-def choose_tta(members: list[Member], labels: np.ndarray) -> dict:
-    """Mirroring is used only if it raises the ensemble's val AUROC (ties keep the cheaper plain pass)."""
-    plain = np.mean([member_probs(m, "val", tta=False) for m in members], axis=0)
-    mirrored = np.mean([member_probs(m, "val", tta=True) for m in members], axis=0)
-    auroc_plain = compute_metrics(labels, plain)["auroc"]
-    auroc_tta = compute_metrics(labels, mirrored)["auroc"]
-    return {"used": bool(auroc_tta > auroc_plain), "rule": "used if it raises the ensemble's val AUROC",
-            "val_auroc_plain": auroc_plain, "val_auroc_tta": auroc_tta}
+    return Member(config.seed, result.best_epoch, result.best_state, result.history, probs, fold)
 
 
 def member_probs(member: Member, split: str, tta: bool) -> np.ndarray:
     return mirror_mean(member.probs[split], member.probs[f"{split}_mirrored"]) if tta else member.probs[split]
 
 
-def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, recall_confidence: float | None = None,
-             n_boot: int = N_BOOT, seed: int = 0) -> tuple[FinalModel, dict, pd.DataFrame, pd.DataFrame]:
-    """(the shippable model, metrics.json, predictions of val and test rows, every member's history)."""
-    rows = np.concatenate([data.indices(s) for s in SPLITS])
-    predictions = data.manifest.iloc[rows][["path", "patient", "split", "label"]].reset_index(drop=True)
-    tta = choose_tta(members, data.labels[data.indices("val")])
+def fit_columns(members: list[Member], data: CxrData, folds: np.ndarray | None, tta: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of the fit set, (K, rows) member probabilities on it): val for seed members; for fold members the pool,
+    each row scored by the one member that held its fold out (NaN for the others)."""
+    if folds is None:
+        return data.indices("val"), np.stack([member_probs(m, "val", tta) for m in members])
+    rows = np.flatnonzero(folds >= 0)
+    columns = np.full((len(members), len(rows)), np.nan)
     for i, m in enumerate(members):
-        predictions[f"prob_member_{i}"] = np.concatenate([member_probs(m, s, tta["used"]) for s in SPLITS])
+        columns[i, folds[rows] == m.fold] = member_probs(m, "oof", tta)  # both in manifest order
+    return rows, columns
+
+
+def choose_tta(members: list[Member], data: CxrData, folds: np.ndarray | None = None) -> dict:
+    """Mirroring is used only if it raises the ensemble's AUROC on the fit set (ties keep the cheaper plain pass)."""
+    rows, plain = fit_columns(members, data, folds, tta=False)
+    _, mirrored = fit_columns(members, data, folds, tta=True)
+    labels = data.labels[rows]
+    auroc_plain = compute_metrics(labels, np.nanmean(plain, axis=0))["auroc"]
+    auroc_tta = compute_metrics(labels, np.nanmean(mirrored, axis=0))["auroc"]
+    fit_split = "val" if folds is None else "oof"
+    return {"used": bool(auroc_tta > auroc_plain), "rule": f"used if it raises the ensemble's {fit_split} AUROC",
+            "fit_auroc_plain": auroc_plain, "fit_auroc_tta": auroc_tta}
+
+
+def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, folds: np.ndarray | None = None,
+             recall_confidence: float | None = None, n_boot: int = N_BOOT,
+             seed: int = 0) -> tuple[FinalModel, dict, pd.DataFrame, pd.DataFrame]:
+    """(the shippable model, metrics.json, predictions of the fit set and test rows, every member's history)."""
+    fit_split = "val" if folds is None else "oof"
+    tta = choose_tta(members, data, folds)
+    fit_rows, fit_probs = fit_columns(members, data, folds, tta["used"])
+    test_rows = data.indices("test")
+    rows = np.concatenate([fit_rows, test_rows])
+    predictions = data.manifest.iloc[rows][["path", "patient", "split", "label"]].reset_index(drop=True)
+    predictions["split"] = [fit_split] * len(fit_rows) + ["test"] * len(test_rows)
+    if folds is not None:
+        predictions["fold"] = folds[rows]
     member_columns = [f"prob_member_{i}" for i in range(len(members))]
-    predictions["probability_raw"] = predictions[member_columns].mean(axis=1)
+    for i, m in enumerate(members):
+        predictions[member_columns[i]] = np.concatenate([fit_probs[i], member_probs(m, "test", tta["used"])])
+    predictions["probability_raw"] = predictions[member_columns].mean(axis=1)  # skips NaN: one member out of fold
     metrics = evaluate(predictions, target_recall=config.target_recall, recall_confidence=recall_confidence,
-                       n_boot=n_boot, seed=seed, manifest=data.manifest)
+                       n_boot=n_boot, seed=seed, manifest=data.manifest, fit_split=fit_split)
     predictions["probability"] = calibrated(predictions, metrics)
     predictions["prediction"] = (predictions["probability"] >= metrics["threshold"]).astype(int)
-    metrics["members"] = [{"seed": m.seed, "best_epoch": m.best_epoch, **_own_threshold(predictions, c, config.target_recall)}
+    metrics["members"] = [{"seed": m.seed, "best_epoch": m.best_epoch, "fold": m.fold,
+                           **_own_threshold(predictions, c, config.target_recall, fit_split)}
                           for m, c in zip(members, member_columns)]
-    metrics["ensemble"] = _own_threshold(predictions, "probability_raw", config.target_recall)
-    metrics.update(tta=tta, k=len(members), final_epochs=config.epochs)
+    metrics["ensemble"] = _own_threshold(predictions, "probability_raw", config.target_recall, fit_split)
+    if folds is not None:
+        metrics["folds"] = fold_summary(predictions, metrics, member_columns)
+    metrics.update(tta=tta, k=len(members), final_epochs=config.epochs, final="seeds" if folds is None else "folds")
     models = [_model(config, m) for m in members]
     model = FinalModel(config, models, [m.seed for m in members], metrics["threshold"], metrics["temperature"], tta["used"],
-                       info={"threshold_rule": metrics["threshold_rule"], "target_recall": config.target_recall})
-    history = pd.concat([pd.DataFrame(m.history).assign(member=i, seed=m.seed) for i, m in enumerate(members)], ignore_index=True)
+                       info={"threshold_rule": metrics["threshold_rule"], "target_recall": config.target_recall,
+                             "final": metrics["final"], "threshold_chosen_on": FIT_SETS[fit_split]})
+    history = pd.concat([pd.DataFrame(m.history).assign(member=i, seed=m.seed, fold=m.fold) for i, m in enumerate(members)],
+                        ignore_index=True)
     return model, metrics, predictions, history
 
 
-def _own_threshold(predictions: pd.DataFrame, column: str, target_recall: float) -> dict:
-    """Val and test metrics of one probability column at the threshold val picks for it (uncalibrated)."""
-    val, test = (predictions[predictions["split"] == s] for s in SPLITS)
-    threshold = threshold_for_recall(val["label"], val[column], target_recall)
-    out = {"val": compute_metrics(val["label"], val[column], threshold, target_recall), "test": None}
+def fold_summary(predictions: pd.DataFrame, metrics: dict, member_columns: list[str]) -> dict:
+    """Per fold, its member's scores on the films it never saw at the ensemble's threshold, and their spread across
+    folds; on test, each single member at that threshold against the mean of all (what averaging does to recall)."""
+    threshold, temperature = metrics["threshold"], metrics["temperature"]
+    oof, test = predictions[predictions["split"] == "oof"], predictions[predictions["split"] == "test"]
+    per_fold = []
+    for fold, rows in oof.groupby("fold"):
+        m = compute_metrics(rows["label"], rows["probability"], threshold)
+        per_fold.append({"fold": int(fold), "images": int(len(rows)), "patients": int(rows["patient"].nunique()),
+                         **{k: m[k] for k in ("auroc", "recall", "specificity")}})
+    spread = {k: {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v, ddof=1)) if len(v) > 1 else float("nan"),
+                  "min": float(np.nanmin(v)), "max": float(np.nanmax(v))}
+              for k, v in ((k, [f[k] for f in per_fold]) for k in ("auroc", "recall", "specificity"))}
+    single = None
+    if len(test):
+        single = [{k: compute_metrics(test["label"], apply_temperature(test[c], temperature), threshold)[k]
+                   for k in ("auroc", "recall", "specificity")} for c in member_columns]
+    return {"per_fold": per_fold, "spread": spread, "test_single_members": single}
+
+
+def _own_threshold(predictions: pd.DataFrame, column: str, target_recall: float, fit_split: str = "val") -> dict:
+    """Fit-set and test metrics of one probability column at the threshold its fit rows pick for it (uncalibrated);
+    a fold member's fit rows are its own fold."""
+    fit = predictions[(predictions["split"] == fit_split) & predictions[column].notna()]
+    test = predictions[predictions["split"] == "test"]
+    threshold = threshold_for_recall(fit["label"], fit[column], target_recall)
+    out = {"fit": compute_metrics(fit["label"], fit[column], threshold, target_recall), "test": None}
     if len(test):
         out["test"] = compute_metrics(test["label"], test[column], threshold)
     return out

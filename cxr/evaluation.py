@@ -14,32 +14,29 @@ from cxr.metrics import compute_metrics, rates, threshold_for_recall
 from cxr.subgroups import class_balance, recall_by_kind
 
 
+FIT_SETS = {"val": "val", "oof": "out-of-fold predictions of the pool (train + val)"}  # what chose the operating point
+
+
 def evaluate(predictions: pd.DataFrame, *, target_recall: float, recall_confidence: float | None = None,
-             n_boot: int = N_BOOT, seed: int = 0, manifest: pd.DataFrame | None = None) -> dict:
-    """predictions: path, patient, split (val/test), label, probability_raw (uncalibrated). A JSON-able dict."""
-    val, test = (predictions[predictions["split"] == s].reset_index(drop=True) for s in ("val", "test"))
-    temperature = fit_temperature(val["label"], val["probability_raw"])
-    q_val = apply_temperature(val["probability_raw"], temperature)
-    w_val = patient_bootstrap(val["patient"], n_boot, seed)
-    point = threshold_for_recall(val["label"], q_val, target_recall)
-    threshold, rule = point, f"highest threshold whose val recall reaches {target_recall} (point estimate)"
-    if recall_confidence:
-        threshold = confident_threshold(val["label"], q_val, w_val, target_recall, recall_confidence)
-        rule = (f"highest threshold whose one-sided {recall_confidence:.0%} lower confidence bound of val recall "
-                f"(patient bootstrap) reaches {target_recall}")
+             n_boot: int = N_BOOT, seed: int = 0, manifest: pd.DataFrame | None = None, fit_split: str = "val") -> dict:
+    """predictions: path, patient, split (fit_split or test), label, probability_raw (uncalibrated). Temperature and
+    threshold are fitted on the fit_split rows ("val", or "oof" for a fold ensemble); test is scored once. A
+    JSON-able dict whose fit_split and "test" keys hold the scored metrics."""
+    fit, test = (predictions[predictions["split"] == s].reset_index(drop=True) for s in (fit_split, "test"))
+    point = operating_point(fit["label"], fit["probability_raw"], fit["patient"], target_recall=target_recall,
+                            recall_confidence=recall_confidence, n_boot=n_boot, seed=seed, fitted_on=FIT_SETS[fit_split])
+    temperature, threshold, w_fit = point["temperature"], point["threshold"], point.pop("weights")
+    q_fit = apply_temperature(fit["probability_raw"], temperature)
     out = {
-        "target_recall": target_recall, "recall_confidence": recall_confidence, "temperature": temperature,
-        "threshold": threshold, "threshold_rule": rule, "threshold_chosen_on": "val", "threshold_point": point,
-        "threshold_ci95": percentile_interval(bootstrap_thresholds(val["label"], q_val, w_val, target_recall)),
-        "n_boot": n_boot, "bootstrap_seed": seed,
-        "calibration": {"val": _calibration(val, temperature)},
-        "val": _scored(val, q_val, threshold, w_val),
+        **point, "fit_split": fit_split, "threshold_chosen_on": fit_split, "n_boot": n_boot, "bootstrap_seed": seed,
+        "calibration": {fit_split: _calibration(fit, temperature)},
+        fit_split: _scored(fit, q_fit, threshold, w_fit),
         "test": None, "test_at_0.5": None,
-        "subgroups": {"val": recall_by_kind(val, q_val, threshold, n_boot, seed)},
+        "subgroups": {fit_split: recall_by_kind(fit, q_fit, threshold, n_boot, seed)},
         "class_balance": class_balance(manifest if manifest is not None else predictions),
     }
-    out["rule_cost"] = {"val_specificity_point_rule": rates(val["label"], q_val, point)["specificity"],
-                        "val_specificity_chosen": out["val"]["specificity"]}
+    out["rule_cost"] = {f"{fit_split}_specificity_point_rule": rates(fit["label"], q_fit, point["threshold_point"])["specificity"],
+                        f"{fit_split}_specificity_chosen": out[fit_split]["specificity"]}
     if len(test):
         q_test = apply_temperature(test["probability_raw"], temperature)
         w_test = patient_bootstrap(test["patient"], n_boot, seed + 1)
@@ -47,10 +44,32 @@ def evaluate(predictions: pd.DataFrame, *, target_recall: float, recall_confiden
         out["test"] = _scored(test, q_test, threshold, w_test)
         out["test_at_0.5"] = compute_metrics(test["label"], q_test, 0.5)
         out["subgroups"]["test"] = recall_by_kind(test, q_test, threshold, n_boot, seed + 1)
-        out["rule_cost"]["test_specificity_point_rule"] = rates(test["label"], q_test, point)["specificity"]
+        out["rule_cost"]["test_specificity_point_rule"] = rates(test["label"], q_test, point["threshold_point"])["specificity"]
         out["rule_cost"]["test_specificity_chosen"] = out["test"]["specificity"]
     out["warnings"] = warnings(out)
     return out
+
+
+def operating_point(labels, probs_raw, patients, *, target_recall: float, recall_confidence: float | None = None,
+                    n_boot: int = N_BOOT, seed: int = 0, fitted_on: str = "val") -> dict:
+    """Temperature fitted on (labels, probs_raw), then the threshold on the calibrated probability: the point rule
+    (highest threshold whose recall reaches target_recall) or, with recall_confidence, the highest whose one-sided
+    lower bound over patient resamples does; the point rule's 95 % interval over patients. "weights" holds the
+    patient-bootstrap weights used."""
+    labels = np.asarray(labels)
+    temperature = fit_temperature(labels, probs_raw)
+    q = apply_temperature(probs_raw, temperature)
+    weights = patient_bootstrap(patients, n_boot, seed)
+    point = threshold_for_recall(labels, q, target_recall)
+    threshold, rule = point, f"highest threshold whose {fitted_on} recall reaches {target_recall} (point estimate)"
+    if recall_confidence:
+        threshold = confident_threshold(labels, q, weights, target_recall, recall_confidence)
+        rule = (f"highest threshold whose one-sided {recall_confidence:.0%} lower confidence bound of {fitted_on} "
+                f"recall (patient bootstrap) reaches {target_recall}")
+    return {"target_recall": target_recall, "recall_confidence": recall_confidence, "temperature": temperature,
+            "threshold": threshold, "threshold_rule": rule, "threshold_point": point,
+            "threshold_ci95": percentile_interval(bootstrap_thresholds(labels, q, weights, target_recall)),
+            "weights": weights}
 
 
 def calibrated(predictions: pd.DataFrame, evaluation: dict) -> np.ndarray:
@@ -72,18 +91,24 @@ def _scored(frame: pd.DataFrame, probs: np.ndarray, threshold: float, weights: n
 
 def warnings(evaluation: dict) -> list[str]:
     """Plain-language cautions a reader must see next to the numbers."""
-    notes = ["Validation is a patient re-split of the training pool (in-distribution); expect the test split and "
-             "other hospitals to show lower specificity than val."]
-    val, test = evaluation["val"], evaluation["test"]
+    fit_split = evaluation["fit_split"]
+    notes = [f"The operating point was fitted on {FIT_SETS[fit_split]}: patients of the training pool "
+             "(in-distribution); expect the test split and other hospitals to show lower specificity."]
+    if fit_split == "oof":
+        notes.append("Each out-of-fold score comes from one fold member, while test and new films get the mean of all "
+                     "members: the ensemble is usually a little better, so the threshold fitted out of fold is, if "
+                     "anything, conservative for recall.")
+    fit, test = evaluation[fit_split], evaluation["test"]
     if test is None:
-        notes.append("There is no test split: every number here is from val, which also chose the threshold.")
+        notes.append(f"There is no test split: every number here is from {fit_split}, which also chose the threshold.")
         return notes
     for name in ("recall", "specificity", "auroc"):
-        (vlo, vhi), (tlo, thi) = val[f"{name}_ci95"], test[f"{name}_ci95"]
+        (vlo, vhi), (tlo, thi) = fit[f"{name}_ci95"], test[f"{name}_ci95"]
         if thi < vlo or tlo > vhi:
-            notes.append(f"Val and test disagree on {name} beyond their 95 % intervals: val {val[name]:.3f} "
-                         f"[{vlo:.3f}-{vhi:.3f}], test {test[name]:.3f} [{tlo:.3f}-{thi:.3f}]. Trust the test numbers.")
+            notes.append(f"{fit_split} and test disagree on {name} beyond their 95 % intervals: {fit_split} "
+                         f"{fit[name]:.3f} [{vlo:.3f}-{vhi:.3f}], test {test[name]:.3f} [{tlo:.3f}-{thi:.3f}]. "
+                         "Trust the test numbers.")
     if test["recall"] < evaluation["target_recall"]:
         notes.append(f"Test recall {test['recall']:.3f} is below the target {evaluation['target_recall']} that the "
-                     "threshold reached on val.")
+                     f"threshold reached on {fit_split}.")
     return notes

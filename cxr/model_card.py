@@ -8,7 +8,10 @@ from cxr.intervals import interval_text
 
 
 def render_model_card(metrics: dict, config: TrainConfig, best: dict) -> str:
-    balance = metrics["class_balance"]
+    balance, fit = metrics["class_balance"], metrics["fit_split"]
+    chosen_on = "val" if fit == "val" else "the out-of-fold predictions of the pool (train + val)"
+    members = (f"seeds {[m['seed'] for m in metrics['members']]}" if fit == "val" else
+               f"one per patient fold of the pool, seeds {[m['seed'] for m in metrics['members']]}")
     lines = [
         "# Model card: pneumonia detection on chest X-rays", "",
         "## Intended use",
@@ -16,24 +19,25 @@ def render_model_card(metrics: dict, config: TrainConfig, best: dict) -> str:
         "tuned for high recall so that few pneumonia films are missed. Not a diagnosis, not for adults or lateral "
         "films without external validation, and never without a reader.", "",
         "## Model",
-        f"- Backbone `{config.backbone}` at {config.image_size} px, ensemble of {metrics['k']} member(s) (seeds "
-        f"{[m['seed'] for m in metrics['members']]}), mean probability, test-time mirroring "
+        f"- Backbone `{config.backbone}` at {config.image_size} px, ensemble of {metrics['k']} member(s) "
+        f"({members}), mean probability, test-time mirroring "
         f"{'on' if metrics['tta']['used'] else 'off'} ({metrics['tta']['rule']}), temperature "
-        f"{metrics['temperature']:.3f} (fitted on val).",
+        f"{metrics['temperature']:.3f} (fitted on {chosen_on}).",
         f"- Config of search trial {best['trial_id']} ({best['metric']} {best['value']:.4f} on val); members trained "
         f"{config.epochs} epochs each.", "",
         "## Data and splits",
     ]
     lines += [f"- {split}: {b['images']} images, {b['patients']} patients, {b['pneumonia_share']:.1%} pneumonia"
               for split, b in balance.items()]
-    lines += ["- val is a patient-grouped re-split of the training pool; test is the data set's own test split.", "",
+    lines += ["- val is a patient-grouped re-split of the training pool; test is the data set's own test split."
+              + (" The fold members trained on the whole pool, one fold held out each." if fit == "oof" else ""), "",
               "## Decision threshold",
               f"- {metrics['threshold']:.4f} on the calibrated probability: {metrics['threshold_rule']}; "
-              f"target recall {metrics['target_recall']}. Bootstrap 95 % interval of the point-rule threshold on val: "
+              f"target recall {metrics['target_recall']}. Bootstrap 95 % interval of the point-rule threshold on {fit}: "
               f"[{interval_text(metrics['threshold_ci95'])}].", "",
               "## Performance at the threshold (95 % intervals by patient bootstrap)", "",
               "| split | recall | specificity | PPV | NPV | AUROC |", "|---|---|---|---|---|---|"]
-    for split in ("val", "test"):
+    for split in (fit, "test"):
         m = metrics[split]
         if m is not None:
             lines.append(f"| {split} | " + " | ".join(f"{m[k]:.3f} [{interval_text(m[f'{k}_ci95'])}]"

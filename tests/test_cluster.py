@@ -135,7 +135,7 @@ def test_node_local_storage_is_refused_then_a_lost_node_s_trial_finishes_on_the_
             assert not any(hidden.iterdir())
         head = _head_node_id(address)
         args = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "2", "--trial-scheduler", "fifo",
-                "--max-epochs", "3", "--image-size", "32", "--final-seeds", "1", "--results-dir", str(shared), "--name", "lost"]
+                "--max-epochs", "3", "--image-size", "32", "--final-members", "1", "--results-dir", str(shared), "--name", "lost"]
         driver = subprocess.Popen([sys.executable, "-m", "tune.run", "--address", address, *args], cwd=REPO,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         tune_dir = shared / "lost" / "tune"

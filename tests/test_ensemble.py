@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
@@ -46,12 +47,49 @@ def test_assemble_follows_the_contract(synthetic_data: CxrData):
 
 def test_mirroring_is_chosen_only_when_val_gains():
     labels = np.array([0, 0, 1, 1])
+    data = CxrData(np.zeros((4, 2, 2), np.uint8), pd.DataFrame({"path": list("abcd"), "label": labels,
+                                                                 "patient": list("abcd"), "split": "val"}))
     better = Member(1, 1, {}, [], {"val": np.array([0.6, 0.2, 0.5, 0.9]), "val_mirrored": np.array([0.2, 0.2, 0.9, 0.9])})
     worse = Member(1, 1, {}, [], {"val": np.array([0.1, 0.2, 0.8, 0.9]), "val_mirrored": np.array([0.9, 0.9, 0.1, 0.1])})
-    assert choose_tta([better], labels)["used"] and not choose_tta([worse], labels)["used"]
+    assert choose_tta([better], data)["used"] and not choose_tta([worse], data)["used"]
 
 
 def test_one_member_is_allowed(synthetic_data: CxrData):
     config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=64)
     model, metrics, _, _ = assemble(config, _members(synthetic_data, config, 1), synthetic_data, n_boot=100)
     assert metrics["k"] == 1 and len(model.members) == 1
+
+
+def _fold_members(data: CxrData, config: TrainConfig, folds: np.ndarray) -> list[Member]:
+    """One made-up member per fold: it scores its own fold (member k's scores are offset by k / 100, so whose score
+    a row got can be read back) and every test film."""
+    state = {n: t.clone() for n, t in create_model(config.backbone, pretrained=False).state_dict().items()}
+    out = []
+    for k in range(folds.max() + 1):
+        probs = {}
+        for split, rows in (("oof", np.flatnonzero(folds == k)), ("test", data.indices("test"))):
+            probs[split] = np.clip(0.3 + 0.4 * data.labels[rows], 0, 1) - 0.1 * (np.arange(len(rows)) % 3) / 3 + k / 100
+            probs[f"{split}_mirrored"] = probs[split]
+        out.append(Member(200 + k, 1, state, [{"epoch": 1}], probs, fold=k))
+    return out
+
+
+def test_fold_ensemble_scores_each_pool_film_by_the_member_that_held_it_out(synthetic_data: CxrData):
+    from cxr.splits import patient_folds
+
+    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=64, target_recall=0.95)
+    folds = patient_folds(synthetic_data.manifest, 3, seed=0)
+    members = _fold_members(synthetic_data, config, folds)
+    model, metrics, predictions, history = assemble(config, members, synthetic_data, folds=folds, n_boot=200)
+    oof = predictions[predictions["split"] == "oof"]
+    assert len(oof) == (folds >= 0).sum() and set(predictions["split"]) == {"oof", "test"}
+    columns = [f"prob_member_{k}" for k in range(3)]
+    assert (oof[columns].notna().sum(axis=1) == 1).all()  # exactly one member scores each pool film: its fold's
+    assert (oof[columns].notna().to_numpy().argmax(axis=1) == oof["fold"].to_numpy()).all()
+    test = predictions[predictions["split"] == "test"]
+    assert np.allclose(test["probability_raw"], test[columns].mean(axis=1)) and test[columns].notna().all().all()
+    assert metrics["fit_split"] == "oof" and metrics["final"] == "folds" and "oof" in metrics and "val" not in metrics
+    assert [f["fold"] for f in metrics["folds"]["per_fold"]] == [0, 1, 2]
+    assert sum(f["images"] for f in metrics["folds"]["per_fold"]) == len(oof)
+    assert len(metrics["folds"]["test_single_members"]) == 3 and model.info["final"] == "folds"
+    assert sorted(history["fold"].unique()) == [0, 1, 2]

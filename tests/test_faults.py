@@ -61,7 +61,7 @@ def test_failing_trial_errors_and_killed_trial_workers_continue_from_their_check
     trials that train are SIGKILLed once one has reported 2 of its 4 epochs."""
     space = tmp_path / "faulty.py"
     space.write_text(FAILING_SPACE)
-    args = ["--space", str(space), *TINY, "--max-epochs", "4", "--num-samples", "2", "--final-seeds", "1",
+    args = ["--space", str(space), *TINY, "--max-epochs", "4", "--num-samples", "2", "--final-members", "1",
             "--final-epochs", "1", "--results-dir", str(tmp_path / "r"), "--name", "f"]
     driver = subprocess.Popen([sys.executable, "-m", "tune.run", *args], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -106,7 +106,7 @@ def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeati
     """Kill, resume, kill, resume: finished trials never run again, the search does not run again once it has
     finished, and a final member trained before the kill is kept as it was (not retrained)."""
     # one trial or member at a time (2 CPUs each on a 2-CPU machine), so each kill lands between two of them
-    args = ["--space", "smoke", *TINY, "--num-samples", "2", "--cpus-per-trial", "2", "--final-seeds", "2",
+    args = ["--space", "smoke", *TINY, "--num-samples", "2", "--cpus-per-trial", "2", "--final-members", "2",
             "--final-epochs", "2", "--results-dir", str(tmp_path), "--name", "k"]
     tune_dir, members = tmp_path / "k" / "tune", tmp_path / "k" / "final-members"
     driver = _start(args)

@@ -151,7 +151,7 @@ def test_data_parallel_search_on_a_dicom_manifest_from_driver_weights_and_predic
     (tmp_path / "frozen.py").write_text(FROZEN_PRETRAINED_SPACE)
 
     proc = run_cli("--data-dir", str(tmp_path / "films.csv"), "--space", str(tmp_path / "frozen.py"), "--weights-dir",
-                   str(weights), "--num-samples", "1", "--trial-scheduler", "fifo", "--final-seeds", "1",
+                   str(weights), "--num-samples", "1", "--trial-scheduler", "fifo", "--final-members", "1",
                    "--workers-per-trial", "2", "--cpus-per-trial", "0.5",
                    "--results-dir", str(tmp_path / "r"), "--name", "dcm")
     assert proc.returncode == 0, proc.stderr[-4000:]

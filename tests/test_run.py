@@ -98,7 +98,7 @@ def test_final_stage_trains_new_seeds_and_keeps_every_member(demo):
     assert len(seeds) == 3 == len(set(seeds)) == metrics["k"]
     assert not set(seeds) & set(results.trials["seed"]), "a member repeats a (config, seed) a trial trained"
     assert [m["seed"] for m in metrics["members"]] == seeds
-    assert all(m["val"]["auroc"] > 0 and m["test"] is not None for m in metrics["members"])
+    assert all(m["fit"]["auroc"] > 0 and m["test"] is not None for m in metrics["members"])
     predictions = results.predictions
     members = predictions[[f"prob_member_{i}" for i in range(3)]].mean(axis=1)
     assert np.allclose(predictions["probability_raw"], members)
@@ -199,7 +199,7 @@ def test_help_and_bad_flags_import_no_heavy_library():
 @pytest.mark.parametrize("flags, words", [
     (["--max-epochs", "0"], ["--max-epochs", "0"]),
     (["--num-samples", "0"], ["--num-samples"]),
-    (["--final-seeds", "0"], ["--final-seeds"]),
+    (["--final-seeds", "0"], ["--final-members"]),  # the old name still works, and the error names the new one
     (["--recall-confidence", "1.5"], ["--recall-confidence"]),
     (["--target-recall", "0"], ["--target-recall"]),
     (["--cpus-per-trial", "0"], ["--cpus-per-trial"]),

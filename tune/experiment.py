@@ -101,7 +101,8 @@ def _search(settings: search.SearchSettings, paths: ExperimentPaths, space, chec
 
 def _final_stage(experiment: RunSettings, best: dict, trials: pd.DataFrame, data: CxrData, data_ref, weight_refs,
                  settings: search.SearchSettings, paths: ExperimentPaths) -> None:
-    final = FinalSettings(experiment.final_seeds, experiment.final_epochs, experiment.recall_confidence, experiment.seed)
+    final = FinalSettings(experiment.final_members, experiment.final_epochs, experiment.recall_confidence, experiment.seed,
+                          kind=experiment.final, inner_fraction=experiment.val_fraction)
     metrics = run_final_stage(best, trials, data, data_ref, weight_refs, settings, final, paths)
     _print_final(metrics)
 
@@ -187,10 +188,12 @@ def _print_leaderboard(trials: pd.DataFrame, metric: str) -> None:
 def _print_final(metrics: dict) -> None:
     print(f"\ndecision threshold {metrics['threshold']:.4f} (calibrated probability, temperature "
           f"{metrics['temperature']:.2f}): {metrics['threshold_rule']}")
-    ensemble = metrics["ensemble"]["val"]["auroc"]
-    members = ", ".join(f"{m['val']['auroc']:.4f}" for m in metrics["members"])
-    print(f"val AUROC: members {members}; ensemble {ensemble:.4f}; mirroring {'on' if metrics['tta']['used'] else 'off'}")
-    for split in ("val", "test"):
+    fit = metrics["fit_split"]
+    ensemble = metrics["ensemble"]["fit"]["auroc"]
+    members = ", ".join(f"{m['fit']['auroc']:.4f}" for m in metrics["members"])
+    scope = "members on their own folds" if fit == "oof" else "members"
+    print(f"{fit} AUROC: {scope} {members}; ensemble {ensemble:.4f}; mirroring {'on' if metrics['tta']['used'] else 'off'}")
+    for split in (fit, "test"):
         m = metrics[split]
         if m is None:
             print(f"{split}: no {split} split in the data")

@@ -1,10 +1,12 @@
-"""Driver-side final stage: K members of the best config as parallel Ray tasks (a trial's resources each), each
-kept as it finishes so --resume trains only the missing ones; then the ensemble is assembled, calibrated,
-evaluated once on test and written to final/ (the shippable package, metrics, predictions, model card)."""
+"""Driver-side final stage: K members of the best config as parallel Ray tasks (a trial's resources each), with new
+seeds on train (seeds) or one per patient fold of train + val (folds), each kept as it finishes so --resume trains
+only the missing ones; then the ensemble is assembled, calibrated, evaluated once on test and written to final/ (the
+shippable package, metrics, predictions, the fold assignment, model card)."""
 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,48 +19,75 @@ from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.ensemble import Member, assemble, member_seeds
 from cxr.model_card import render_model_card
+from cxr.splits import fold_roles, patient_folds
 from cxr.jsonio import read_json, write_json
 from tune.results import ExperimentPaths, write_table
 from tune.search import SearchSettings
 from tune.trainable import member_task
 
 
+FINAL_KINDS = ("seeds", "folds")
+
+
 @dataclass(frozen=True)
 class FinalSettings:
-    seeds: int = 3  # K ensemble members
+    members: int = 3  # K ensemble members (folds: K folds)
     epochs: int | None = None  # None: the best config's own epochs
     recall_confidence: float | None = None  # None: the point rule
     seed: int = 0
+    kind: str = "seeds"  # one of FINAL_KINDS
+    inner_fraction: float = 0.2  # folds: share of a member's training patients held out to choose its epoch
 
 
 def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, weight_refs: dict,
                     search: SearchSettings, final: FinalSettings, paths: ExperimentPaths) -> dict:
+    started = time.monotonic()
     config = TrainConfig.from_dict(best["config"])
     if final.epochs:
         config = config.replace(epochs=final.epochs)
     taken = {int(s) for s in trials["seed"].dropna()} if "seed" in trials else set()
-    seeds = member_seeds(final.seed, final.seeds, taken)
-    members = _load_members(paths.members, seeds)
+    seeds = member_seeds(final.seed, final.members, taken)
+    folds = patient_folds(data.manifest, final.members, final.seed) if final.kind == "folds" else None
+    fold_of = dict(zip(seeds, range(len(seeds)))) if folds is not None else dict.fromkeys(seeds)
+    members = _load_members(paths.members, seeds, fold_of)
     pending = [s for s in seeds if s not in members]
-    print(f"\nfinal stage: {len(seeds)} member(s) of trial {best['trial_id']}'s config, {config.epochs} epochs, seeds "
+    what = f"{len(seeds)} member(s)" if folds is None else f"{len(seeds)} patient folds of train + val, one member each,"
+    print(f"\nfinal stage: {what} of trial {best['trial_id']}'s config, {config.epochs} epochs, seeds "
           f"{seeds}" + (f" ({len(seeds) - len(pending)} already trained)" if len(pending) < len(seeds) else ""), flush=True)
     task = member_task.options(num_cpus=search.cpus_per_trial, num_gpus=search.gpus_per_trial)
-    running = {task.remote(config.replace(seed=s), data_ref, weight_refs): s for s in pending}
+    running = {}
+    for s in pending:
+        fold = fold_of[s]
+        roles = None if fold is None else fold_roles(data.manifest, folds, fold, final.inner_fraction, final.seed)
+        running[task.remote(config.replace(seed=s), data_ref, weight_refs, fold, roles)] = s
     while running:
         (done,), _ = ray.wait(list(running), num_returns=1)
         member = ray.get(done)
         _save_member(paths.members, member)
         members[member.seed] = member
         del running[done]
-    model, metrics, predictions, history = assemble(config, [members[s] for s in seeds], data,
+    model, metrics, predictions, history = assemble(config, [members[s] for s in seeds], data, folds=folds,
                                                     recall_confidence=final.recall_confidence, seed=final.seed)
+    metrics["final_stage_s"] = time.monotonic() - started  # this session's part when resumed
     model.save(paths.final)
     write_json(paths.metrics, metrics)
     write_table(paths.predictions, predictions)
     write_table(paths.history, history)
+    if folds is not None:
+        write_table(paths.folds, _fold_table(data, folds, seeds, final))
     paths.model_card.write_text(render_model_card(metrics, config, best))
     shutil.rmtree(paths.members)  # the package in final/ holds every member now
     return metrics
+
+
+def _fold_table(data: CxrData, folds: np.ndarray, seeds: list[int], final: FinalSettings) -> pd.DataFrame:
+    """final/folds.parquet: every film's fold and what it was to each member (train, val: the inner hold-out that
+    chose the epoch, oof: scored out of fold, test), so anyone can check that no film was scored by a member that
+    saw it."""
+    table = data.manifest[["path", "patient", "label", "split"]].assign(fold=folds)
+    for k, seed in enumerate(seeds):
+        table[f"member_{k}"] = fold_roles(data.manifest, folds, k, final.inner_fraction, final.seed)
+    return table
 
 
 def _save_member(folder: Path, member: Member) -> None:
@@ -69,17 +98,21 @@ def _save_member(folder: Path, member: Member) -> None:
     save_file({k: v.contiguous() for k, v in member.state.items()}, str(tmp / "weights.safetensors"))
     np.savez(tmp / "probabilities.npz", **member.probs)
     write_table(tmp / "history.parquet", pd.DataFrame(member.history))
-    write_json(tmp / "member.json", {"seed": member.seed, "best_epoch": member.best_epoch})
+    write_json(tmp / "member.json", {"seed": member.seed, "best_epoch": member.best_epoch, "fold": member.fold})
     tmp.rename(target)  # complete or absent: a killed driver never leaves half a member
 
 
-def _load_members(folder: Path, seeds: list[int]) -> dict[int, Member]:
+def _load_members(folder: Path, seeds: list[int], fold_of: dict[int, int | None]) -> dict[int, Member]:
+    """Members a killed driver left complete; one trained for another fold (or none) is trained again."""
     members = {}
     for seed in seeds:
         source = folder / f"seed-{seed}"
-        if (source / "member.json").is_file():
-            with np.load(source / "probabilities.npz", allow_pickle=False) as probs:
-                members[seed] = Member(seed, read_json(source / "member.json")["best_epoch"],
-                                       load_file(str(source / "weights.safetensors")),
-                                       pd.read_parquet(source / "history.parquet").to_dict("records"), dict(probs))
+        if not (source / "member.json").is_file():
+            continue
+        saved = read_json(source / "member.json")
+        if saved.get("fold") != fold_of[seed]:
+            continue
+        with np.load(source / "probabilities.npz", allow_pickle=False) as probs:
+            members[seed] = Member(seed, saved["best_epoch"], load_file(str(source / "weights.safetensors")),
+                                   pd.read_parquet(source / "history.parquet").to_dict("records"), dict(probs), saved["fold"])
     return members

@@ -47,16 +47,19 @@ def write_report(folder: str | Path) -> Path:
         figures[name] = base64.b64encode((out / f"{name}.png").read_bytes()).decode()
         return f'<img alt="{name}" src="data:image/png;base64,{figures[name]}">'
 
-    scored = "test" if metrics["test"] is not None else "val"
+    fit = metrics.get("fit_split", "val")
+    scored = "test" if metrics["test"] is not None else fit
     sections.append(("Headline", _headline(metrics, scored)))
     sections.append(("ROC and precision-recall", figure("roc_pr", plots.roc_pr(predictions, metrics["threshold"]))
-                     + "<p>Filled markers: the operating point (val-chosen threshold); open markers: 0.5.</p>"))
+                     + f"<p>Filled markers: the operating point (threshold chosen on {fit}); open markers: 0.5.</p>"))
     rows = predictions[predictions["split"] == scored]
     sections.append(("Confusion matrix", figure("confusion", plots.confusion(rows, metrics["threshold"], scored))))
     sections.append(("Threshold sweep", figure("threshold_sweep", plots.threshold_sweep(predictions, metrics["threshold"]))
                      + "<p>Recall and specificity against the threshold on the calibrated probability.</p>"))
     sections.append(("Calibration", figure("reliability", plots.reliability(predictions)) + _calibration(metrics)))
     sections.append(("Members vs ensemble", figure("members", plots.members(metrics)) + _members(metrics)))
+    if "folds" in metrics:
+        sections.append(("Cross-validation", _folds(metrics)))
     sections.append(("Subgroups", _subgroups(metrics)))
     audit = _audit(paths, results.splits)
     sections.append(("Data audit", _audit_html(audit)))
@@ -74,10 +77,11 @@ def _headline(metrics: dict, scored: str) -> str:
     m = metrics[scored]
     cells = "".join(f"<tr><td>{name}</td><td><b>{value_text(m[name])}</b></td><td>{interval_text(m.get(f'{name}_ci95'))}</td></tr>"
                     for name in (*RATES, *RANKING))
-    note = "" if scored == "test" else "<p class=warn>No test split: these are val numbers (val also chose the threshold).</p>"
+    fit = metrics.get("fit_split", "val")
+    note = "" if scored == "test" else f"<p class=warn>No test split: these are {fit} numbers ({fit} also chose the threshold).</p>"
     return (f"<p>Decision threshold <b>{metrics['threshold']:.4f}</b> on the calibrated probability "
             f"(temperature {metrics['temperature']:.3f}): {html.escape(metrics['threshold_rule'])}. "
-            f"Point-rule threshold {metrics['threshold_point']:.4f}, its 95 % interval over val patients "
+            f"Point-rule threshold {metrics['threshold_point']:.4f}, its 95 % interval over {fit} patients "
             f"{interval_text(metrics['threshold_ci95'])}.</p>{note}"
             f"<table><tr><th>{scored} metric</th><th>value</th><th>95 % interval (patient bootstrap, "
             f"{metrics['n_boot']} resamples)</th></tr>{cells}</table>"
@@ -90,8 +94,9 @@ def _rule_cost(metrics: dict) -> str:
     cost = metrics["rule_cost"]
     if not metrics["recall_confidence"]:
         return ""
-    return (f"<p>The confidence rule costs specificity: val {cost['val_specificity_point_rule']:.3f} (point rule) "
-            f"&rarr; {cost['val_specificity_chosen']:.3f}" + (f"; test {cost['test_specificity_point_rule']:.3f} "
+    fit = metrics["fit_split"]
+    return (f"<p>The confidence rule costs specificity: {fit} {cost[f'{fit}_specificity_point_rule']:.3f} (point rule) "
+            f"&rarr; {cost[f'{fit}_specificity_chosen']:.3f}" + (f"; test {cost['test_specificity_point_rule']:.3f} "
             f"&rarr; {cost['test_specificity_chosen']:.3f}" if "test_specificity_chosen" in cost else "") + ".</p>")
 
 
@@ -102,17 +107,49 @@ def _calibration(metrics: dict) -> str:
 
 
 def _members(metrics: dict) -> str:
+    fit = metrics.get("fit_split", "val")
+
     def row(name, entry):
-        test = entry["test"] or {}
-        return (f"<tr><td>{name}</td><td>{value_text(entry['val']['auroc'])}</td><td>{value_text(entry['val']['spec_at_recall'])}</td>"
+        test, own = entry["test"] or {}, entry.get("fit") or entry["val"]  # "val": metrics.json of earlier versions
+        return (f"<tr><td>{name}</td><td>{value_text(own['auroc'])}</td><td>{value_text(own['spec_at_recall'])}</td>"
                 f"<td>{value_text(test.get('auroc'))}</td><td>{value_text(test.get('recall'))}</td><td>{value_text(test.get('specificity'))}</td></tr>")
-    body = "".join(row(f"member seed {m['seed']} (best epoch {m['best_epoch']})", m) for m in metrics["members"])
+    body = "".join(row(f"member seed {m['seed']}" + ("" if m.get("fold") is None else f", fold {m['fold']}")
+                       + f" (best epoch {m['best_epoch']})", m) for m in metrics["members"])
     tta = metrics["tta"]
-    return (f"<table><tr><th></th><th>val AUROC</th><th>val specificity at target recall</th><th>test AUROC</th>"
+    plain, mirrored = (tta.get(f"fit_auroc_{k}", tta.get(f"val_auroc_{k}")) for k in ("plain", "tta"))
+    scope = "its own fold" if fit == "oof" else "val"
+    return (f"<table><tr><th></th><th>{fit} AUROC</th><th>{fit} specificity at target recall</th><th>test AUROC</th>"
             f"<th>test recall</th><th>test specificity</th></tr>{body}{row('ensemble (mean)', metrics['ensemble'])}</table>"
-            f"<p>Each at the threshold val picks for it (uncalibrated). Test-time mirroring "
-            f"{'used' if tta['used'] else 'not used'} ({html.escape(tta['rule'])}: val AUROC {value_text(tta['val_auroc_plain'])} "
-            f"plain, {value_text(tta['val_auroc_tta'])} mirrored).</p>")
+            f"<p>Each member on {scope}, at the threshold those films pick for it (uncalibrated). Test-time mirroring "
+            f"{'used' if tta['used'] else 'not used'} ({html.escape(tta['rule'])}: {fit} AUROC {value_text(plain)} "
+            f"plain, {value_text(mirrored)} mirrored).</p>")
+
+
+def _folds(metrics: dict) -> str:
+    """The cross-validated estimate: each fold scored by the member that never saw it, and the spread."""
+    folds = metrics["folds"]
+    rows = "".join(f"<tr><td>{f['fold']}</td><td>{f['images']}</td><td>{f['patients']}</td>"
+                   + "".join(f"<td>{value_text(f[k])}</td>" for k in ("auroc", "recall", "specificity")) + "</tr>"
+                   for f in folds["per_fold"])
+    spread = "".join(f"<td>{value_text(s['mean'])} ± {value_text(s['sd'])}</td>" for s in folds["spread"].values())
+    oof = metrics["oof"]
+    single = folds["test_single_members"]
+    single_text = "" if not single else (
+        f"<p>On test, single members at this threshold reach recall {', '.join(value_text(s['recall']) for s in single)} "
+        f"and specificity {', '.join(value_text(s['specificity']) for s in single)}; the mean of all members reaches "
+        f"{value_text(metrics['test']['recall'])} and {value_text(metrics['test']['specificity'])}.</p>")
+    return (f"<p>{metrics['k']} patient-grouped, class-stratified folds of the pool (train + val; test untouched). "
+            "Each fold member trained on the other folds (its epoch chosen on an inner patient hold-out of them) and "
+            "scored its own fold; temperature, mirroring and threshold were fitted on these out-of-fold scores. "
+            "<b>Out-of-fold scores come from one member each, while test and new films get the mean of all "
+            f"{metrics['k']}</b>: averaging usually ranks films a little better, so the out-of-fold numbers are a "
+            "slightly pessimistic estimate of the shipped ensemble.</p>"
+            "<table><tr><th>fold</th><th>films</th><th>patients</th><th>AUROC</th><th>recall</th><th>specificity</th></tr>"
+            f"{rows}<tr><td>mean ± sd</td><td></td><td></td>{spread}</tr></table>"
+            f"<p>Cross-validated estimate over all out-of-fold films (95 % interval by patient bootstrap): AUROC "
+            f"{value_text(oof['auroc'])} [{interval_text(oof['auroc_ci95'])}], recall {value_text(oof['recall'])} "
+            f"[{interval_text(oof['recall_ci95'])}], specificity {value_text(oof['specificity'])} "
+            f"[{interval_text(oof['specificity_ci95'])}].</p>{single_text}")
 
 
 def _subgroups(metrics: dict) -> str:

@@ -15,7 +15,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_
 from cxr.calibration import ECE_BINS, reliability_curve  # noqa: E402
 from cxr.metrics import rates  # noqa: E402
 
-SPLIT_COLORS = {"val": "tab:blue", "test": "tab:red"}
+SPLIT_COLORS = {"val": "tab:blue", "oof": "tab:green", "fit": "tab:blue", "test": "tab:red"}
 
 
 def roc_pr(predictions: pd.DataFrame, threshold: float):
@@ -63,7 +63,7 @@ def threshold_sweep(predictions: pd.DataFrame, threshold: float):
 
 
 def reliability(predictions: pd.DataFrame):
-    splits = sorted(predictions["split"].unique(), key=["val", "test"].index)
+    splits = sorted(predictions["split"].unique(), key=["val", "oof", "test"].index)
     fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4.4), squeeze=False)
     for ax, split in zip(axes[0], splits):
         rows = predictions[predictions["split"] == split]
@@ -77,16 +77,17 @@ def reliability(predictions: pd.DataFrame):
 
 
 def members(metrics: dict):
-    names = [f"seed {m['seed']}" for m in metrics["members"]] + ["ensemble"]
+    fit = metrics.get("fit_split", "val")
+    names = [f"seed {m['seed']}" if m.get("fold") is None else f"fold {m['fold']}" for m in metrics["members"]] + ["ensemble"]
     entries = metrics["members"] + [metrics["ensemble"]]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     x = np.arange(len(names))
-    for offset, split in ((-0.2, "val"), (0.2, "test")):
+    for offset, split, label in ((-0.2, "fit", fit), (0.2, "test", "test")):
         values = [(e[split] or {}).get("auroc", np.nan) for e in entries]
-        ax.bar(x + offset, values, width=0.4, color=SPLIT_COLORS[split], label=split)
+        ax.bar(x + offset, values, width=0.4, color=SPLIT_COLORS[label], label=label)
     ax.set_xticks(x, names)
     ax.set(ylabel="AUROC", title="members vs ensemble")
-    ax.set_ylim(max(0.0, np.nanmin([(e[s] or {}).get("auroc", 1) for e in entries for s in ("val", "test")]) - 0.05), 1.0)
+    ax.set_ylim(max(0.0, np.nanmin([(e[s] or {}).get("auroc", 1) for e in entries for s in ("fit", "test")]) - 0.05), 1.0)
     ax.legend(fontsize=8)
     return fig
 

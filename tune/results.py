@@ -29,6 +29,7 @@ class ExperimentPaths:
     metrics = property(lambda self: self.root / "final" / "metrics.json")
     predictions = property(lambda self: self.root / "final" / "predictions.parquet")
     history = property(lambda self: self.root / "final" / "history.parquet")
+    folds = property(lambda self: self.root / "final" / "folds.parquet")  # --final folds: every film's fold and roles
     model = property(lambda self: self.root / "final" / "model.json")
     model_card = property(lambda self: self.root / "final" / "model_card.md")
     members = property(lambda self: self.root / "final-members")  # members trained so far, until final/ is written

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(a == "--scheduler" or a.startswith("--scheduler=") for a in argv):
         print("note: --scheduler is deprecated: use --trial-scheduler (asha|fifo); the LR schedule is the config key "
               "'scheduler'", file=sys.stderr)
+    if any(a == "--final-seeds" or a.startswith("--final-seeds=") for a in argv):
+        print("note: --final-seeds is deprecated: use --final-members (K, for --final seeds and --final folds)",
+              file=sys.stderr)
     try:
         from tune.settings import resolve
 

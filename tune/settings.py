@@ -18,7 +18,7 @@ from cxr.errors import InputError
 METRICS = tuple(m for m in MONITORS if m != "val_loss")
 TRIAL_SCHEDULERS = ("asha", "fifo")
 # run.json keys of earlier versions -> today's field names (--resume reads the saved settings)
-RENAMED_KEYS = {"scheduler": "trial_scheduler"}
+RENAMED_KEYS = {"scheduler": "trial_scheduler", "final_seeds": "final_members"}
 
 
 def _flag(default, help: str, **argparse: object):
@@ -63,8 +63,11 @@ class RunSettings:
     address: str | None = _flag(None, "join an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one")
     storage_path: str | None = _flag(None, "where Ray Tune keeps trials and checkpoints (local path, NFS, s3://, gs://); "
                                      "default: the experiment folder")
-    final_seeds: int = _flag(3, "ensemble members of the best config trained with new seeds (in parallel) for the final model",
-                             metavar="K")
+    final: str = _flag("seeds", "final model: seeds = K members of the best config with new seeds on train, operating "
+                       "point fitted on val; folds = one member per patient fold of train + val, operating point fitted "
+                       "on their out-of-fold predictions", choices=["seeds", "folds"])
+    final_members: int = _flag(3, "ensemble members K of the final model, trained in parallel (folds: K folds)",
+                               aliases=["--final-seeds"], metavar="K")
     final_epochs: int | None = _flag(None, "epochs of each final member (default: the best config's)", metavar="N",
                                      config_key="epochs")
     recall_confidence: float | None = _flag(None, "choose the highest threshold whose one-sided C lower bound of val recall "
@@ -96,7 +99,8 @@ def resolve(settings: RunSettings, resume: bool, extend: int) -> RunSettings:
             raise InputError(f"experiment '{settings.name}' is already complete ({paths.metrics}): add trials with --extend N or start a new --name")
         if extend and not paths.metrics.exists():
             raise InputError(f"experiment '{settings.name}' is not finished: complete it with --resume before --extend")
-        saved = RunSettings(**{RENAMED_KEYS.get(k, k): v for k, v in read_json(paths.run).items()})
+        saved = {"final": "seeds"} | read_json(paths.run)  # versions before --final knew only seed members
+        saved = RunSettings(**{RENAMED_KEYS.get(k, k): v for k, v in saved.items()})
         # the folder is where it is now (copied or moved since), the rest is what the run was asked for
         return dataclasses.replace(saved, results_dir=settings.results_dir, name=settings.name)
     name = settings.name or f"{Path(settings.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -115,7 +119,7 @@ _RULES = {  # flags that no TrainConfig key judges: (ok, fix)
     "gpus_per_trial": (lambda v: v >= 0, "use 0 or more"),
     "max_concurrent": (lambda v: v >= 0, "use 0 (no limit) or more"),
     "val_fraction": (lambda v: 0 < v < 0.5, "use a fraction in (0, 0.5)"),
-    "final_seeds": (lambda v: v >= 1, "use 1 or more ensemble members"),
+    "final_members": (lambda v: v >= 1, "use 1 or more ensemble members"),
     "recall_confidence": (lambda v: 0.5 <= v < 1, "use a confidence in [0.5, 1), e.g. 0.95"),
     "max_pixels": (lambda v: v >= 1, "use a positive pixel count"),
 }

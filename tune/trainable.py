@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 
+import numpy as np
 import ray
 from ray import train as ray_train
 from ray import tune as ray_tune
@@ -86,10 +87,16 @@ def backbone_state(config: TrainConfig, weight_refs: dict[str, ray.ObjectRef]) -
 
 
 @ray.remote(max_retries=0)
-def member_task(config: TrainConfig, data: CxrData, weight_refs: dict[str, ray.ObjectRef]) -> Member:
-    """One final-stage member: the best config with its own seed, trained in this task's process."""
+def member_task(config: TrainConfig, data: CxrData, weight_refs: dict[str, ray.ObjectRef], fold: int | None = None,
+                roles: np.ndarray | None = None) -> Member:
+    """One final-stage member: the best config with its own seed, trained in this task's process; a fold member
+    sees data with the split column cxr.splits.fold_roles gave it (val is then its inner hold-out)."""
+    name = f"member seed {config.seed}" + ("" if fold is None else f" (fold {fold})")
+
     def log(epoch: int, metrics: dict, _save) -> None:
-        print(f"member seed {config.seed} epoch {epoch}/{config.epochs}: val_loss {metrics['val_loss']:.4f} "
+        print(f"{name} epoch {epoch}/{config.epochs}: val_loss {metrics['val_loss']:.4f} "
               f"val_auroc {metrics['val_auroc']:.4f} val_spec_at_recall {metrics['val_spec_at_recall']:.4f}", flush=True)
 
-    return train_member(config, data, backbone_state=backbone_state(config, weight_refs), on_epoch_end=log)
+    if roles is not None:
+        data = CxrData(data.images, data.manifest.assign(split=roles))
+    return train_member(config, data, backbone_state=backbone_state(config, weight_refs), on_epoch_end=log, fold=fold)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
+from scipy.stats import beta, binomtest
 
 from cxr.metrics import COUNTS, RANKING, RATES, counts, ranking, rates
 
@@ -102,3 +102,14 @@ def interval_text(bounds) -> str:
     if not bounds or any(b is None or (isinstance(b, float) and math.isnan(b)) for b in bounds):
         return "n/a"
     return f"{bounds[0]:.3f}-{bounds[1]:.3f}"
+
+
+def exact_lower_bound(hits: int, total: int, confidence: float = 0.95) -> float:
+    """One-sided exact (Clopper-Pearson) lower confidence bound of a proportion hits / total."""
+    return float(beta.ppf(1 - confidence, hits, total - hits + 1)) if hits else 0.0
+
+
+def fewest_positives(target: float, confidence: float = 0.95) -> int:
+    """The fewest positive films that, with none missed, put the exact one-sided lower bound of recall at target or
+    above: (1 - confidence) ** (1 / n) >= target (149 at 0.98 and 95 %)."""
+    return math.ceil(math.log(1 - confidence) / math.log(target))

@@ -31,6 +31,18 @@ def patient_key(path: str | Path) -> str:
     return stem
 
 
+def scan_labelled(root: str | Path) -> pd.DataFrame:
+    """Every film of a labelled folder, whatever split it sits in: <root>/{NORMAL,PNEUMONIA}/ (films anywhere
+    below), or the Kaggle layout <root>/{train,val,test}/{NORMAL,PNEUMONIA}/. Columns path, label, patient."""
+    root = Path(root)
+    classes = {p.name.lower(): p for p in root.iterdir() if p.is_dir() and p.name.lower() in CLASSES} if root.is_dir() else {}
+    if len(classes) < len(CLASSES):
+        return scan(root)[["path", "label", "patient"]]
+    rows = [(str(p.resolve()), CLASSES[name], patient_key(p)) for name, folder in sorted(classes.items())
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in FILM_SUFFIXES]
+    return pd.DataFrame(rows, columns=["path", "label", "patient"])
+
+
 def scan(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
     """Manifest of a Kaggle-layout folder: path, label (1 = PNEUMONIA), patient, split, source_split.
 

@@ -19,8 +19,9 @@ def is_manifest(path: str | Path) -> bool:
     return Path(path).suffix.lower() in MANIFEST_SUFFIXES and Path(path).is_file()
 
 
-def read_manifest(path: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
-    """path (absolute or relative to the manifest), label (0/1 or NORMAL/PNEUMONIA), patient?, split?."""
+def read_labelled(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(path resolved, label 0/1, patient; the raw table): every row checked (filled, existing file, known label,
+    listed once). Without a patient column each film is its own patient (noted in attrs["notes"])."""
     path = Path(path)
     raw = _read_table(path)
     for column in ("path", "label"):
@@ -28,15 +29,23 @@ def read_manifest(path: str | Path, *, val_fraction: float = 0.2, seed: int = 0)
             raise InputError(f"manifest {path} has no '{column}' column (columns: {list(raw.columns)}): add it "
                              "(path, label; optional patient, split)")
     _check_filled(path, raw)
-    notes = []
     frame = pd.DataFrame({"path": [_resolve(path, p, i) for i, p in enumerate(raw["path"])],
                           "label": [_label(path, v, i) for i, v in enumerate(raw["label"])]})
     _check_unique(path, frame["path"], raw["split"].str.strip().str.lower() if "split" in raw else None)
+    frame.attrs["notes"] = []
     if "patient" in raw:
         frame["patient"] = raw["patient"].str.strip().to_numpy()
     else:
         frame["patient"] = frame["path"]
-        notes.append(f"manifest {path.name} has no patient column: each image is treated as its own patient")
+        frame.attrs["notes"].append(f"manifest {path.name} has no patient column: each image is treated as its own patient")
+    return frame, raw
+
+
+def read_manifest(path: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -> pd.DataFrame:
+    """path (absolute or relative to the manifest), label (0/1 or NORMAL/PNEUMONIA), patient?, split?."""
+    path = Path(path)
+    frame, raw = read_labelled(path)
+    notes = frame.attrs["notes"]
     if "split" in raw:
         frame["split"] = [_split(path, v, i) for i, v in enumerate(raw["split"])]
         frame["source_split"] = frame["split"]

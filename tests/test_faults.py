@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 
@@ -104,10 +105,11 @@ def _kill(driver: subprocess.Popen) -> None:
 
 def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeating_work(tmp_path, run_cli):
     """Kill, resume, kill, resume: finished trials never run again, the search does not run again once it has
-    finished, and a final member trained before the kill is kept as it was (not retrained)."""
+    finished, and a fold member trained before the kill is kept as it was (not retrained). Then the fold ensemble
+    itself: every out-of-fold prediction comes from the member that never saw that film (final/folds.parquet)."""
     # one trial or member at a time (2 CPUs each on a 2-CPU machine), so each kill lands between two of them
-    args = ["--space", "smoke", *TINY, "--num-samples", "2", "--cpus-per-trial", "2", "--final-members", "2",
-            "--final-epochs", "2", "--results-dir", str(tmp_path), "--name", "k"]
+    args = ["--space", "smoke", *TINY, "--num-samples", "2", "--cpus-per-trial", "2", "--final", "folds",
+            "--final-members", "2", "--final-epochs", "2", "--results-dir", str(tmp_path), "--name", "k"]
     tune_dir, members = tmp_path / "k" / "tune", tmp_path / "k" / "final-members"
     driver = _start(args)
     _wait(lambda: len(_finished_trials(tune_dir, 2)) >= 1, 300, driver)  # the first done, the second running
@@ -134,3 +136,20 @@ def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeati
         i = final_seeds.index(int(name.removeprefix("seed-")))
         shipped = load_file(str(tmp_path / "k" / "final" / f"member-{i}.safetensors"))
         assert shipped.keys() == weights.keys() and all(torch.equal(shipped[k], v) for k, v in weights.items()), name
+    _assert_out_of_fold(tmp_path / "k", results)
+
+
+def _assert_out_of_fold(experiment: Path, results) -> None:
+    folds, predictions = pd.read_parquet(experiment / "final" / "folds.parquet"), results.predictions
+    members = results.test["members"]
+    assert len({m["seed"] for m in members}) == len(members) == 2 and [m["fold"] for m in members] == [0, 1]
+    pool = folds[folds["split"].isin(["train", "val"])]
+    assert set(pool["fold"]) == {0, 1} and (folds[folds["split"] == "test"]["fold"] == -1).all()
+    assert pool.groupby("patient")["fold"].nunique().max() == 1  # patient-disjoint
+    oof = predictions[predictions["split"] == "oof"].merge(folds, on="path", suffixes=("", "_saved"))
+    assert len(oof) == len(pool) and oof["path"].is_unique and (oof["fold"] == oof["fold_saved"]).all()  # each once
+    for k in range(2):
+        scored = oof[oof[f"prob_member_{k}"].notna()]
+        assert (scored[f"member_{k}"] == "oof").all() and (scored["fold"] == k).all()  # never trained on them
+        assert set(oof.loc[oof[f"member_{k}"] != "oof", f"member_{k}"]) <= {"train", "val"}
+    assert "Cross-validation" in (experiment / "report" / "report.html").read_text()

@@ -200,6 +200,7 @@ def test_help_and_bad_flags_import_no_heavy_library():
     (["--max-epochs", "0"], ["--max-epochs", "0"]),
     (["--num-samples", "0"], ["--num-samples"]),
     (["--final-seeds", "0"], ["--final-members"]),  # the old name still works, and the error names the new one
+    (["--final", "folds", "--final-members", "1"], ["--final folds", "2 or more"]),
     (["--recall-confidence", "1.5"], ["--recall-confidence"]),
     (["--target-recall", "0"], ["--target-recall"]),
     (["--cpus-per-trial", "0"], ["--cpus-per-trial"]),

@@ -156,7 +156,7 @@ def _settings(experiment: RunSettings, max_epochs: int, paths: ExperimentPaths) 
         metric=experiment.metric, num_samples=experiment.num_samples, max_epochs=max_epochs,
         trial_scheduler=experiment.trial_scheduler, cpus_per_trial=experiment.cpus_per_trial,
         gpus_per_trial=experiment.gpus_per_trial, workers_per_trial=experiment.workers_per_trial, max_concurrent=experiment.max_concurrent, seed=experiment.seed,
-        storage_path=storage, journal_path=str(paths.journal), study_name=experiment.name,
+        storage_path=storage, journal_path=str(paths.journal), study_name=paths.study_name,
         local_cluster=requested_address(experiment.address) is None,
     )
 

@@ -55,11 +55,10 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     print(f"\nfinal stage: {what} of trial {best['trial_id']}'s config, {config.epochs} epochs, seeds "
           f"{seeds}" + (f" ({len(seeds) - len(pending)} already trained)" if len(pending) < len(seeds) else ""), flush=True)
     task = member_task.options(num_cpus=search.cpus_per_trial, num_gpus=search.gpus_per_trial)
-    running = {}
-    for s in pending:
-        fold = fold_of[s]
-        roles = None if fold is None else fold_roles(data.manifest, folds, fold, final.inner_fraction, final.seed)
-        running[task.remote(config.replace(seed=s), data_ref, weight_refs, fold, roles)] = s
+    roles = {} if folds is None else {k: fold_roles(data.manifest, folds, k, final.inner_fraction, final.seed)
+                                      for k in range(final.members)}  # what each member is sent, and what is saved
+    running = {task.remote(config.replace(seed=s), data_ref, weight_refs, fold_of[s], roles.get(fold_of[s])): s
+               for s in pending}
     while running:
         (done,), _ = ray.wait(list(running), num_returns=1)
         member = ray.get(done)
@@ -74,19 +73,19 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     write_table(paths.predictions, predictions)
     write_table(paths.history, history)
     if folds is not None:
-        write_table(paths.folds, _fold_table(data, folds, seeds, final))
+        write_table(paths.folds, _fold_table(data, folds, roles))
     paths.model_card.write_text(render_model_card(metrics, config, best))
     shutil.rmtree(paths.members)  # the package in final/ holds every member now
     return metrics
 
 
-def _fold_table(data: CxrData, folds: np.ndarray, seeds: list[int], final: FinalSettings) -> pd.DataFrame:
-    """final/folds.parquet: every film's fold and what it was to each member (train, val: the inner hold-out that
-    chose the epoch, oof: scored out of fold, test), so anyone can check that no film was scored by a member that
-    saw it."""
+def _fold_table(data: CxrData, folds: np.ndarray, roles: dict[int, np.ndarray]) -> pd.DataFrame:
+    """final/folds.parquet: every film's fold and the split column each member was sent (train, val: the inner
+    hold-out that chose its epoch, oof: scored out of fold, test), so anyone can check that no film was scored by a
+    member that saw it."""
     table = data.manifest[["path", "patient", "label", "split"]].assign(fold=folds)
-    for k, seed in enumerate(seeds):
-        table[f"member_{k}"] = fold_roles(data.manifest, folds, k, final.inner_fraction, final.seed)
+    for k, sent in roles.items():
+        table[f"member_{k}"] = sent
     return table
 
 

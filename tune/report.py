@@ -205,7 +205,7 @@ def _search(paths, results, run: dict, figure, plots, optuna, pd) -> tuple[dict,
     if paths.journal.is_file():
         from tune.search import open_study_storage
 
-        study = optuna.load_study(study_name=paths.root.name, storage=open_study_storage(paths.journal))
+        study = optuna.load_study(study_name=paths.study_name, storage=open_study_storage(paths.journal))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
             parts.append("<h3>Optimisation history (Optuna)</h3>" + figure("optimisation_history", plots.optimisation_history(study)))

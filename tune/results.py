@@ -35,6 +35,11 @@ class ExperimentPaths:
     members = property(lambda self: self.root / "final-members")  # members trained so far, until final/ is written
     report = property(lambda self: self.root / "report")
 
+    @property
+    def study_name(self) -> str:
+        """The Optuna study keeps the name the experiment was created with, also in a renamed or copied folder."""
+        return read_json(self.run)["name"] if self.run.is_file() else self.root.name
+
 
 @dataclass
 class Results:

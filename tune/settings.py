@@ -141,6 +141,9 @@ def check_flags(settings: RunSettings) -> None:
             _check_writable_folder(flag, Path(folder))
     if settings.weights_dir is not None and not Path(settings.weights_dir).is_dir():
         raise InputError(f"--weights-dir {settings.weights_dir} does not exist or is not a folder: pass an existing folder")
+    if settings.final == "folds" and settings.final_members < 2:
+        raise InputError(f"--final folds with --final-members {settings.final_members}: folds need 2 or more members "
+                         "(one per fold); use --final-members 3 or --final seeds")
     _check_data_dir(settings.data_dir)
 
 

@@ -90,3 +90,28 @@ def test_the_journal_holds_each_trials_best_epoch_and_its_state(tmp_path):
     states = [(t.state.name, t.value, t.intermediate_values) for t in study.trials]
     assert states == [("COMPLETE", 0.7, {1: 0.7, 2: 0.5}), ("PRUNED", 0.6, {1: 0.4, 2: 0.6}),
                       ("COMPLETE", 0.3, {1: 0.3, 2: 0.2}), ("FAIL", None, {1: 0.1})]
+
+
+def test_a_restored_searcher_continues_its_trials_in_the_journal_and_its_snapshot_stays_small(tmp_path):
+    space = load_space("smoke")
+    checked = validate(space)
+    searcher = search.make_searcher(_settings(tmp_path), space, checked)
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+        searcher.on_trial_result(f"t{i}", {"val_spec_at_recall": 0.1 * i, "training_iteration": 1})
+    searcher.on_trial_complete("t0", {"val_spec_at_recall": 0.0, "epoch": 2, "config/epochs": 2})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    snapshot = (tmp_path / "searcher.pkl").stat().st_size
+    restored = search.make_searcher(_settings(tmp_path), space, checked)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_result("t2", {"val_spec_at_recall": 0.9, "training_iteration": 2})
+    restored.on_trial_complete("t2", {"val_spec_at_recall": 0.9, "epoch": 2, "config/epochs": 2})
+    restored.suggest("t3")
+    study = optuna.load_study(study_name="x", storage=search.open_study_storage(tmp_path / "optuna.journal"))
+    assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 0.0), ("RUNNING", None), ("COMPLETE", 0.9),
+                                                                ("RUNNING", None)]
+    assert study.trials[2].intermediate_values == {1: 0.2, 2: 0.9}
+    for i in range(4, 40):  # the snapshot holds trial numbers, not Optuna trials: it barely grows
+        restored.suggest(f"t{i}")
+    restored.save(str(tmp_path / "later.pkl"))
+    assert (tmp_path / "later.pkl").stat().st_size < snapshot + 40 * 60

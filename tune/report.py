@@ -19,7 +19,8 @@ REPORT_LEADERBOARD_ROWS = 15
 
 
 def write_report(folder: str | Path) -> Path:
-    """Render the report of a finished experiment; returns report.html's path."""
+    """Render the report of an experiment; returns report.html's path. Before its final stage has finished (or
+    without one) the report holds the data audit and the search alone, and says so first."""
     import matplotlib.pyplot as plt
     import optuna
     import pandas as pd
@@ -31,11 +32,10 @@ def write_report(folder: str | Path) -> Path:
     paths = ExperimentPaths(Path(folder))
     if not paths.run.is_file():
         raise InputError(f"{folder} is not an experiment folder (no run.json): pass results/<name>")
-    if not paths.model.is_file() or not paths.metrics.is_file():
-        raise InputError(f"{folder} has no finished final stage (final/model.json): finish it with "
-                         "`python -m tune.run --name <name> --resume`, or re-run it with this version")
+    if not paths.trials.is_file():
+        raise InputError(f"{folder} has no trials table yet (trials.parquet): the search has not finished once")
     results, run = load(paths.root), read_json(paths.run)
-    metrics, predictions = results.test, results.predictions
+    finished = paths.model.is_file() and results.test is not None
     out = paths.report
     out.mkdir(exist_ok=True)
     figures, sections = {}, []
@@ -47,6 +47,27 @@ def write_report(folder: str | Path) -> Path:
         figures[name] = base64.b64encode((out / f"{name}.png").read_bytes()).decode()
         return f'<img alt="{name}" src="data:image/png;base64,{figures[name]}">'
 
+    metrics = results.test if finished else None
+    if finished:
+        sections += _final_sections(metrics, results.predictions, figure, plots)
+        notes = metrics["warnings"]
+    else:
+        notes = ["No final model yet (final/model.json): this report shows the data and the search only. Finish "
+                 "the experiment with `python -m tune.run --name <name> --resume`."]
+    audit = _audit(paths, results.splits)
+    sections.append(("Data audit", _audit_html(audit)))
+    search, search_html = _search(paths, results, run, figure, plots, optuna, pd)
+    sections.append(("The search", search_html))
+    page = _page(paths.root.name, notes, sections)
+    (out / "report.html").write_text(page)
+    write_json(out / "report.json", {"experiment": paths.root.name, "run": run, "best": results.best,
+                                     "metrics": metrics, "audit": audit, "search": search,
+                                     "figures": sorted(f"{n}.png" for n in figures)})
+    return out / "report.html"
+
+
+def _final_sections(metrics: dict, predictions, figure, plots) -> list[tuple[str, str]]:
+    sections = []
     fit = metrics.get("fit_split", "val")
     scored = "test" if metrics["test"] is not None else fit
     sections.append(("Headline", _headline(metrics, scored)))
@@ -61,16 +82,7 @@ def write_report(folder: str | Path) -> Path:
     if "folds" in metrics:
         sections.append(("Cross-validation", _folds(metrics)))
     sections.append(("Subgroups", _subgroups(metrics)))
-    audit = _audit(paths, results.splits)
-    sections.append(("Data audit", _audit_html(audit)))
-    search, search_html = _search(paths, results, run, figure, plots, optuna, pd)
-    sections.append(("The search", search_html))
-    page = _page(paths.root.name, metrics, sections)
-    (out / "report.html").write_text(page)
-    write_json(out / "report.json", {"experiment": paths.root.name, "run": run, "best": results.best,
-                                     "metrics": metrics, "audit": audit, "search": search,
-                                     "figures": sorted(f"{n}.png" for n in figures)})
-    return out / "report.html"
+    return sections
 
 
 def _headline(metrics: dict, scored: str) -> str:
@@ -220,8 +232,8 @@ def _search(paths, results, run: dict, figure, plots, optuna, pd) -> tuple[dict,
     return summary, "".join(parts)
 
 
-def _page(name: str, metrics: dict, sections: list[tuple[str, str]]) -> str:
-    warning_box = "".join(f"<li>{html.escape(w)}</li>" for w in metrics["warnings"])
+def _page(name: str, notes: list[str], sections: list[tuple[str, str]]) -> str:
+    warning_box = "".join(f"<li>{html.escape(w)}</li>" for w in notes)
     body = "".join(f'<section id="{title.lower().replace(" ", "-")}"><h2>{title}</h2>{content}</section>' for title, content in sections)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(name)}: pneumonia model report</title>"
             "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}table{border-collapse:collapse;"

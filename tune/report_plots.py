@@ -15,6 +15,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_
 from cxr.calibration import ECE_BINS, reliability_curve  # noqa: E402
 from cxr.metrics import rates  # noqa: E402
 
+LEARNING_CURVES_TOP = 20  # drawn one line each; the other trials as a band, so 1,000 trials stay readable
 SPLIT_COLORS = {"val": "tab:blue", "oof": "tab:green", "fit": "tab:blue", "test": "tab:red"}
 
 
@@ -93,14 +94,23 @@ def members(metrics: dict):
 
 
 def learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, metric: str):
+    """The top trials (by best metric) as lines, ASHA's stops marked; every other trial in a per-epoch band."""
     fig, ax = plt.subplots(figsize=(8, 4.4))
     status = trials.set_index("trial_id")["status"]
-    for trial_id, rows in epochs.groupby("trial_id"):
+    top = list(trials["trial_id"].head(LEARNING_CURVES_TOP))
+    rest = epochs[~epochs["trial_id"].isin(top)]
+    if len(rest):
+        band = rest.groupby("epoch")[metric].quantile([0.1, 0.5, 0.9]).unstack()
+        ax.fill_between(band.index, band[0.1], band[0.9], color="0.8",
+                        label=f"the other {rest['trial_id'].nunique()} trials: 10-90 % per epoch")
+        ax.plot(band.index, band[0.5], color="0.5", lw=1, ls="--", label="their median")
+    for trial_id, rows in epochs[epochs["trial_id"].isin(top)].groupby("trial_id"):
         line, = ax.plot(rows["epoch"], rows[metric], lw=1, alpha=0.8)
         if status.get(trial_id) == "pruned":
             ax.plot(rows["epoch"].iloc[-1], rows[metric].iloc[-1], "x", color=line.get_color(), ms=9, mew=2)
     ax.plot([], [], "kx", label="stopped by the scheduler (ASHA)")
-    ax.set(xlabel="epoch", ylabel=metric, title="learning curves of every trial")
+    shown = "every trial" if not len(rest) else f"the top {len(top)} of {len(trials)} trials by best {metric}"
+    ax.set(xlabel="epoch", ylabel=metric, title=f"learning curves of {shown}")
     ax.legend(fontsize=8)
     return fig
 

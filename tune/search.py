@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +54,13 @@ class SearchSettings:
 
 
 def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data_ref: ray.ObjectRef,
-               weight_refs: dict[str, ray.ObjectRef], resume: bool) -> list[TrialRecord]:
-    """Run (or resume) one Tune experiment; every trial's config, per-epoch metrics and error."""
+               weight_refs: dict[str, ray.ObjectRef], resume: bool, train_fn=train_trial) -> list[TrialRecord]:
+    """Run (or resume) one Tune experiment; every trial's config, per-epoch metrics and error. train_fn(config,
+    context) is what each trial runs (tune.trainable.train_trial; benchmarks/bench_scale.py hands in a stand-in
+    that reports a synthetic learning curve, to measure everything but the training)."""
     context = TrialContext(data_ref, weight_refs, settings.workers_per_trial,
                            settings.cpus_per_trial, settings.gpus_per_trial, settings.storage_path)
-    trainable = _trainable(context, settings)
+    trainable = _trainable(context, settings, train_fn)
     if resume:
         tuner = ray_tune.Tuner.restore(tune_dir(settings), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
@@ -88,11 +91,11 @@ def finished_records(settings: SearchSettings) -> list[TrialRecord]:
     return [_record(result, configs.get(Path(result.path).name)) for result in ray_tune.ResultGrid(analysis)]
 
 
-def _trainable(context: TrialContext, settings: SearchSettings):
+def _trainable(context: TrialContext, settings: SearchSettings, train_fn):
     # with several workers the Train worker group holds the resources; the Tune trial only coordinates
     single = settings.workers_per_trial == 1
     resources = {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial} if single else {"cpu": COORDINATOR_CPU}
-    return ray_tune.with_resources(ray_tune.with_parameters(train_trial, context=context), resources)
+    return ray_tune.with_resources(ray_tune.with_parameters(train_fn, context=context), resources)
 
 
 def open_study_storage(journal_path: str | Path) -> JournalStorage:
@@ -102,7 +105,7 @@ def open_study_storage(journal_path: str | Path) -> JournalStorage:
 # Ray's OptunaSearch keeps these as private attributes and no public API gives them: the Optuna trial asked for each
 # Ray trial, the study, and the Ray trials already told. tests/test_ray_internals.py fails naming them when a release
 # changes them (pyproject.toml pins the releases known to work).
-RAY_SEARCHER_INTERNALS = ("_ot_trials", "_ot_study", "_completed_trials")
+RAY_SEARCHER_INTERNALS = ("_ot_trials", "_ot_study", "_completed_trials", "_storage", "_sampler", "_study_name")
 
 
 class JournalOptunaSearch(OptunaSearch):
@@ -111,10 +114,32 @@ class JournalOptunaSearch(OptunaSearch):
     intermediate value, a trial's value is its best epoch's metric (what the leaderboard ranks), a trial the
     trial scheduler stopped is PRUNED and an errored one FAIL."""
 
-    def __init__(self, *args, study_name: str, storage: JournalStorage, **kwargs):
+    def __init__(self, *args, study_name: str, journal_path: str | Path, **kwargs):
+        storage = open_study_storage(journal_path)
         super().__init__(*args, study_name=study_name, storage=storage, **kwargs)
-        self._journal, self._study_name = storage, study_name
+        self._journal, self._study_name, self._journal_path = storage, study_name, str(journal_path)
         self._best: dict[str, float] = {}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Ray snapshots the searcher with the experiment state after every trial checkpoint (CheckpointConfig
+        num_to_keep=1), i.e. every epoch of every trial. The study lives in the journal, so the snapshot keeps each
+        Ray trial's Optuna trial number instead of pickling the Optuna trials, whose pickle grew with every trial
+        (BENCHMARKS.md, scale)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_ot_study", "_storage", "_journal")}
+        state["_ot_trials"] = {trial_id: trial.number for trial_id, trial in self._ot_trials.items()}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.__dict__.update(state)
+        self._journal = self._storage = open_study_storage(self._journal_path)
+        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler,
+                                           pruner=optuna.pruners.NopPruner())  # Ray's own choice: ASHA prunes
+        study_id = self._journal.get_study_id_from_name(self._study_name)
+        self._ot_trials = {trial_id: optuna.trial.Trial(self._ot_study, self._journal.get_trial_id_from_study_id_trial_number(study_id, number))
+                           for trial_id, number in state["_ot_trials"].items()}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._note(trial_id, result)
@@ -194,7 +219,7 @@ def make_searcher(settings: SearchSettings, space: Space, checked: CheckedSpace,
     baselines = checked.points_to_evaluate if settings.enqueue_baselines else []
     return JournalOptunaSearch(space=space.fn, metric=settings.metric, mode="max", points_to_evaluate=baselines or None,
                                sampler=sampler or make_sampler(settings), study_name=settings.study_name,
-                               storage=open_study_storage(settings.journal_path))
+                               journal_path=settings.journal_path)
 
 
 def make_trial_scheduler(settings: SearchSettings) -> ASHAScheduler | FIFOScheduler:

@@ -1,0 +1,328 @@
+"""Issue 18: the product's driver path at 100 and 1,000 trials, against bare Ray Tune on the same stand-in trainable.
+
+Everything but the training: the product arm runs tune.search.run_search (its Optuna searcher with the journal, ASHA,
+its live reporter, per-epoch checkpoints) on the `full` space, then builds the tables (tune.results.build_tables),
+writes best.json and renders the report's data and search sections (tune.report.write_report: there is no final
+model). Each trial is a stand-in (train_fn=standin_trial) that reports a learning curve drawn from a seeded
+synthetic response surface of the config (a few milliseconds per epoch, a checkpoint per epoch as the real
+trainable writes, no torch). The bare arms run ray.tune.Tuner on the same stand-in with random search and no
+journal, under the same ASHA (and FIFO, for reference), with the same resources and process reuse. Every (arm, size)
+runs in its own subprocess, so its peak RSS is its own; all arms of one invocation run on the same machine, back
+to back.
+
+    python benchmarks/bench_scale.py --sizes 100 1000      # the table in BENCHMARKS.md
+    python benchmarks/bench_scale.py --smoke               # 50 trials, product and bare ASHA (a test runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "benchmarks" / "out" / "scale"
+METRIC = "val_spec_at_recall"
+EPOCHS = 9  # ASHA rungs 1, 3, 9 (reduction factor 3), as the product configures it
+EPOCH_S = 0.003  # the stand-in's "training" per epoch
+CPUS, CPUS_PER_TRIAL = 2, 0.25  # 8 trials at once on a 2-core machine
+ARMS = ("product", "bare-asha", "bare-fifo")
+
+
+def surface(config: dict) -> float:
+    """Seeded synthetic final specificity of a config: best near lr 3e-4, dropout 0.2, most blocks unfrozen."""
+    lr = math.log10(config.get("lr", 1e-3) / 3e-4)
+    dropout = config.get("dropout", 0.2) - 0.2
+    blocks = min(config.get("unfrozen_blocks", 0), 8) / 8
+    backbone = (zlib.crc32(str(config.get("backbone")).encode()) % 7) / 100
+    return max(0.05, 0.95 - 0.25 * lr * lr - 0.6 * dropout * dropout - 0.15 * (1 - blocks) - backbone)
+
+
+def standin_trial(config: dict, context=None) -> None:
+    """A trial without training: per epoch a point of a noisy learning curve towards surface(config), reported with a
+    tiny checkpoint, as tune.trainable reports a real epoch."""
+    import numpy as np
+    from ray import tune as ray_tune
+
+    rng = np.random.default_rng(zlib.crc32(json.dumps(config, sort_keys=True, default=str).encode()))
+    final, best, best_epoch = surface(config), -1.0, 0
+    for epoch in range(1, int(config.get("epochs", EPOCHS)) + 1):
+        time.sleep(EPOCH_S)
+        value = float(np.clip(final * (1 - math.exp(-epoch / 2.5)) + rng.normal(0, 0.02), 0, 1))
+        best, best_epoch = max(best, value), epoch if value > best else best_epoch
+        metrics = {"epoch": epoch, METRIC: value, "val_auroc": 0.5 + value / 2, "val_loss": 1 - value,
+                   "stopped_early": False, "best_epoch": best_epoch}
+        with tempfile.TemporaryDirectory() as folder:
+            Path(folder, "state.json").write_text(json.dumps({"epoch": epoch}))
+            ray_tune.report(metrics, checkpoint=ray_tune.Checkpoint.from_directory(folder))
+
+
+def _random_space(epochs: int) -> dict:
+    """Bare Ray Tune's random search over the keys of search_spaces/full.py that the surface reads."""
+    from ray import tune as ray_tune
+
+    from search_spaces.full import BACKBONES
+
+    return {"backbone": ray_tune.choice(BACKBONES), "lr": ray_tune.loguniform(1e-5, 3e-3),
+            "dropout": ray_tune.uniform(0.0, 0.5), "unfrozen_blocks": ray_tune.randint(0, 9),
+            "batch_size": ray_tune.choice([16, 32, 64]), "augment": ray_tune.uniform(0.0, 1.0), "epochs": epochs}
+
+
+def run_arm(arm: str, trials: int, root: Path) -> dict:
+    """One arm in this process: the measurements as a dict."""
+    import ray
+
+    ray.init(address="local", num_cpus=CPUS, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        return _product(trials, root) if arm == "product" else _bare(arm, trials, root)
+    finally:
+        ray.shutdown()
+
+
+def _product(trials: int, root: Path) -> dict:
+    import pandas as pd
+    import ray
+
+    from cxr.jsonio import write_json
+    from cxr.splits import MANIFEST_COLUMNS
+    from tune import search
+    from tune.report import write_report
+    from tune.results import ExperimentPaths, build_tables, write_table
+    from tune.spaces import load_space, validate
+
+    paths = ExperimentPaths(root / "scale")
+    paths.root.mkdir(parents=True)
+    space = load_space("full").with_overrides({"epochs": EPOCHS, "monitor": METRIC, "seed": 0})
+    checked = validate(space, seed=0)
+    settings = search.SearchSettings(
+        metric=METRIC, num_samples=trials, max_epochs=EPOCHS, trial_scheduler="asha", cpus_per_trial=CPUS_PER_TRIAL,
+        gpus_per_trial=0, workers_per_trial=1, max_concurrent=0, seed=0, storage_path=str(paths.root),
+        journal_path=str(paths.journal), study_name="scale", config_keys=checked.common_keys)
+    suggest_s = _time_suggestions(search.JournalOptunaSearch)
+    started = time.monotonic()
+    records = search.run_search(settings, space, checked, ray.put(None), {}, resume=False, train_fn=standin_trial)
+    wall = time.monotonic() - started
+    started = time.monotonic()
+    trials_table, epochs = build_tables(records, METRIC)
+    write_table(paths.trials, trials_table)
+    write_table(paths.epochs, epochs)
+    tables_s = time.monotonic() - started
+    top = trials_table.iloc[0]
+    write_json(paths.best, {"trial_id": top["trial_id"], "metric": METRIC, "value": float(top[f"best_{METRIC}"])})
+    write_json(paths.run, {"name": "scale", "metric": METRIC, "space": "full (stand-in trainable)"})
+    write_table(paths.splits, pd.DataFrame(columns=MANIFEST_COLUMNS))
+    started = time.monotonic()
+    page = write_report(paths.root)
+    report_s = time.monotonic() - started
+    return {**_common(trials, wall, epochs), "searcher_ms_median": 1000 * statistics.median(suggest_s),
+            "searcher_ms_p95": 1000 * _p95(suggest_s), "journal_mib": paths.journal.stat().st_size / 2**20,
+            "tables_s": tables_s, "report_s": report_s, "report_mib": page.stat().st_size / 2**20,
+            "report": str(page)}
+
+
+def _bare(arm: str, trials: int, root: Path) -> dict:
+    import pandas as pd
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=EPOCHS, grace_period=1, reduction_factor=3)
+                 if arm == "bare-asha" else FIFOScheduler())
+    suggest_s = _time_suggestions(BasicVariantGenerator, "next_trial")
+    trainable = ray_tune.with_resources(ray_tune.with_parameters(standin_trial, context=None), {"cpu": CPUS_PER_TRIAL})
+    tuner = ray_tune.Tuner(trainable, param_space=_random_space(EPOCHS),
+                           tune_config=ray_tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
+                                                           search_alg=BasicVariantGenerator(random_state=0),
+                                                           num_samples=trials, reuse_actors=True),
+                           run_config=ray_tune.RunConfig(name="tune", storage_path=str(root), verbose=0,
+                                                         checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1)))
+    started = time.monotonic()
+    grid = tuner.fit()
+    wall = time.monotonic() - started
+    epochs = pd.concat([r.metrics_dataframe for r in grid if r.metrics_dataframe is not None], ignore_index=True)
+    return {**_common(trials, wall, epochs), "searcher_ms_median": 1000 * statistics.median(suggest_s),
+            "searcher_ms_p95": 1000 * _p95(suggest_s)}
+
+
+def _common(trials: int, wall: float, epochs) -> dict:
+    return {"trials": trials, "wall_s": wall, "trial_starts_per_min": 60 * trials / wall, "epochs_run": len(epochs),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _time_suggestions(cls, method: str = "suggest") -> list[float]:
+    """Wall time of every call of cls.method that hands out a trial (benchmark-side instrumentation)."""
+    durations, original = [], getattr(cls, method)
+
+    def timed(self, *args):
+        started = time.perf_counter()
+        out = original(self, *args)
+        if out is not None:
+            durations.append(time.perf_counter() - started)
+        return out
+
+    setattr(cls, method, timed)
+    return durations
+
+
+def _p95(values: list[float]) -> float:
+    return sorted(values)[min(len(values) - 1, int(0.95 * len(values)))]
+
+
+def startup(concurrency: int, root: Path) -> dict:
+    """The product arm with `concurrency` trials at once (cpus per trial shrunk to fit): how many trials were asked
+    before TPE could steer, i.e. before STARTUP_TRIALS trials had finished (COMPLETE or PRUNED)."""
+    import optuna
+    import ray
+
+    from tune import search
+    from tune.spaces import load_space, validate
+
+    ray.init(address="local", num_cpus=CPUS, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        space = load_space("full").with_overrides({"epochs": EPOCHS, "monitor": METRIC, "seed": 0})
+        checked = validate(space, seed=0)
+        journal = root / "optuna.journal"
+        settings = search.SearchSettings(
+            metric=METRIC, num_samples=concurrency + 40, max_epochs=EPOCHS, trial_scheduler="asha",
+            cpus_per_trial=CPUS / concurrency, gpus_per_trial=0, workers_per_trial=1, max_concurrent=concurrency,
+            seed=0, storage_path=str(root), journal_path=str(journal), study_name="startup", config_keys=checked.common_keys)
+        search.run_search(settings, space, checked, ray.put(None), {}, resume=False, train_fn=standin_trial)
+    finally:
+        ray.shutdown()
+    trials = optuna.load_study(study_name="startup", storage=search.open_study_storage(journal)).trials
+    finished = sorted(t.datetime_complete for t in trials if t.datetime_complete is not None)
+    steers_from = finished[search.STARTUP_TRIALS - 1]
+    random = sum(t.datetime_start < steers_from for t in trials)
+    return {"concurrency": concurrency, "trials": len(trials), "random_before_tpe": random}
+
+
+def snapshot(trials: int, root: Path, repeats: int = 20) -> dict:
+    """The searcher snapshot Ray takes after every trial checkpoint, at `trials` finished trials, without Ray
+    running: the product's (Optuna trial numbers) against Ray's own OptunaSearch.save (the Optuna trials pickled)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune import search
+    from tune.spaces import load_space, validate
+
+    space = load_space("full").with_overrides({"epochs": EPOCHS, "monitor": METRIC, "seed": 0})
+    settings = search.SearchSettings(
+        metric=METRIC, num_samples=trials, max_epochs=EPOCHS, trial_scheduler="asha", cpus_per_trial=1,
+        gpus_per_trial=0, workers_per_trial=1, max_concurrent=0, seed=0, storage_path=str(root),
+        journal_path=str(root / "optuna.journal"), study_name="snapshot")
+    searcher = search.make_searcher(settings, space, validate(space, seed=0),
+                                    sampler=search.optuna.samplers.RandomSampler(seed=0))  # fast to fill
+    for i in range(trials):
+        config = searcher.suggest(f"t{i}")
+        for epoch in (1, 2, 3):
+            searcher.on_trial_result(f"t{i}", {METRIC: surface(config) * epoch / 3, "training_iteration": epoch})
+        searcher.on_trial_complete(f"t{i}", {METRIC: surface(config), "epoch": 3, "config/epochs": 3})
+    out = {"trials": trials}
+    for name, save in (("product", searcher.save), ("ray", lambda path: OptunaSearch.save(searcher, path))):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            save(str(root / f"{name}.pkl"))
+        out[f"{name}_ms"] = 1000 * (time.perf_counter() - started) / repeats
+        out[f"{name}_kib"] = (root / f"{name}.pkl").stat().st_size / 1024
+    return out
+
+
+def measure(arm: str, trials: int, out_dir: Path) -> dict:
+    """The arm in a subprocess of its own (its own peak RSS, its own Ray)."""
+    with tempfile.TemporaryDirectory(dir=out_dir) as root:
+        out = Path(root) / "result.json"
+        log = out_dir / f"{arm}-{trials}.log"
+        with log.open("w") as sink:
+            subprocess.run([sys.executable, __file__, "--arm", arm, "--trials", str(trials), "--root", root],
+                           cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, check=True,
+                           env={**os.environ, "RAY_AIR_NEW_OUTPUT": "0", "PYTHONPATH": str(REPO)})
+        result = json.loads(out.read_text())
+        if "report" in result:  # keep the report (a screenshot of it is the readability check)
+            kept = out_dir / f"report-{trials}"
+            subprocess.run(["rm", "-rf", str(kept)], check=True)
+            Path(result["report"]).parent.rename(kept)
+            result["report"] = str(kept / "report.html")
+        return result
+
+
+def print_table(results: list[dict]) -> None:
+    print("\n| arm | trials | wall s | x bare ASHA | trial starts/min | epochs | searcher ms median / p95 | peak RSS MiB "
+          "| journal MiB | tables s | report s (MiB) |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    bare = {r["trials"]: r["wall_s"] for r in results if r["arm"] == "bare-asha"}
+    for r in results:
+        ratio = f"{r['wall_s'] / bare[r['trials']]:.2f}" if r["trials"] in bare else "n/a"
+        extra = (f"{r['journal_mib']:.1f} | {r['tables_s']:.1f} | {r['report_s']:.1f} ({r['report_mib']:.1f})"
+                 if r["arm"] == "product" else "- | - | -")
+        print(f"| {r['arm']} | {r['trials']} | {r['wall_s']:.0f} | {ratio} | {r['trial_starts_per_min']:.0f} | "
+              f"{r['epochs_run']} | {r['searcher_ms_median']:.1f} / {r['searcher_ms_p95']:.1f} | "
+              f"{r['peak_rss_mib']:.0f} | {extra} |")
+    sizes = sorted({r["trials"] for r in results})
+    if len(sizes) > 1:
+        small, large = sizes[0], sizes[-1]
+        for arm in ARMS:
+            by = {r["trials"]: r for r in results if r["arm"] == arm}
+            if small in by and large in by:
+                growth = (by[large]["peak_rss_mib"] - by[small]["peak_rss_mib"]) / (large - small)
+                print(f"{arm}: wall {by[large]['wall_s'] / by[small]['wall_s']:.1f}x for {large / small:.0f}x the "
+                      f"trials; driver peak RSS +{1024 * growth:.0f} KiB per trial")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--smoke", action="store_true", help="50 trials, product and bare ASHA")
+    p.add_argument("--startup", type=int, nargs="+", metavar="C",
+                   help="instead: how many trials start before TPE steers with C trials at once (e.g. 8 32 64)")
+    p.add_argument("--snapshot", type=int, nargs="+", metavar="N",
+                   help="instead: time the searcher snapshot at N finished trials, product vs Ray's own")
+    p.add_argument("--out", default=str(OUT), help="folder for the logs, results.json and the kept reports")
+    p.add_argument("--arm", choices=(*ARMS, "startup"), help=argparse.SUPPRESS)  # one arm in this process (measure() runs it)
+    p.add_argument("--trials", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.arm == "startup":
+        result = {"arm": "startup", **startup(args.trials, Path(args.root))}
+        Path(args.root, "result.json").write_text(json.dumps(result))
+        return 0
+    if args.arm:
+        result = {"arm": args.arm, **run_arm(args.arm, args.trials, Path(args.root))}
+        Path(args.root, "result.json").write_text(json.dumps(result))
+        return 0
+    out = Path(args.out).resolve()  # Ray wants an absolute storage path
+    out.mkdir(parents=True, exist_ok=True)
+    if args.snapshot:
+        print("\n| finished trials | product snapshot ms (KiB) | Ray's OptunaSearch.save ms (KiB) |\n|---|---|---|")
+        for n in args.snapshot:
+            with tempfile.TemporaryDirectory(dir=out) as root:
+                r = snapshot(n, Path(root))
+            print(f"| {n} | {r['product_ms']:.1f} ({r['product_kib']:.0f}) | {r['ray_ms']:.1f} ({r['ray_kib']:.0f}) |")
+        return 0
+    if args.startup:
+        rows = [measure("startup", c, out) for c in args.startup]
+        print("\n| trials at once | trials | started before TPE could steer |\n|---|---|---|")
+        for r in rows:
+            print(f"| {r['concurrency']} | {r['trials']} | {r['random_before_tpe']} |")
+        (out / "startup.json").write_text(json.dumps(rows, indent=1))
+        return 0
+    sizes, arms = ([50], ["product", "bare-asha"]) if args.smoke else (args.sizes, args.arms)
+    results = []
+    for n in sizes:
+        for arm in arms:
+            results.append(measure(arm, n, out))
+            (out / "results.json").write_text(json.dumps(results, indent=1))  # a stopped run keeps what it measured
+    print_table(results)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

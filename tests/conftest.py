@@ -72,6 +72,18 @@ def run_module():
     return _run_module
 
 
+@pytest.fixture(scope="session")
+def run_benchmark():
+    """python benchmarks/<script> <args> from the repository root; asserts it exited 0 and returns its stdout."""
+    def run(script: str, *args: str, timeout: float = 600) -> str:
+        proc = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=timeout)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    return run
+
+
 @pytest.fixture
 def main_in_process(capsys: pytest.CaptureFixture):
     """tune.run.main in this process (no Python start-up: for answers that come before Ray starts): (exit code,

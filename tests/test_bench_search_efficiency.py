@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.benchmark
-def test_smoke_writes_curves_and_prints_the_ratio_last(tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/bench_search_efficiency.py", "--smoke", "--out", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1].startswith("headline: the product needs")
+def test_smoke_writes_curves_and_prints_the_ratio_last(tmp_path, run_benchmark):
+    stdout = run_benchmark("bench_search_efficiency.py", "--smoke", "--out", str(tmp_path), timeout=300)
+    assert stdout.strip().splitlines()[-1].startswith("headline: the product needs")
     curves = pd.read_csv(tmp_path / "smoke" / "curves.csv")
     assert set(curves["method"]) == {"product", "ray", "optuna"}
     for _, c in curves.groupby(["method", "seed"]):

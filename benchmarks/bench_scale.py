@@ -21,6 +21,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -247,7 +248,7 @@ def measure(arm: str, trials: int, out_dir: Path) -> dict:
         result = json.loads(out.read_text())
         if "report" in result:  # keep the report (a screenshot of it is the readability check)
             kept = out_dir / f"report-{trials}"
-            subprocess.run(["rm", "-rf", str(kept)], check=True)
+            shutil.rmtree(kept, ignore_errors=True)
             Path(result["report"]).parent.rename(kept)
             result["report"] = str(kept / "report.html")
         return result

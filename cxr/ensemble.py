@@ -75,6 +75,10 @@ def fit_columns(members: list[Member], data: CxrData, folds: np.ndarray | None, 
     return rows, columns
 
 
+def _fit_split(folds: np.ndarray | None) -> str:
+    return "val" if folds is None else "oof"
+
+
 def choose_tta(members: list[Member], data: CxrData, folds: np.ndarray | None = None) -> dict:
     """Mirroring is used only if it raises the ensemble's AUROC on the fit set (ties keep the cheaper plain pass)."""
     rows, plain = fit_columns(members, data, folds, tta=False)
@@ -82,8 +86,7 @@ def choose_tta(members: list[Member], data: CxrData, folds: np.ndarray | None = 
     labels = data.labels[rows]
     auroc_plain = compute_metrics(labels, np.nanmean(plain, axis=0))["auroc"]
     auroc_tta = compute_metrics(labels, np.nanmean(mirrored, axis=0))["auroc"]
-    fit_split = "val" if folds is None else "oof"
-    return {"used": bool(auroc_tta > auroc_plain), "rule": f"used if it raises the ensemble's {fit_split} AUROC",
+    return {"used": bool(auroc_tta > auroc_plain), "rule": f"used if it raises the ensemble's {_fit_split(folds)} AUROC",
             "fit_auroc_plain": auroc_plain, "fit_auroc_tta": auroc_tta}
 
 
@@ -91,7 +94,7 @@ def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, folds
              recall_confidence: float | None = None, n_boot: int = N_BOOT,
              seed: int = 0) -> tuple[FinalModel, dict, pd.DataFrame, pd.DataFrame]:
     """(the shippable model, metrics.json, predictions of the fit set and test rows, every member's history)."""
-    fit_split = "val" if folds is None else "oof"
+    fit_split = _fit_split(folds)
     tta = choose_tta(members, data, folds)
     fit_rows, fit_probs = fit_columns(members, data, folds, tta["used"])
     test_rows = data.indices("test")

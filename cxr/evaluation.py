@@ -17,6 +17,11 @@ from cxr.subgroups import class_balance, recall_by_kind
 FIT_SETS = {"val": "val", "oof": "out-of-fold predictions of the pool (train + val)"}  # what chose the operating point
 
 
+def fit_split_of(metrics: dict) -> str:
+    """The split that chose metrics.json's operating point ("val" in metrics of versions before --final folds)."""
+    return metrics.get("fit_split", "val")
+
+
 def evaluate(predictions: pd.DataFrame, *, target_recall: float, recall_confidence: float | None = None,
              n_boot: int = N_BOOT, seed: int = 0, manifest: pd.DataFrame | None = None, fit_split: str = "val") -> dict:
     """predictions: path, patient, split (fit_split or test), label, probability_raw (uncalibrated). Temperature and

@@ -26,7 +26,6 @@ def holdout_by_patient(pool: pd.DataFrame, fraction: float, seed: int) -> pd.Ind
 
 
 POOL = ("train", "val")  # what the final model may learn from; test is never touched
-FOLD_ROLES = ("train", "val", "oof")  # a fold member's view of the pool: train, inner val (best epoch), its own fold
 
 
 def patient_folds(manifest: pd.DataFrame, k: int, seed: int) -> np.ndarray:

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from tune.loopback import is_loopback
 from tune.results import load
 from tune.search import open_study_storage
 
@@ -53,14 +54,10 @@ def test_demo_writes_every_result_file(demo):
 def test_local_run_listens_on_loopback_only_and_keeps_its_token_private(demo):
     names = {name for name, _ in demo.listening}
     assert {"gcs_server", "raylet"} <= names, demo.listening  # the watch saw Ray's own servers
-    exposed = sorted(s for s in demo.listening if not _is_loopback(s[1].rsplit(":", 1)[0].strip("[]")))
+    exposed = sorted(s for s in demo.listening if not is_loopback(s[1].rsplit(":", 1)[0].strip("[]")))
     assert exposed == []
     token = demo.home / ".ray" / "auth_token"
     assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
-
-
-def _is_loopback(host: str) -> bool:
-    return host == "::1" or host.removeprefix("::ffff:").startswith("127.")
 
 
 @pytest.mark.slow

@@ -38,9 +38,9 @@ def connect(address: str | None) -> None:
     else:
         ensure_private_token()
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=True)
-        if not is_loopback(ray.util.get_node_ip_address()):  # Ray was imported before tune.loopback.bind_to_loopback
-            print(f"note: the local Ray cluster listens on {ray.util.get_node_ip_address()}, not only on 127.0.0.1",
-                  file=sys.stderr)
+        node_ip = ray.util.get_node_ip_address()
+        if not is_loopback(node_ip):  # Ray was imported before tune.loopback.bind_to_loopback
+            print(f"note: the local Ray cluster listens on {node_ip}, not only on 127.0.0.1", file=sys.stderr)
 
 
 def check_reachable(address: str | None, timeout_s: float = 10.0) -> None:

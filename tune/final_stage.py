@@ -26,16 +26,13 @@ from tune.search import SearchSettings
 from tune.trainable import member_task
 
 
-FINAL_KINDS = ("seeds", "folds")
-
-
 @dataclass(frozen=True)
 class FinalSettings:
     members: int = 3  # K ensemble members (folds: K folds)
     epochs: int | None = None  # None: the best config's own epochs
     recall_confidence: float | None = None  # None: the point rule
     seed: int = 0
-    kind: str = "seeds"  # one of FINAL_KINDS
+    kind: str = "seeds"  # or "folds" (tune.settings.FINAL_KINDS)
     inner_fraction: float = 0.2  # folds: share of a member's training patients held out to choose its epoch
 
 

@@ -30,7 +30,8 @@ def bind_to_loopback(address: str | None) -> None:
 
 
 def is_loopback(ip: str) -> bool:
-    return ip == "::1" or ip.startswith("127.")
+    """127.x, ::1, or an IPv4-mapped 127.x (how `ss` shows a loopback socket bound on IPv6)."""
+    return ip == "::1" or ip.removeprefix("::ffff:").startswith("127.")
 
 
 def ensure_private_token(home: Path | None = None) -> Path | None:

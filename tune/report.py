@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cxr.calibration import ECE_BINS
 from cxr.errors import InputError
+from cxr.evaluation import fit_split_of
 from cxr.intervals import interval_text, value_text
 from cxr.metrics import RANKING, RATES
 
@@ -68,7 +69,7 @@ def write_report(folder: str | Path) -> Path:
 
 def _final_sections(metrics: dict, predictions, figure, plots) -> list[tuple[str, str]]:
     sections = []
-    fit = metrics.get("fit_split", "val")
+    fit = fit_split_of(metrics)
     scored = "test" if metrics["test"] is not None else fit
     sections.append(("Headline", _headline(metrics, scored)))
     sections.append(("ROC and precision-recall", figure("roc_pr", plots.roc_pr(predictions, metrics["threshold"]))
@@ -89,7 +90,7 @@ def _headline(metrics: dict, scored: str) -> str:
     m = metrics[scored]
     cells = "".join(f"<tr><td>{name}</td><td><b>{value_text(m[name])}</b></td><td>{interval_text(m.get(f'{name}_ci95'))}</td></tr>"
                     for name in (*RATES, *RANKING))
-    fit = metrics.get("fit_split", "val")
+    fit = fit_split_of(metrics)
     note = "" if scored == "test" else f"<p class=warn>No test split: these are {fit} numbers ({fit} also chose the threshold).</p>"
     return (f"<p>Decision threshold <b>{metrics['threshold']:.4f}</b> on the calibrated probability "
             f"(temperature {metrics['temperature']:.3f}): {html.escape(metrics['threshold_rule'])}. "
@@ -119,7 +120,7 @@ def _calibration(metrics: dict) -> str:
 
 
 def _members(metrics: dict) -> str:
-    fit = metrics.get("fit_split", "val")
+    fit = fit_split_of(metrics)
 
     def row(name, entry):
         test, own = entry["test"] or {}, entry.get("fit") or entry["val"]  # "val": metrics.json of earlier versions

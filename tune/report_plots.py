@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve  # noqa: E402
 
 from cxr.calibration import ECE_BINS, reliability_curve  # noqa: E402
+from cxr.evaluation import fit_split_of  # noqa: E402
 from cxr.metrics import rates  # noqa: E402
 
 LEARNING_CURVES_TOP = 20  # drawn one line each; the other trials as a band, so 1,000 trials stay readable
@@ -78,7 +79,7 @@ def reliability(predictions: pd.DataFrame):
 
 
 def members(metrics: dict):
-    fit = metrics.get("fit_split", "val")
+    fit = fit_split_of(metrics)
     names = [f"seed {m['seed']}" if m.get("fold") is None else f"fold {m['fold']}" for m in metrics["members"]] + ["ensemble"]
     entries = metrics["members"] + [metrics["ensemble"]]
     fig, ax = plt.subplots(figsize=(7, 3.6))

@@ -5,8 +5,8 @@ stage is tune/final_stage.py."""
 from __future__ import annotations
 
 import functools
+import json
 import math
-import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,24 +122,23 @@ class JournalOptunaSearch(OptunaSearch):
 
     def save(self, checkpoint_path: str) -> None:
         """Ray snapshots the searcher with the experiment state after every trial checkpoint (CheckpointConfig
-        num_to_keep=1), i.e. every epoch of every trial. The study lives in the journal, so the snapshot keeps each
-        Ray trial's Optuna trial number instead of pickling the Optuna trials, whose pickle grew with every trial
-        (BENCHMARKS.md, scale)."""
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_ot_study", "_storage", "_journal")}
-        state["_ot_trials"] = {trial_id: trial.number for trial_id, trial in self._ot_trials.items()}
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(state, f)
+        num_to_keep=1), i.e. every epoch of every trial. The study lives in the journal, so the snapshot is plain
+        JSON: each Ray trial's Optuna trial number and what this searcher noted, not Ray's pickle of the Optuna
+        trials, which grew with every trial (BENCHMARKS.md, scale) and would be code to load."""
+        state = {"ot_trials": {trial_id: trial.number for trial_id, trial in self._ot_trials.items()},
+                 "completed": sorted(self._completed_trials), "best": self._best}
+        Path(checkpoint_path).write_text(json.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        self.__dict__.update(state)
+        state = json.loads(Path(checkpoint_path).read_text())
         self._journal = self._storage = open_study_storage(self._journal_path)
+        self._sampler.reseed_rng()  # no sampler state in the snapshot: fresh draws, not the first ones again
         self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler,
                                            pruner=optuna.pruners.NopPruner())  # Ray's own choice: ASHA prunes
         study_id = self._journal.get_study_id_from_name(self._study_name)
         self._ot_trials = {trial_id: optuna.trial.Trial(self._ot_study, self._journal.get_trial_id_from_study_id_trial_number(study_id, number))
-                           for trial_id, number in state["_ot_trials"].items()}
+                           for trial_id, number in state["ot_trials"].items()}
+        self._completed_trials, self._best = set(state["completed"]), state["best"]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._note(trial_id, result)

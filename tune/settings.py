@@ -17,6 +17,7 @@ from cxr.errors import InputError
 
 METRICS = tuple(m for m in MONITORS if m != "val_loss")
 TRIAL_SCHEDULERS = ("asha", "fifo")
+FINAL_KINDS = ("seeds", "folds")
 # run.json keys of earlier versions -> today's field names (--resume reads the saved settings)
 RENAMED_KEYS = {"scheduler": "trial_scheduler", "final_seeds": "final_members"}
 
@@ -65,7 +66,7 @@ class RunSettings:
                                      "default: the experiment folder")
     final: str = _flag("seeds", "final model: seeds = K members of the best config with new seeds on train, operating "
                        "point fitted on val; folds = one member per patient fold of train + val, operating point fitted "
-                       "on their out-of-fold predictions", choices=["seeds", "folds"])
+                       "on their out-of-fold predictions", choices=list(FINAL_KINDS))
     final_members: int = _flag(3, "ensemble members K of the final model, trained in parallel (folds: K folds)",
                                aliases=["--final-seeds"], metavar="K")
     final_epochs: int | None = _flag(None, "epochs of each final member (default: the best config's)", metavar="N",

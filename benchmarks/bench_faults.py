@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from loopback_cluster import LoopbackCluster
+
 REPO = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).with_name("ray"))
 
 SPACE = '''
 import timm
@@ -137,31 +138,16 @@ def main() -> None:
 
 
 def _node_run(args) -> dict:
-    home = Path(tempfile.mkdtemp(prefix="bench-faults-home-"))
-    subprocess.run([RAY, "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)}, capture_output=True, check=True)
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(home / ".ray" / "auth_token"))
-    port = "6391"
-    node = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--block", "--include-dashboard=false"]
-    head = subprocess.Popen([RAY, "start", "--head", "--port", port, *node], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(15)
-    # two raylets on one IP: the worker's agent and metrics ports must differ from the head's
-    worker_ports = ["--dashboard-agent-listen-port", "6392", "--metrics-export-port", "6393"]
-    worker = subprocess.Popen([RAY, "start", "--address", f"127.0.0.1:{port}", *node[:-1], *worker_ports], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(15)
+    with LoopbackCluster(Path(tempfile.mkdtemp(prefix="bench-faults-cluster-")), workers=1, head_cpus=1) as cluster:
+        os.environ.update({k: cluster.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")})
 
-    def kill_node(driver, tune_dir: Path) -> int:
-        while driver.poll() is None and sum(len(_epochs(d)) for d in tune_dir.glob("trial_*")) < 2:
-            time.sleep(0.2)
-        os.killpg(worker.pid, signal.SIGKILL)
-        return 1
+        def kill_node(driver, tune_dir: Path) -> int:
+            while driver.poll() is None and sum(len(_epochs(d)) for d in tune_dir.glob("trial_*")) < 2:
+                time.sleep(0.2)
+            cluster.kill_worker(cluster.workers[0])
+            return 1
 
-    try:
-        return run(args.faults, args.trials, args.epochs, f"127.0.0.1:{port}", node_kill=kill_node)
-    finally:
-        for proc in (worker, head):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        return run(args.faults, args.trials, args.epochs, cluster.address, node_kill=kill_node)
 
 
 if __name__ == "__main__":

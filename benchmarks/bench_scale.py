@@ -178,32 +178,40 @@ def _p95(values: list[float]) -> float:
     return sorted(values)[min(len(values) - 1, int(0.95 * len(values)))]
 
 
-def startup(concurrency: int, root: Path) -> dict:
-    """The product arm with `concurrency` trials at once (cpus per trial shrunk to fit): how many trials were asked
-    before TPE could steer, i.e. before STARTUP_TRIALS trials had finished (COMPLETE or PRUNED)."""
+def startup(concurrency: int, root: Path, gated: bool = True) -> dict:
+    """The product arm with `concurrency` trials at once (cpus per trial shrunk to fit), 4x as many trials: how many
+    were asked before TPE could steer, i.e. before STARTUP_TRIALS trials had finished (COMPLETE or PRUNED). Ungated
+    is the searcher without its start-up cap (what Ray's OptunaSearch does), for the before/after."""
     import optuna
     import ray
 
     from tune import search
     from tune.spaces import load_space, validate
 
-    ray.init(address="local", num_cpus=CPUS, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    if not gated:
+        search.startup_cap = lambda num_samples: None  # benchmark-side: the searcher as it was before the cap
+    ray.init(address="local", num_cpus=CPUS, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             object_store_memory=2**30)  # 64 worker processes at once must fit in 24 GiB
     try:
         space = load_space("full").with_overrides({"epochs": EPOCHS, "monitor": METRIC, "seed": 0})
         checked = validate(space, seed=0)
         journal = root / "optuna.journal"
         settings = search.SearchSettings(
-            metric=METRIC, num_samples=concurrency + 40, max_epochs=EPOCHS, trial_scheduler="asha",
+            metric=METRIC, num_samples=4 * concurrency, max_epochs=EPOCHS, trial_scheduler="asha",
             cpus_per_trial=CPUS / concurrency, gpus_per_trial=0, workers_per_trial=1, max_concurrent=concurrency,
             seed=0, storage_path=str(root), journal_path=str(journal), study_name="startup", config_keys=checked.common_keys)
+        started = time.monotonic()
         search.run_search(settings, space, checked, ray.put(None), {}, resume=False, train_fn=standin_trial)
+        wall = time.monotonic() - started
     finally:
         ray.shutdown()
     trials = optuna.load_study(study_name="startup", storage=search.open_study_storage(journal)).trials
-    finished = sorted(t.datetime_complete for t in trials if t.datetime_complete is not None)
+    finished = sorted(t.datetime_complete for t in trials if t.state.name in ("COMPLETE", "PRUNED"))
     steers_from = finished[search.STARTUP_TRIALS - 1]
     random = sum(t.datetime_start < steers_from for t in trials)
-    return {"concurrency": concurrency, "trials": len(trials), "random_before_tpe": random}
+    values = sorted((t.value for t in trials if t.value is not None), reverse=True)
+    return {"concurrency": concurrency, "gated": gated, "trials": len(trials), "random_before_tpe": random,
+            "wall_s": wall, "best": values[0], "top5_mean": statistics.mean(values[:5])}
 
 
 def snapshot(trials: int, root: Path, repeats: int = 20) -> dict:
@@ -286,12 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshot", type=int, nargs="+", metavar="N",
                    help="instead: time the searcher snapshot at N finished trials, product vs Ray's own")
     p.add_argument("--out", default=str(OUT), help="folder for the logs, results.json and the kept reports")
-    p.add_argument("--arm", choices=(*ARMS, "startup"), help=argparse.SUPPRESS)  # one arm in this process (measure() runs it)
+    p.add_argument("--arm", choices=(*ARMS, "startup", "startup-ungated"), help=argparse.SUPPRESS)  # one arm in this process (measure() runs it)
     p.add_argument("--trials", type=int, help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.arm == "startup":
-        result = {"arm": "startup", **startup(args.trials, Path(args.root))}
+    if args.arm in ("startup", "startup-ungated"):
+        result = {"arm": args.arm, **startup(args.trials, Path(args.root), gated=args.arm == "startup")}
         Path(args.root, "result.json").write_text(json.dumps(result))
         return 0
     if args.arm:
@@ -308,13 +316,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {n} | {r['product_ms']:.1f} ({r['product_kib']:.0f}) | {r['ray_ms']:.1f} ({r['ray_kib']:.0f}) |")
         return 0
     if args.startup:
+        from tune import search
+
         rows = []
-        for c in args.startup:  # each needs c worker processes at once (64 ran out of memory in 24 GiB)
-            rows.append(measure("startup", c, out))
-            (out / "startup.json").write_text(json.dumps(rows, indent=1))
-        print("\n| trials at once | trials | started before TPE could steer |\n|---|---|---|")
+        for c in args.startup:  # each needs c worker processes at once
+            for arm in ("startup-ungated", "startup"):
+                rows.append(measure(arm, c, out))
+                (out / "startup.json").write_text(json.dumps(rows, indent=1))
+        print("\n| trials at once | trials | start-up cap | started before TPE could steer | wall s | best | top-5 mean |"
+              "\n|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['concurrency']} | {r['trials']} | {r['random_before_tpe']} |")
+            cap = search.startup_cap(r["trials"]) if r["gated"] else "none"
+            print(f"| {r['concurrency']} | {r['trials']} | {cap} | {r['random_before_tpe']} | {r['wall_s']:.0f} | "
+                  f"{r['best']:.3f} | {r['top5_mean']:.3f} |")
         return 0
     sizes, arms = ([50], ["product", "bare-asha"]) if args.smoke else (args.sizes, args.arms)
     results = []

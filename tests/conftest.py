@@ -186,12 +186,13 @@ class FinishedRun:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory, run_cli) -> FinishedRun:
-    """The README's demo command (smoke space, synthetic data, ASHA, 8 trials, 3 final members), run once for every
-    test that reads its results. A test that changes an experiment copies it first (copy_experiment)."""
+    """The README's demo command (smoke space, synthetic data, ASHA, 8 trials, 3 final members) with --mlflow as its
+    "Track in MLflow" says (the default store: <results>/mlflow.db), run once for every test that reads its results.
+    A test that changes an experiment copies it first (copy_experiment)."""
     results, cache, home = (tmp_path_factory.mktemp(n) for n in ("results", "demo-cache", "demo-home"))
-    args = ("--space", "smoke", "--dataset", "synthetic", "--results-dir", str(results), "--name", "demo",
+    args = ("--space", "smoke", "--dataset", "synthetic", "--mlflow", "--results-dir", str(results), "--name", "demo",
             "--cache-dir", str(cache))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HOME": str(home)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))} | {"HOME": str(home)}
     with subprocess.Popen([sys.executable, "-m", "tune.run", *args], cwd=REPO, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         listening, out = set(), ([], [])

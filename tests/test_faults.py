@@ -108,8 +108,10 @@ def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeati
     finished, and a fold member trained before the kill is kept as it was (not retrained). Then the fold ensemble
     itself: every out-of-fold prediction comes from the member that never saw that film (final/folds.parquet)."""
     # one trial or member at a time (2 CPUs each on a 2-CPU machine), so each kill lands between two of them
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     args = ["--space", "smoke", *TINY, "--num-samples", "2", "--cpus-per-trial", "2", "--final", "folds",
-            "--final-members", "2", "--final-epochs", "2", "--results-dir", str(tmp_path), "--name", "k"]
+            "--final-members", "2", "--final-epochs", "2", "--results-dir", str(tmp_path), "--name", "k",
+            "--mlflow", store, "--register", "cxr-k"]
     tune_dir, members = tmp_path / "k" / "tune", tmp_path / "k" / "final-members"
     driver = _start(args)
     _wait(lambda: len(_finished_trials(tune_dir, 2)) >= 1, 300, driver)  # the first done, the second running
@@ -137,6 +139,22 @@ def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeati
         shipped = load_file(str(tmp_path / "k" / "final" / f"member-{i}.safetensors"))
         assert shipped.keys() == weights.keys() and all(torch.equal(shipped[k], v) for k, v in weights.items()), name
     _assert_out_of_fold(tmp_path / "k", results)
+    _assert_tracked_once(store, results)
+
+
+def _assert_tracked_once(store: str, results) -> None:
+    """Three driver sessions, one parent run, one child run per trial (none written twice), a registered version."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("cxr-tune").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = sorted(r.data.tags["trial_id"] for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert children == sorted(results.trials["trial_id"]), children
+    version = client.get_model_version("cxr-k", "1")
+    assert version.run_id == parents[0].info.run_id and "Decision threshold" in version.description
+    assert "final/model.onnx" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "final")}
 
 
 def _assert_out_of_fold(experiment: Path, results) -> None:

@@ -37,3 +37,19 @@ def test_ray_records_the_last_started_cluster_where_tune_cluster_looks():
         f"Ray {ray.__version__} moved get_ray_address_file: adapt tune.cluster.check_reachable (--address auto)")
     assert Path(ray_utils.get_ray_address_file(None)).name == "ray_current_cluster", (
         f"Ray {ray.__version__} records the started cluster elsewhere: adapt tune.cluster.check_reachable")
+
+
+def test_ray_counts_a_trial_s_failures_where_retries_since_progress_resets_them():
+    from ray.tune.experiment import Trial
+
+    trial = Trial("__stub", stub=True, max_failures=search.TRIAL_RETRIES)
+    reset = search.RetriesSinceProgress()
+    for _ in range(3 * (search.TRIAL_RETRIES + 1)):  # lost again and again, an epoch reported after each restart
+        trial.run_metadata.num_failures += 1  # what Trial.handle_error counts for a lost node's trial
+        assert trial.should_recover(), f"Ray {ray.__version__} counts trial failures elsewhere: adapt RetriesSinceProgress"
+        reset.on_trial_result(iteration=0, trials=[trial], trial=trial, result={})
+    for _ in range(search.TRIAL_RETRIES):  # failures in a row, no epoch between: the budget runs out
+        trial.run_metadata.num_failures += 1
+    assert trial.should_recover()
+    trial.run_metadata.num_failures += 1
+    assert not trial.should_recover()

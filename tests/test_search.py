@@ -115,3 +115,29 @@ def test_a_restored_searcher_continues_its_trials_in_the_journal_and_its_snapsho
         restored.suggest(f"t{i}")
     restored.save(str(tmp_path / "later.pkl"))
     assert (tmp_path / "later.pkl").stat().st_size < snapshot + 40 * 60
+
+
+def test_at_most_a_quarter_of_the_search_starts_before_tpe_can_steer(tmp_path):
+    """Ray asks whenever a slot is free: with 48 free slots and --num-samples 48, 12 random trials start, then the
+    searcher answers None (Ray asks again later) until 10 have finished; trials that all failed never block it."""
+    space = load_space("smoke")
+    searcher = search.make_searcher(_settings(tmp_path, num_samples=48), space, validate(space))
+    assert search.startup_cap(48) == 12 and search.startup_cap(8) == search.STARTUP_TRIALS
+    started = [f"t{i}" for i in range(12)]
+    assert all(searcher.suggest(t) is not None for t in started)
+    assert searcher.suggest("t12") is None and searcher.suggest("t12") is None
+    for i, t in enumerate(started[:10]):
+        searcher.on_trial_result(t, {"val_spec_at_recall": 0.5, "training_iteration": 1})
+        if i < 9:
+            searcher.on_trial_complete(t, {"val_spec_at_recall": 0.5, "epoch": 1, "config/epochs": 2})
+    assert searcher.suggest("t12") is None  # 9 finished: still random
+    searcher.on_trial_complete(started[9], {"val_spec_at_recall": 0.5, "epoch": 1, "config/epochs": 2})
+    assert searcher.suggest("t12") is not None  # the 10th finished (pruned): TPE steers from here on
+    assert all(searcher.suggest(f"u{i}") is not None for i in range(20))
+
+    failing = search.make_searcher(_settings(tmp_path, num_samples=48, journal_path=str(tmp_path / "f.journal")),
+                                   space, validate(space))
+    for t in started:
+        failing.suggest(t)
+        failing.on_trial_complete(t, error=True)
+    assert failing.suggest("t12") is not None  # nothing running: no wait (it would never end)

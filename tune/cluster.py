@@ -81,6 +81,15 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float, workers_per_tr
             )
 
 
+def trial_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many one-process trials (or final members) the cluster holds at once."""
+    total = ray.cluster_resources()
+    slots = int(total.get("CPU", 0) // cpus_per_trial)
+    if gpus_per_trial > 0:
+        slots = min(slots, int(total.get("GPU", 0) // gpus_per_trial))
+    return max(1, slots)
+
+
 def check_storage(storage_path: str) -> None:
     """On several nodes Ray Tune (>= 2.7) needs storage they all share: check that each node sees a marker
     file the driver writes, before any trial starts. URIs (s3://, gs://, ...) are shared by nature."""

@@ -14,19 +14,21 @@ from cxr.intervals import interval_text, value_text
 from cxr.models import pretrained_state
 from cxr.synthetic import make_synthetic
 from cxr.jsonio import read_json, write_json
-from tune import cluster, search
+from tune import budget as budget_module
+from tune import cluster, search, tracking
 from tune.loopback import requested_address
 from tune.final_stage import FinalSettings, run_final_stage
 from tune.report import write_report
 from tune.results import ExperimentPaths, build_tables, leaderboard, write_table
-from tune.settings import RunSettings
+from tune.settings import SPENT_KEY, RunSettings
 from tune.spaces import load_space, validate
 
 CONSOLE_LEADERBOARD_ROWS = 10
 
 
-def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int = 0) -> int:
-    """Run an experiment that tune.settings.resolve returned."""
+def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int = 0, started: float | None = None) -> int:
+    """Run an experiment that tune.settings.resolve returned (started: the command's start on time.monotonic's
+    clock, where --time-budget counts from)."""
     paths = ExperimentPaths(Path(experiment.results_dir) / experiment.name)
     space = load_space(experiment.space)
     if experiment.backbones is not None:
@@ -37,16 +39,28 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
     # address; only then decode the data (minutes on the real split)
     weights = {b: pretrained_state(b, experiment.weights_dir) for b in sorted(checked.pretrained_backbones)}
     cluster.check_reachable(experiment.address)
+    tracker = tracking.connect(experiment.mlflow) if experiment.mlflow else None
     data = _load_data(experiment, checked.image_size)
     cluster.connect(experiment.address)
+    status, budget = "FAILED", None
     try:
         cluster.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial, experiment.workers_per_trial)
-        settings = dataclasses.replace(_settings(experiment, checked.max_epochs, paths), config_keys=checked.common_keys)
+        budget = _budget(experiment, paths, checked.max_epochs, started, fresh=bool(extend))
+        settings = dataclasses.replace(_settings(experiment, checked.max_epochs, paths), config_keys=checked.common_keys,
+                                       budget_key=str(paths.root.resolve()) if budget else None)
         cluster.check_storage(settings.storage_path)
         if not (resume or extend):
             _create(paths, experiment, data)
+        if tracker:
+            tracker = tracking.start_parent(tracker, paths, read_json(paths.run))
         data_ref, weight_refs = cluster.share(data), cluster.share_weights(weights)
-        records = _search(settings, paths, space, checked, data_ref, weight_refs, resume=resume, extend=extend)
+        callbacks = (tracking.TrialRunsCallback(tracker, settings.budget_key),) if tracker else ()
+        search_started = budget.spent() if budget else 0.0
+        records = _search(settings, paths, space, checked, data_ref, weight_refs, resume=resume, extend=extend,
+                          callbacks=callbacks)
+        search_ended = budget.spent() if budget else 0.0
+        if tracker:
+            tracking.log_trials(tracker, records)
         trials, epochs = build_tables(records, experiment.metric)
         write_table(paths.trials, trials)
         write_table(paths.epochs, epochs)
@@ -61,15 +75,69 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
             print(f"\nthe best trial is still {best['trial_id']}: final/ is kept as it is")
         else:
             _final_stage(experiment, best, trials, data, data_ref, weight_refs, settings, paths)
-        print(f"report: {write_report(paths.root)}")
+        if budget:
+            _account(budget, paths, search_ended - search_started, search_ended)
+        report = write_report(paths.root)
+        print(f"report: {report}")
+        if tracker:
+            _track_final(tracker, experiment, paths, report)
         print(f"results: {paths.root} ({_folder_size(paths.root)})")
+        status = "FINISHED"
         return 0
     finally:
         cluster.shutdown()
+        if tracker and tracker.parent_id:
+            tracking.finish(tracker, status)
+        if budget:
+            budget.save()
+            budget_module.activate(str(paths.root.resolve()), None)
+
+
+def _budget(experiment: RunSettings, paths: ExperimentPaths, max_epochs: int, started: float | None,
+            fresh: bool) -> budget_module.Budget | None:
+    """--time-budget: this session's budget (after --resume: what is left of it; --extend: a budget of its own),
+    made the active one for the searcher, the stopper and the tracking callback."""
+    if not experiment.time_budget:
+        return None
+    settings = dict(total_s=budget_module.parse_duration(experiment.time_budget), final_members=experiment.final_members,
+                    final_epochs=experiment.final_epochs or max_epochs,
+                    member_slots=cluster.trial_slots(experiment.cpus_per_trial, experiment.gpus_per_trial),
+                    **({"started": started} if started is not None else {}))
+    budget = budget_module.Budget.resumed(paths.budget, fresh=fresh, **settings)
+    budget_module.activate(str(paths.root.resolve()), budget)
+    return budget
+
+
+def _account(budget: budget_module.Budget, paths: ExperimentPaths, search_s: float, search_ended: float) -> None:
+    """How the budget was spent (added up over --resume sessions), into budget.json and run.json before the report."""
+    spending, rest = budget.spending, budget.spent() - search_ended
+    spending["search_s"] = round(spending.get("search_s", 0.0) + search_s, 1)
+    spending["final_stage_s"] = round(spending.get("final_stage_s", 0.0) + rest, 1)  # members, assembly, tables
+    spending["total_s"] = round(budget.spent(), 1)
+    spending["other_s"] = round(spending["total_s"] - spending["search_s"] - spending["final_stage_s"], 1)
+    spending["budget_s"] = budget.total_s
+    if budget.decision:
+        spending["final_estimate_s"] = budget.decision["final_estimate_s"]
+        spending["final_estimate_error_s"] = round(rest - budget.decision["final_estimate_s"], 1)
+    spending["trials_stopped_by_budget"] = len(budget.stopped)
+    budget.save()
+    write_json(paths.run, read_json(paths.run) | {SPENT_KEY: spending})
+    off = f", estimated {spending['final_estimate_s']:.0f} s" if "final_estimate_s" in spending else ""
+    print(f"time budget: {spending['total_s']:.0f} s of {budget.total_s:.0f} s so far: search {spending['search_s']:.0f} s, "
+          f"final stage {spending['final_stage_s']:.0f} s{off}, start-up {spending['other_s']:.0f} s", flush=True)
+
+
+def _track_final(tracker: tracking.Tracker, experiment: RunSettings, paths: ExperimentPaths, report: Path) -> None:
+    metrics = read_json(paths.metrics)
+    tracking.log_final(tracker, paths, metrics, report)
+    print(f"mlflow: parent run {tracker.parent_id} in {tracker.uri}")
+    if experiment.register:
+        version = tracking.register(tracker, paths, experiment.register, metrics)
+        print(f"mlflow: registered {experiment.register} version {version}")
 
 
 def _search(settings: search.SearchSettings, paths: ExperimentPaths, space, checked, data_ref, weight_refs, *,
-            resume: bool, extend: int) -> list:
+            resume: bool, extend: int, callbacks: tuple = ()) -> list:
     """Run the one unfinished search (a new one, a resumed one or an --extend round) and read the finished ones
     back: records of every trial of the study. searches.json lists the rounds (Tune experiments) in order."""
     rounds = read_json(paths.searches) if paths.searches.exists() else []
@@ -91,12 +159,21 @@ def _search(settings: search.SearchSettings, paths: ExperimentPaths, space, chec
             records += search.finished_records(round_settings)
             continue
         restart = resume and search.can_restore(round_settings)
-        found = search.run_search(round_settings, space, checked, data_ref, weight_refs, resume=restart)
+        found = search.run_search(round_settings, space, checked, data_ref, weight_refs, resume=restart,
+                                  callbacks=callbacks)
         search.drop_finished_checkpoints(round_settings, found)
         records += found
         r["finished"] = True
         write_json(paths.searches, rounds)
-    return records
+    stopped = _stopped_by_budget(paths, settings.budget_key)
+    return [dataclasses.replace(r, stopped_by_budget=r.trial_id in stopped) for r in records]
+
+
+def _stopped_by_budget(paths: ExperimentPaths, key: str | None) -> set[str]:
+    budget = budget_module.active(key)
+    if budget is not None:
+        return budget.stopped
+    return set(read_json(paths.budget).get("stopped", [])) if paths.budget.is_file() else set()
 
 
 def _final_stage(experiment: RunSettings, best: dict, trials: pd.DataFrame, data: CxrData, data_ref, weight_refs,

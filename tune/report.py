@@ -59,6 +59,8 @@ def write_report(folder: str | Path) -> Path:
     sections.append(("Data audit", _audit_html(audit)))
     search, search_html = _search(paths, results, run, figure, plots, optuna, pd)
     sections.append(("The search", search_html))
+    if run.get("time_budget_spent"):
+        sections.append(("Time budget", _budget_html(run["time_budget_spent"], run.get("time_budget"))))
     page = _page(paths.root.name, notes, sections)
     (out / "report.html").write_text(page)
     write_json(out / "report.json", {"experiment": paths.root.name, "run": run, "best": results.best,
@@ -231,6 +233,21 @@ def _search(paths, results, run: dict, figure, plots, optuna, pd) -> tuple[dict,
         parts.append("<p>No optuna.journal in this experiment (written by older versions): no optimisation history.</p>")
     parts.append("<h3>Learning curves</h3>" + figure("learning_curves", plots.learning_curves(results.epochs, trials, metric)))
     return summary, "".join(parts)
+
+
+def _budget_html(spent: dict, asked: str | None) -> str:
+    """How --time-budget was spent (as of writing this report) and how far off the final stage's estimate was."""
+    rows = [("budget", spent["budget_s"]), ("search", spent["search_s"]),
+            ("final stage (members, assembly, tables)", spent["final_stage_s"]),
+            ("start-up (imports, data, cluster)", spent["other_s"]), ("total so far", spent["total_s"])]
+    table = "".join(f"<tr><th>{name}</th><td>{value:.0f} s</td></tr>" for name, value in rows)
+    estimate = ""
+    if "final_estimate_s" in spent:
+        estimate = (f"<p>The search stopped starting trials when the final stage was estimated at "
+                    f"{spent['final_estimate_s']:.0f} s; it took {spent['final_stage_s']:.0f} s (off by "
+                    f"{spent['final_estimate_error_s']:+.0f} s). {spent['trials_stopped_by_budget']} trial(s) were "
+                    "stopped by the budget at an epoch boundary (status budget; their best epoch counts).</p>")
+    return f"<p>--time-budget {html.escape(str(asked))}</p><table>{table}</table>{estimate}"
 
 
 def _page(name: str, notes: list[str], sections: list[tuple[str, str]]) -> str:

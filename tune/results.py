@@ -34,6 +34,8 @@ class ExperimentPaths:
     model_card = property(lambda self: self.root / "final" / "model_card.md")
     members = property(lambda self: self.root / "final-members")  # members trained so far, until final/ is written
     report = property(lambda self: self.root / "report")
+    tracking = property(lambda self: self.root / "mlflow.json")  # --mlflow: the store and the parent run's id
+    budget = property(lambda self: self.root / "budget.json")  # --time-budget: spent so far, stopped trials
 
     @property
     def study_name(self) -> str:
@@ -79,6 +81,7 @@ class TrialRecord:
     config: dict
     epochs: pd.DataFrame  # one row per reported epoch
     error: str | None
+    stopped_by_budget: bool = False  # --time-budget stopped it at an epoch boundary
 
 
 def build_tables(records: list[TrialRecord], metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -87,9 +90,8 @@ def build_tables(records: list[TrialRecord], metric: str) -> tuple[pd.DataFrame,
     for record in records:
         epochs = record.epochs
         frames.append(epochs.assign(trial_id=record.trial_id, trial_index=record.trial_index))
-        stopped_early = bool(len(epochs) and epochs["stopped_early"].iloc[-1])
-        status = trial_status(record.error is not None, len(epochs), planned_epochs(record.config), stopped_early)
-        row = {"trial_id": record.trial_id, "trial_index": record.trial_index, "status": status, "epochs_run": len(epochs),
+        row = {"trial_id": record.trial_id, "trial_index": record.trial_index, "status": record_status(record),
+               "epochs_run": len(epochs),
                "time_s": float(epochs["time_total_s"].iloc[-1]) if len(epochs) else 0.0,
                "node_id": _last(epochs, "node_id"), "node_ip": _last(epochs, "node_ip"), "error": record.error}
         row.update(record.config)
@@ -118,9 +120,18 @@ def planned_epochs(config: dict) -> int:
     return int(config.get("epochs", TrainConfig.epochs))
 
 
+def record_status(record: TrialRecord) -> str:
+    if record.stopped_by_budget and record.error is None:
+        return "budget"
+    epochs = record.epochs
+    stopped_early = bool(len(epochs) and "stopped_early" in epochs and epochs["stopped_early"].iloc[-1])
+    return trial_status(record.error is not None, len(epochs), planned_epochs(record.config), stopped_early)
+
+
 def trial_status(errored: bool, epochs_run: int, planned: int, stopped_early: bool) -> str:
     """error | completed (all planned epochs) | early_stopped (its own patience ran out) | pruned (the trial
-    scheduler, ASHA, stopped it): the one rule for the tables and the Optuna journal."""
+    scheduler, ASHA, stopped it): the one rule for the tables and the Optuna journal (record_status adds budget:
+    stopped by --time-budget)."""
     if errored:
         return "error"
     if epochs_run >= planned:

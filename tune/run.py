@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 import typing
 
 from cxr.errors import InputError
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # --time-budget counts the whole command
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if any(a == "--scheduler" or a.startswith("--scheduler=") for a in argv):
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         bind_to_loopback(settings.address)  # before Ray is first imported
         from tune.experiment import run_experiment
 
-        return run_experiment(settings, resume=args.resume, extend=args.extend)
+        return run_experiment(settings, resume=args.resume, extend=args.extend, started=started)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

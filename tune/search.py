@@ -18,10 +18,13 @@ from optuna.trial import TrialState
 import pandas as pd
 import ray
 from ray import tune as ray_tune
-from ray.tune import CLIReporter
+from ray.tune import Callback, CLIReporter
+from ray.tune.search import Searcher
+from ray.tune.stopper import Stopper
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from tune.budget import active
 from tune.cluster import COORDINATOR_CPU
 from tune.results import TrialRecord, planned_epochs, trial_status
 from tune.spaces import CheckedSpace, Space
@@ -29,7 +32,8 @@ from tune.trainable import TrialContext, train_trial
 
 TUNE_DIR_NAME = "tune"
 STARTUP_TRIALS = 10  # random trials before TPE steers: Optuna's default, kept after measuring (BENCHMARKS.md)
-TRIAL_RETRIES = 2  # a trial whose process dies (node lost, OOM kill) restarts from its last checkpoint this often
+STARTUP_SHARE = 4  # at most a quarter of a search (or STARTUP_TRIALS) starts before TPE can steer (BENCHMARKS.md)
+TRIAL_RETRIES = 2  # failures in a row (no new epoch between) a trial survives, restarting from its last checkpoint
 
 
 @dataclass(frozen=True)
@@ -51,20 +55,29 @@ class SearchSettings:
     enqueue_baselines: bool = True  # the space's BASELINES run first, once per study
     config_keys: frozenset[str] = frozenset()  # keys every trial's config has (the live table shows some of them)
     local_cluster: bool = True  # the run started its own Ray cluster (no --address)
+    budget_key: str | None = None  # --time-budget: the tune.budget.active key of this run's budget
 
 
 def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data_ref: ray.ObjectRef,
-               weight_refs: dict[str, ray.ObjectRef], resume: bool, train_fn=train_trial) -> list[TrialRecord]:
+               weight_refs: dict[str, ray.ObjectRef], resume: bool, train_fn=train_trial,
+               callbacks: tuple[Callback, ...] = ()) -> list[TrialRecord]:
     """Run (or resume) one Tune experiment; every trial's config, per-epoch metrics and error. train_fn(config,
     context) is what each trial runs (tune.trainable.train_trial; benchmarks/bench_scale.py hands in a stand-in
-    that reports a synthetic learning curve, to measure everything but the training)."""
+    that reports a synthetic learning curve, to measure everything but the training). callbacks: driver-side Tune
+    callbacks besides the product's own (tune.tracking's child runs)."""
     context = TrialContext(data_ref, weight_refs, settings.workers_per_trial,
                            settings.cpus_per_trial, settings.gpus_per_trial, settings.storage_path)
     trainable = _trainable(context, settings, train_fn)
+    if settings.first_index == 1 and not resume:
+        size = f"up to {settings.num_samples} trials in the time budget" if settings.budget_key else f"{settings.num_samples} trials"
+        print(f"search: {size}; TPE steers once {STARTUP_TRIALS} have finished, and until then "
+              f"at most {min(startup_cap(settings.num_samples), settings.num_samples)} start (baselines, then random)",
+              flush=True)
     if resume:
         tuner = ray_tune.Tuner.restore(tune_dir(settings), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = ray_tune.Tuner(trainable, tune_config=_tune_config(settings, space, checked), run_config=_run_config(settings))
+        tuner = ray_tune.Tuner(trainable, tune_config=_tune_config(settings, space, checked),
+                               run_config=_run_config(settings, callbacks))
     return [_record(result) for result in tuner.fit()]
 
 
@@ -114,11 +127,32 @@ class JournalOptunaSearch(OptunaSearch):
     intermediate value, a trial's value is its best epoch's metric (what the leaderboard ranks), a trial the
     trial scheduler stopped is PRUNED and an errored one FAIL."""
 
-    def __init__(self, *args, study_name: str, journal_path: str | Path, **kwargs):
+    def __init__(self, *args, study_name: str, journal_path: str | Path, startup_cap: int | None = None,
+                 budget_key: str | None = None, **kwargs):
         storage = open_study_storage(journal_path)
         super().__init__(*args, study_name=study_name, storage=storage, **kwargs)
         self._journal, self._study_name, self._journal_path = storage, study_name, str(journal_path)
         self._best: dict[str, float] = {}
+        self._startup_cap, self._steering = startup_cap, startup_cap is None
+        self._budget_key = budget_key
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """Ray asks whenever a slot is free; on a wide cluster every slot would get a random trial while TPE waits
+        for STARTUP_TRIALS trials to finish (ray issue 52535). Until then at most startup_cap trials are handed out
+        (None: Ray asks again later), unless none is running (failed trials never open the gate)."""
+        if trial_id not in self._ot_trials:
+            if budget_allows_no_trials(self._budget_key):
+                return Searcher.FINISHED
+            if not self._steering and self._waits_for_startup():
+                return None
+        return super().suggest(trial_id)
+
+    def _waits_for_startup(self) -> bool:
+        trials = self._ot_study.get_trials(deepcopy=False)
+        finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        self._steering = finished >= STARTUP_TRIALS  # from then on TPE steers every new trial
+        running = any(t.state == TrialState.RUNNING for t in trials)
+        return not self._steering and running and len(trials) >= self._startup_cap
 
     def save(self, checkpoint_path: str) -> None:
         """Ray snapshots the searcher with the experiment state after every trial checkpoint (CheckpointConfig
@@ -167,8 +201,11 @@ class JournalOptunaSearch(OptunaSearch):
         if result and not error:
             self._note(trial_id, result)
         trial, best = self._ot_trials[trial_id], self._best.get(trial_id)
+        budget = active(self._budget_key)
         if error or best is None:
             self._ot_study.tell(trial, None, state=TrialState.FAIL)
+        elif budget and trial_id in budget.stopped:
+            self._ot_study.tell(trial, best, state=TrialState.COMPLETE)  # stopped by the clock, not judged weak
         elif _status_of_last(result or {}) == "pruned":
             # tell() would set a pruned trial's value to its last intermediate value, not its best
             self._journal.set_trial_state_values(self._journal_id(trial), TrialState.PRUNED, [best])
@@ -218,7 +255,15 @@ def make_searcher(settings: SearchSettings, space: Space, checked: CheckedSpace,
     baselines = checked.points_to_evaluate if settings.enqueue_baselines else []
     return JournalOptunaSearch(space=space.fn, metric=settings.metric, mode="max", points_to_evaluate=baselines or None,
                                sampler=sampler or make_sampler(settings), study_name=settings.study_name,
-                               journal_path=settings.journal_path)
+                               journal_path=settings.journal_path, startup_cap=startup_cap(settings.num_samples),
+                               budget_key=settings.budget_key)
+
+
+def startup_cap(num_samples: int) -> int:
+    """How many trials may start before STARTUP_TRIALS have finished and TPE can steer: a quarter of the search, at
+    least STARTUP_TRIALS. Concurrency beyond it waits (about one epoch under ASHA, which stops most trials at
+    the first rung) instead of filling every free slot with a random trial."""
+    return max(STARTUP_TRIALS, num_samples // STARTUP_SHARE)
 
 
 def make_trial_scheduler(settings: SearchSettings) -> ASHAScheduler | FIFOScheduler:
@@ -234,15 +279,65 @@ def _trial_name(trial, first: int = 1) -> str:
     return f"trial_{index:04d}_{trial.trial_id}"
 
 
-def _run_config(settings: SearchSettings) -> ray_tune.RunConfig:
+def _run_config(settings: SearchSettings, callbacks: tuple[Callback, ...] = ()) -> ray_tune.RunConfig:
     return ray_tune.RunConfig(
         name=settings.tune_dir_name,
         storage_path=settings.storage_path,
         checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
         failure_config=ray_tune.FailureConfig(max_failures=TRIAL_RETRIES),
+        callbacks=[RetriesSinceProgress(), *callbacks],
+        stop=BudgetStopper(settings.budget_key) if settings.budget_key else None,
         progress_reporter=make_reporter(settings.metric, settings.config_keys),
         verbose=1,
     )
+
+
+def budget_allows_no_trials(key: str | None) -> bool:
+    """--time-budget: True once the time left only covers the final stage (printed once, when it is decided)."""
+    budget = active(key)
+    if budget is None:
+        return False
+    decided = budget.decision is not None
+    if budget.starts_no_more_trials() and not decided:
+        print(budget.decision_text(), flush=True)
+        budget.save()
+    return budget.decision is not None
+
+
+class BudgetStopper(Stopper):
+    """--time-budget, at each epoch boundary: measure the epoch, decide whether trials may still start, and stop a
+    trial once one more epoch of it would no longer fit (tune.budget.Budget.stops_trial)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        budget = active(self.key)
+        if budget is None:
+            return False
+        budget.note_epoch(result.get("time_this_iter_s"))
+        budget_allows_no_trials(self.key)
+        planned = planned_epochs(result.get("config") or {})
+        if result.get("stopped_early") or result.get("epoch", 0) >= planned or not budget.stops_trial(trial_id):
+            return False
+        budget.save()
+        return True
+
+    def stop_all(self) -> bool:
+        return False
+
+
+class RetriesSinceProgress(Callback):
+    """The retry budget counts failures since a trial's last reported epoch, not over its life. A lost node costs
+    each of its trials one retry, which it earns back with its next epoch on another node, so node losses spread
+    over a search never use the budget up; a trial that fails TRIAL_RETRIES + 1 times without finishing an epoch
+    between (a bug, a config that runs out of memory, a node lost again and again at once) errors as before.
+    (Ray's FailureConfig counts every failure of a trial's life: run_metadata is guarded by test_ray_internals.)"""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if trial.run_metadata.num_failures:
+            trial.run_metadata.num_failures = 0
+            trial.run_metadata.invalidate_cache()
 
 
 REPORTED_PARAMETERS = ("backbone", "lr", "scheduler", "unfrozen_blocks")
@@ -265,6 +360,8 @@ def tune_dir(settings: SearchSettings) -> str:
 def _record(result, config: dict | None = None) -> TrialRecord:
     epochs = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
     epochs = epochs.drop(columns=[c for c in epochs.columns if c.startswith("config/")])
+    if "epoch" in epochs:  # an epoch trained again after a lost node whose checkpoint Ray had not committed
+        epochs = epochs.drop_duplicates("epoch", keep="last")
     error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:2000]
     _, index, trial_id = Path(result.path).name.split("_", 2)
     return TrialRecord(trial_id, int(index), dict(config or result.config), epochs.reset_index(drop=True), error)

@@ -14,12 +14,15 @@ from pathlib import Path
 
 from cxr.config import MONITORS, invalid_value
 from cxr.errors import InputError
+from tune.budget import MAX_TRIALS, parse_duration
 
 METRICS = tuple(m for m in MONITORS if m != "val_loss")
 TRIAL_SCHEDULERS = ("asha", "fifo")
 FINAL_KINDS = ("seeds", "folds")
 # run.json keys of earlier versions -> today's field names (--resume reads the saved settings)
 RENAMED_KEYS = {"scheduler": "trial_scheduler", "final_seeds": "final_members"}
+SPENT_KEY = "time_budget_spent"  # run.json: how a --time-budget run spent its time (not a setting)
+DEFAULT_TRIALS = 8
 
 
 def _flag(default, help: str, **argparse: object):
@@ -37,7 +40,10 @@ class RunSettings:
                                  "or a CSV/parquet manifest (path, label[, patient, split])", group="data")
     dataset: str | None = _flag(None, "use a generated CXR-like data set (made once in the cache folder)",
                                 choices=["synthetic"], group="data")
-    num_samples: int = _flag(8, "number of trials")
+    num_samples: int | None = _flag(None, "number of trials (default 8; with --time-budget an upper bound, default: as "
+                                    "many as fit, at most 1000)")
+    time_budget: str | None = _flag(None, "the whole command aims to end within this (e.g. 45m, 2h, 90s): trials stop "
+                                    "starting when what is left is what the final stage needs", metavar="DURATION")
     max_epochs: int | None = _flag(None, "epoch budget per trial (ASHA's max_t); default: the space's epochs",
                                    config_key="epochs")
     image_size: int | None = _flag(None, "override the space's image size (e.g. small for a CPU check)", config_key="image_size")
@@ -71,6 +77,11 @@ class RunSettings:
                                aliases=["--final-seeds"], metavar="K")
     final_epochs: int | None = _flag(None, "epochs of each final member (default: the best config's)", metavar="N",
                                      config_key="epochs")
+    mlflow: str | None = _flag(None, "track the experiment in MLflow: a parent run, a child run per trial, the final "
+                               "model (pip install -e \".[mlflow]\"); URI default: $MLFLOW_TRACKING_URI, else "
+                               "sqlite:///<results-dir>/mlflow.db", nargs="?", const="", metavar="URI")
+    register: str | None = _flag(None, "with --mlflow: register the final model as a new version of this MLflow model",
+                                 metavar="NAME")
     recall_confidence: float | None = _flag(None, "choose the highest threshold whose one-sided C lower bound of val recall "
                                             "(patient bootstrap) reaches --target-recall (e.g. 0.95); default: the point "
                                             "estimate", metavar="C")
@@ -101,20 +112,40 @@ def resolve(settings: RunSettings, resume: bool, extend: int) -> RunSettings:
         if extend and not paths.metrics.exists():
             raise InputError(f"experiment '{settings.name}' is not finished: complete it with --resume before --extend")
         saved = {"final": "seeds"} | read_json(paths.run)  # versions before --final knew only seed members
+        saved.pop(SPENT_KEY, None)
         saved = RunSettings(**{RENAMED_KEYS.get(k, k): v for k, v in saved.items()})
-        # the folder is where it is now (copied or moved since), the rest is what the run was asked for
-        return dataclasses.replace(saved, results_dir=settings.results_dir, name=settings.name)
+        # the folder is where it is now (copied or moved since), the rest is what the run was asked for; an --extend
+        # round has a budget of its own (or none)
+        budget = settings.time_budget if extend else saved.time_budget
+        if extend and budget and not (parse_duration(budget) or 0) > 0:
+            raise InputError(f"--time-budget {budget} is out of range: {_RULES['time_budget'][1]}")
+        return dataclasses.replace(saved, results_dir=settings.results_dir, name=settings.name, time_budget=budget)
     name = settings.name or f"{Path(settings.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (Path(settings.results_dir) / name).exists():
         raise InputError(f"experiment '{name}' already exists in {settings.results_dir}: add --resume to continue it or pick another --name")
     if settings.data_dir is None and settings.dataset is None:
         raise InputError("no data: pass --data-dir <Kaggle chest_xray folder> or --dataset synthetic")
     check_flags(settings)
-    return dataclasses.replace(settings, name=name)
+    samples = settings.num_samples or (MAX_TRIALS if settings.time_budget else DEFAULT_TRIALS)
+    return dataclasses.replace(settings, name=name, mlflow=_tracking_uri(settings), num_samples=samples)
+
+
+def _tracking_uri(settings: RunSettings) -> str | None:
+    """--mlflow's URI as run.json keeps it (so --resume writes to the same store whatever the environment says)."""
+    if settings.mlflow is None:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise InputError('--mlflow needs MLflow, which is not installed: pip install -e ".[mlflow]"')
+    if settings.mlflow:
+        return settings.mlflow
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(settings.results_dir).resolve() / 'mlflow.db'}"
 
 
 _RULES = {  # flags that no TrainConfig key judges: (ok, fix)
     "num_samples": (lambda v: v >= 1, "use 1 or more"),
+    "time_budget": (lambda v: (parse_duration(v) or 0) > 0, "use a duration such as 45m, 2h, 1h30m or 90s"),
     "workers_per_trial": (lambda v: v >= 1, "use 1 or more"),
     "cpus_per_trial": (lambda v: v > 0, "use a positive number"),
     "gpus_per_trial": (lambda v: v >= 0, "use 0 or more"),
@@ -142,6 +173,8 @@ def check_flags(settings: RunSettings) -> None:
             _check_writable_folder(flag, Path(folder))
     if settings.weights_dir is not None and not Path(settings.weights_dir).is_dir():
         raise InputError(f"--weights-dir {settings.weights_dir} does not exist or is not a folder: pass an existing folder")
+    if settings.register is not None and settings.mlflow is None:
+        raise InputError(f"--register {settings.register} needs --mlflow: add --mlflow [URI]")
     if settings.final == "folds" and settings.final_members < 2:
         raise InputError(f"--final folds with --final-members {settings.final_members}: folds need 2 or more members "
                          "(one per fold); use --final-members 3 or --final seeds")

@@ -86,7 +86,12 @@ def backbone_state(config: TrainConfig, weight_refs: dict[str, ray.ObjectRef]) -
     return ray.get(weight_refs[config.backbone])
 
 
-@ray.remote(max_retries=0)
+# Ray retries a task whose process or node died, never one that raised (retry_exceptions is off): a final member
+# on a lost node is trained again elsewhere instead of failing the final stage
+LOST_MEMBER_RETRIES = 3
+
+
+@ray.remote(max_retries=LOST_MEMBER_RETRIES)
 def member_task(config: TrainConfig, data: CxrData, weight_refs: dict[str, ray.ObjectRef], fold: int | None = None,
                 roles: np.ndarray | None = None) -> Member:
     """One final-stage member: the best config with its own seed, trained in this task's process; a fold member

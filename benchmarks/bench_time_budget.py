@@ -1,0 +1,74 @@
+"""Issue 17: how close to its --time-budget a whole `python -m tune.run` command ends, and how the budget was spent.
+
+    python benchmarks/bench_time_budget.py --repeats 3                       # the demo: 75 s, --num-samples 50
+    python benchmarks/bench_time_budget.py --real ../shared/data/kermany224 --budget 30m -- --final-members 2 --final-epochs 2
+
+The real run: `--space cpu --backbones tf_efficientnet_lite0 --weights-dir ../shared/weights` on the given folder.
+Arguments after `--` go to tune.run as they are. Prints, per run, the wall time of the command and its ratio to the
+budget, the trials run and their states, and run.json's time_budget_spent (search, final stage, start-up, the final
+stage's estimate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def run_once(args: list[str], work: Path, budget: str) -> dict:
+    import pandas as pd
+
+    from tune.budget import parse_duration
+
+    command = [sys.executable, "-m", "tune.run", *args, "--time-budget", budget, "--results-dir", str(work), "--name", "b"]
+    started = time.monotonic()
+    with open(work / "run.log", "w") as log:
+        code = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall = time.monotonic() - started
+    if code != 0:
+        raise SystemExit(f"tune.run exited {code}: see {work / 'run.log'}")
+    spent = json.loads((work / "b" / "run.json").read_text())["time_budget_spent"]
+    trials = pd.read_parquet(work / "b" / "trials.parquet")
+    return {"budget s": parse_duration(budget), "wall s": round(wall, 1), "x budget": round(wall / parse_duration(budget), 3),
+            "trials": len(trials), "states": ", ".join(f"{k} {v}" for k, v in trials["status"].value_counts().items()),
+            "search s": spent["search_s"], "final stage s": spent["final_stage_s"],
+            "final estimate s": spent.get("final_estimate_s"), "start-up s": spent["other_s"],
+            "final model": (work / "b" / "final" / "model.json").is_file()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--budget", default="75s")
+    p.add_argument("--real", metavar="DATA_DIR", help="the real-data run on this folder instead of the demo")
+    args = p.parse_args(argv)
+    if args.real:
+        base = ["--space", "cpu", "--backbones", "tf_efficientnet_lite0", "--weights-dir", str(REPO.parent / "shared" / "weights"),
+                "--data-dir", args.real]
+    else:
+        base = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "50"]
+    rows = []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="bench-budget-") as work:
+            cache = [] if args.real else ["--cache-dir", str(Path(work) / "cache")]  # real films: the usual cache
+            rows.append(run_once([*base, *extra, *cache], Path(work), args.budget))
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for row in rows:
+        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

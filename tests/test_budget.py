@@ -1,0 +1,63 @@
+"""tune.budget: durations, the final stage's estimate and the cut-off, with a fake clock; budget.json across sessions."""
+
+from __future__ import annotations
+
+import pytest
+
+from tune.budget import FINISH_S, MEMBER_START_S, SCORING_EPOCHS, Budget, parse_duration
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("text, seconds", [("75s", 75), ("45m", 2700), ("2h", 7200), ("1h30m", 5400), ("90", 90),
+                                           ("1.5h", 5400), ("0s", 0)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "45 minutes", "m45", "1x", "-5m"])
+def test_not_durations(text):
+    assert parse_duration(text) is None
+
+
+def test_trials_stop_starting_when_what_is_left_is_what_the_final_stage_needs():
+    clock = FakeClock()
+    budget = Budget(total_s=600, final_members=3, final_epochs=4, member_slots=2, clock=clock)
+    assert budget.final_estimate() is None and not budget.starts_no_more_trials()  # nothing measured: go on
+    for seconds in (10, 10, 10, 12, 30):  # epochs measured so far: the 90th percentile plans the rest
+        budget.note_epoch(seconds)
+    epoch = budget.epoch_estimate()
+    assert 12 < epoch <= 30
+    final = 2 * (MEMBER_START_S + 4 * epoch) + 3 * SCORING_EPOCHS * epoch + FINISH_S  # 3 members, 2 at once: 2 waves
+    assert budget.final_estimate() == pytest.approx(final)
+    clock.now += 600 - final - MEMBER_START_S - epoch - 1  # a new trial's first epoch still fits
+    assert not budget.starts_no_more_trials() and budget.decision is None
+    assert not budget.stops_trial("a")  # in flight: one more epoch fits too
+    clock.now += 2
+    assert budget.starts_no_more_trials() and budget.decision["final_estimate_s"] == pytest.approx(final, abs=0.1)
+    assert "no new trials" in budget.decision_text()
+    assert not budget.stops_trial("a")
+    clock.now += MEMBER_START_S  # now one more epoch of a trial in flight would eat into the final stage
+    assert budget.stops_trial("a") and budget.stopped == {"a"}
+    clock.now -= 10_000
+    assert budget.starts_no_more_trials()  # once decided, it stays decided
+
+
+def test_a_resumed_session_continues_with_what_is_left_and_extend_gets_a_budget_of_its_own(tmp_path):
+    clock = FakeClock()
+    path = tmp_path / "budget.json"
+    first = Budget.resumed(path, total_s=300, final_members=1, final_epochs=1, member_slots=1, clock=clock)
+    clock.now += 120
+    first.stopped.add("t1")
+    first.save()  # the driver is killed after this
+    clock.now += 3600  # the time between the sessions is not spent
+    second = Budget.resumed(path, total_s=300, final_members=1, final_epochs=1, member_slots=1, clock=clock)
+    assert second.left() == pytest.approx(180) and second.stopped == {"t1"}
+    extend = Budget.resumed(path, fresh=True, total_s=60, final_members=1, final_epochs=1, member_slots=1, clock=clock)
+    assert extend.left() == pytest.approx(60) and extend.stopped == {"t1"}

@@ -1,0 +1,148 @@
+"""--time-budget: the arithmetic of a search sized by the time it has (no Ray here; tests drive it with a fake clock).
+
+The whole command aims to end within the budget. The search stops starting trials once the time left is what the
+rest needs: the final stage (K members of E epochs, in waves of the slots free for them, at the epoch time measured
+so far, plus a member's start-up) and the fixed finish (tables, assembly, report). A trial in flight stops at the first
+epoch boundary after which one more epoch would no longer fit; it is "budget"-stopped, its best epoch counts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# calibrated on the demo (BENCHMARKS.md, time budget): the rest of a run beyond its members' epochs
+MEMBER_START_S = 5.0  # a final member's process start and data fetch
+SCORING_EPOCHS = 0.25  # each member scores val and test, mirrored: about a quarter of a training epoch's work
+FINISH_S = 15.0  # calibration, bootstrap intervals, tables, the report, Ray's shutdown
+MAX_TRIALS = 1000  # --num-samples when a budget is given without it ("as many as fit")
+
+
+def parse_duration(text: str) -> float | None:
+    """'45m', '2h', '75s', '1h30m', '90' (seconds) -> seconds; None when it is not a duration."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * UNITS[u] for n, u in parts)
+
+
+@dataclass
+class Budget:
+    """One driver session's view of the budget: total seconds, what earlier sessions spent, this session's clock."""
+
+    total_s: float
+    final_members: int
+    final_epochs: int
+    member_slots: int  # final members that run at once
+    spent_before_s: float = 0.0
+    clock: callable = time.monotonic
+    started: float = field(default=None)
+    epoch_s: list[float] = field(default_factory=list)
+    stopped: set[str] = field(default_factory=set)  # trials stopped by the budget
+    decision: dict | None = None  # when and why the search stopped starting trials
+    path: Path | None = None  # budget.json of the experiment (what --resume continues from)
+    spending: dict = field(default_factory=dict)  # search_s, final_stage_s, ... of the sessions so far
+
+    def __post_init__(self):
+        if self.started is None:
+            self.started = self.clock()
+
+    def spent(self) -> float:
+        return self.spent_before_s + self.clock() - self.started
+
+    def left(self) -> float:
+        return self.total_s - self.spent()
+
+    def note_epoch(self, seconds: float) -> None:
+        if seconds and seconds > 0:
+            self.epoch_s.append(float(seconds))
+
+    def epoch_estimate(self) -> float | None:
+        """The epoch time the rest is planned with: the 90th percentile of the epochs measured so far."""
+        if not self.epoch_s:
+            return None
+        return statistics.quantiles(self.epoch_s, n=10, method="inclusive")[-1] if len(self.epoch_s) >= 2 else self.epoch_s[0]
+
+    def final_estimate(self) -> float | None:
+        epoch = self.epoch_estimate()
+        if epoch is None:
+            return None
+        waves = math.ceil(self.final_members / max(1, self.member_slots))
+        return waves * (MEMBER_START_S + self.final_epochs * epoch) + self.final_members * SCORING_EPOCHS * epoch + FINISH_S
+
+    def starts_no_more_trials(self) -> bool:
+        """True from the moment the time left only covers the rest (a new trial's first epoch included)."""
+        if self.decision is not None:
+            return True
+        final, epoch = self.final_estimate(), self.epoch_estimate()
+        left = self.left()
+        if final is None:
+            return left <= 0
+        if left > final + MEMBER_START_S + epoch:
+            return False
+        self.decision = {"at_s": round(self.spent(), 1), "left_s": round(left, 1), "final_estimate_s": round(final, 1),
+                         "epoch_estimate_s": round(epoch, 2), "epochs_measured": len(self.epoch_s)}
+        return True
+
+    def stops_trial(self, trial_id: str) -> bool:
+        """At an epoch boundary: stop this trial when one more epoch would eat into the rest's time."""
+        final, epoch = self.final_estimate(), self.epoch_estimate()
+        if final is None or self.left() > final + epoch:
+            return False
+        self.stopped.add(trial_id)
+        return True
+
+    def decision_text(self) -> str:
+        d = self.decision
+        return (f"time budget: {d['left_s']:.0f} s of {self.total_s:.0f} s left after {d['at_s']:.0f} s; the final stage "
+                f"needs about {d['final_estimate_s']:.0f} s ({self.final_members} member(s) x {self.final_epochs} "
+                f"epoch(s) at {d['epoch_estimate_s']:.1f} s, {self.member_slots} at once, + start-up and finish): no "
+                "new trials; trials in flight stop at their next epoch"
+                + (f". The final stage alone overruns the budget by about {d['final_estimate_s'] - d['left_s']:.0f} s: "
+                   "fewer --final-members or --final-epochs would fit it" if d["final_estimate_s"] > d["left_s"] else ""))
+
+    def save(self) -> None:
+        if self.path is None or not self.path.parent.is_dir():  # the experiment folder is made after the checks
+            return
+        from cxr.jsonio import write_json
+
+        write_json(self.path, {"total_s": self.total_s, "spent_s": round(self.spent(), 1), "stopped": sorted(self.stopped),
+                               "decision": self.decision, "spending": self.spending})
+
+    @classmethod
+    def resumed(cls, path: Path, fresh: bool = False, **settings) -> "Budget":
+        """This session's budget: what budget.json says earlier sessions spent is taken off (none: a new budget).
+        fresh (--extend): a budget of its own; only the earlier rounds' budget-stopped trials are kept."""
+        from cxr.jsonio import read_json
+
+        saved = read_json(path) if path.is_file() else {}
+        stopped = set(saved.get("stopped", []))
+        if fresh:
+            return cls(stopped=stopped, path=path, **settings)
+        return cls(spent_before_s=saved.get("spent_s", 0.0), stopped=stopped, decision=saved.get("decision"),
+                   spending=saved.get("spending", {}), path=path, **settings)
+
+
+# The budget of the run this driver process is running, by experiment folder: the Tune stopper, the searcher and the
+# tracking callback are pickled with the Tune experiment (for --resume) and so hold only this key; the restored
+# ones find the budget of the session that restored them.
+_ACTIVE: dict[str, Budget] = {}
+
+
+def activate(key: str, budget: Budget | None) -> None:
+    if budget is None:
+        _ACTIVE.pop(key, None)
+    else:
+        _ACTIVE[key] = budget
+
+
+def active(key: str | None) -> Budget | None:
+    return _ACTIVE.get(key) if key else None

@@ -214,6 +214,65 @@ def startup(concurrency: int, root: Path, gated: bool = True) -> dict:
             "wall_s": wall, "best": values[0], "top5_mean": statistics.mean(values[:5])}
 
 
+def simulate_startup(concurrency: int, root: Path, gated: bool, seed: int = 0, per_slot: int = 4) -> dict:
+    """The same question as startup(), without Ray processes (64 at once do not fit in 24 GiB): an event simulation
+    in epoch units, C slots, per_slot x C trials, each epoch 1 +- 30 % long (seeded), the product's searcher (journal, TPE,
+    start-up cap or none) and the product's ASHA (Ray's AsyncHyperBandScheduler, told each epoch as Tune tells it).
+    A trial is random when fewer than STARTUP_TRIALS had finished at its suggestion (Optuna's own rule). Also: the
+    makespan in epochs and the slot-epochs left idle while trials remained to start."""
+    import heapq
+    from types import SimpleNamespace
+
+    import numpy as np
+    from ray.tune.schedulers import TrialScheduler
+
+    from tune import search
+    from tune.spaces import load_space, validate
+
+    space = load_space("full").with_overrides({"epochs": EPOCHS, "monitor": METRIC, "seed": 0})
+    settings = search.SearchSettings(
+        metric=METRIC, num_samples=per_slot * concurrency, max_epochs=EPOCHS, trial_scheduler="asha", cpus_per_trial=1,
+        gpus_per_trial=0, workers_per_trial=1, max_concurrent=concurrency, seed=seed, storage_path=str(root),
+        journal_path=str(root / f"sim-{concurrency}-{gated}.journal"), study_name="sim")
+    searcher = search.JournalOptunaSearch(
+        space=space.fn, metric=METRIC, mode="max", sampler=search.make_sampler(settings), study_name="sim",
+        journal_path=settings.journal_path, startup_cap=search.startup_cap(settings.num_samples) if gated else None)
+    scheduler = search.make_trial_scheduler(settings)
+    scheduler.set_search_properties(METRIC, "max")
+    rng = np.random.default_rng(seed)
+    events, started, finished, random, idle, now, running, configs = [], 0, 0, 0, 0.0, 0.0, 0, {}
+    while True:
+        while running < concurrency and started < settings.num_samples:
+            trial_id = f"t{started}"
+            config = searcher.suggest(trial_id)
+            if config is None:
+                break
+            random += finished < search.STARTUP_TRIALS
+            configs[trial_id], started, running = config, started + 1, running + 1
+            scheduler.on_trial_add(None, SimpleNamespace(trial_id=trial_id))
+            heapq.heappush(events, (now + rng.uniform(0.7, 1.3), trial_id, 1))
+        if not events:
+            break
+        at, trial_id, epoch = heapq.heappop(events)
+        if started < settings.num_samples:
+            idle += (concurrency - running) * (at - now)
+        now = at
+        final = surface(configs[trial_id])
+        value = float(np.clip(final * (1 - math.exp(-epoch / 2.5)) + rng.normal(0, 0.02), 0, 1))
+        result = {METRIC: value, "training_iteration": epoch}
+        searcher.on_trial_result(trial_id, result)
+        trial = SimpleNamespace(trial_id=trial_id)
+        if epoch >= EPOCHS or scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP:
+            searcher.on_trial_complete(trial_id, {**result, "epoch": epoch, "config/epochs": EPOCHS})
+            if epoch < EPOCHS:
+                scheduler.on_trial_complete(None, trial, result)
+            finished, running = finished + 1, running - 1
+        else:
+            heapq.heappush(events, (now + rng.uniform(0.7, 1.3), trial_id, epoch + 1))
+    return {"concurrency": concurrency, "gated": gated, "trials": started, "random_before_tpe": random,
+            "makespan_epochs": now, "idle_slot_epochs": idle}
+
+
 def snapshot(trials: int, root: Path, repeats: int = 20) -> dict:
     """The searcher snapshot Ray takes after every trial checkpoint, at `trials` finished trials, without Ray
     running: the product's (Optuna trial numbers) against Ray's own OptunaSearch.save (the Optuna trials pickled)."""
@@ -291,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="50 trials, product and bare ASHA")
     p.add_argument("--startup", type=int, nargs="+", metavar="C",
                    help="instead: how many trials start before TPE steers with C trials at once (e.g. 8 32 64)")
+    p.add_argument("--simulate", type=int, nargs="+", metavar="C",
+                   help="instead: the --startup question as an event simulation in epochs (no Ray processes)")
+    p.add_argument("--per-slot", type=int, default=4, help="--simulate: trials per concurrent slot")
     p.add_argument("--snapshot", type=int, nargs="+", metavar="N",
                    help="instead: time the searcher snapshot at N finished trials, product vs Ray's own")
     p.add_argument("--out", default=str(OUT), help="folder for the logs, results.json and the kept reports")
@@ -314,6 +376,17 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(dir=out) as root:
                 r = snapshot(n, Path(root))
             print(f"| {n} | {r['product_ms']:.1f} ({r['product_kib']:.0f}) | {r['ray_ms']:.1f} ({r['ray_kib']:.0f}) |")
+        return 0
+    if args.simulate:
+        print("\n| trials at once | trials | start-up cap | random before TPE could steer | makespan (epochs) | idle "
+              "slot-epochs |\n|---|---|---|---|---|---|")
+        for c in args.simulate:
+            for gated in (False, True):
+                with tempfile.TemporaryDirectory(dir=out) as root:
+                    r = simulate_startup(c, Path(root), gated, per_slot=args.per_slot)
+                cap = max(10, r["trials"] // 4) if gated else "none"
+                print(f"| {c} | {r['trials']} | {cap} | {r['random_before_tpe']} | {r['makespan_epochs']:.1f} | "
+                      f"{r['idle_slot_epochs']:.0f} |", flush=True)
         return 0
     if args.startup:
         from tune import search

@@ -61,3 +61,15 @@ def test_a_resumed_session_continues_with_what_is_left_and_extend_gets_a_budget_
     assert second.left() == pytest.approx(180) and second.stopped == {"t1"}
     extend = Budget.resumed(path, fresh=True, total_s=60, final_members=1, final_epochs=1, member_slots=1, clock=clock)
     assert extend.left() == pytest.approx(60) and extend.stopped == {"t1"}
+
+
+def test_when_the_final_stage_does_not_fit_its_members_get_the_epochs_that_do():
+    clock = FakeClock()
+    budget = Budget(total_s=100, final_members=1, final_epochs=4, member_slots=1, clock=clock)
+    assert budget.epochs_that_fit(4) == 4  # nothing measured: as planned
+    budget.note_epoch(10)
+    assert budget.epochs_that_fit(4) == 4  # 5 + 40 + 2.5 + 15 s fit in 100
+    clock.now += 50
+    assert budget.epochs_that_fit(4) == 2  # 50 s left: 5 + 20 + 2.5 + 15
+    clock.now += 40
+    assert budget.epochs_that_fit(4) == 1  # nothing fits: one epoch, never none

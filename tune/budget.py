@@ -71,12 +71,23 @@ class Budget:
             return None
         return statistics.quantiles(self.epoch_s, n=10, method="inclusive")[-1] if len(self.epoch_s) >= 2 else self.epoch_s[0]
 
-    def final_estimate(self) -> float | None:
-        epoch = self.epoch_estimate()
+    def final_estimate(self, epochs: int | None = None, epoch: float | None = None) -> float | None:
+        """The final stage's seconds with `epochs` per member (default: the planned ones) of `epoch` seconds
+        (default: the planning estimate)."""
+        epoch = epoch or self.epoch_estimate()
         if epoch is None:
             return None
         waves = math.ceil(self.final_members / max(1, self.member_slots))
-        return waves * (MEMBER_START_S + self.final_epochs * epoch) + self.final_members * SCORING_EPOCHS * epoch + FINISH_S
+        per_member = self.final_epochs if epochs is None else epochs
+        return waves * (MEMBER_START_S + per_member * epoch) + self.final_members * SCORING_EPOCHS * epoch + FINISH_S
+
+    def epochs_that_fit(self, planned: int) -> int:
+        """When the search is over: the most epochs per member (at most planned, at least 1) whose final stage fits in
+        the time left at the median epoch time (the planning estimate is the pessimistic 90th percentile)."""
+        if not self.epoch_s:
+            return planned
+        epoch = statistics.median(self.epoch_s)
+        return next((e for e in range(planned, 0, -1) if self.final_estimate(e, epoch) <= self.left()), 1)
 
     def starts_no_more_trials(self) -> bool:
         """True from the moment the time left only covers the rest (a new trial's first epoch included)."""

@@ -178,7 +178,15 @@ def _stopped_by_budget(paths: ExperimentPaths, key: str | None) -> set[str]:
 
 def _final_stage(experiment: RunSettings, best: dict, trials: pd.DataFrame, data: CxrData, data_ref, weight_refs,
                  settings: search.SearchSettings, paths: ExperimentPaths) -> None:
-    final = FinalSettings(experiment.final_members, experiment.final_epochs, experiment.recall_confidence, experiment.seed,
+    epochs = experiment.final_epochs
+    budget = budget_module.active(settings.budget_key)
+    if budget and not epochs:  # the user's own --final-epochs is kept whatever the budget says
+        planned = int(best["config"].get("epochs", settings.max_epochs))
+        epochs = budget.epochs_that_fit(planned)
+        if epochs < planned:
+            print(f"time budget: {budget.left():.0f} s left: the final members train {epochs} epoch(s) instead of the "
+                  f"best config's {planned} (what fits; --final-epochs sets them)", flush=True)
+    final = FinalSettings(experiment.final_members, epochs, experiment.recall_confidence, experiment.seed,
                           kind=experiment.final, inner_fraction=experiment.val_fraction)
     metrics = run_final_stage(best, trials, data, data_ref, weight_refs, settings, final, paths)
     _print_final(metrics)

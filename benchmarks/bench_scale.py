@@ -48,6 +48,11 @@ def surface(config: dict) -> float:
     return max(0.05, 0.95 - 0.25 * lr * lr - 0.6 * dropout * dropout - 0.15 * (1 - blocks) - backbone)
 
 
+def curve_point(final: float, epoch: int, rng) -> float:
+    """The stand-in's learning curve: towards `final`, with noise."""
+    return float(min(1.0, max(0.0, final * (1 - math.exp(-epoch / 2.5)) + rng.normal(0, 0.02))))
+
+
 def standin_trial(config: dict, context=None) -> None:
     """A trial without training: per epoch a point of a noisy learning curve towards surface(config), reported with a
     tiny checkpoint, as tune.trainable reports a real epoch."""
@@ -58,7 +63,7 @@ def standin_trial(config: dict, context=None) -> None:
     final, best, best_epoch = surface(config), -1.0, 0
     for epoch in range(1, int(config.get("epochs", EPOCHS)) + 1):
         time.sleep(EPOCH_S)
-        value = float(np.clip(final * (1 - math.exp(-epoch / 2.5)) + rng.normal(0, 0.02), 0, 1))
+        value = curve_point(final, epoch, rng)
         best, best_epoch = max(best, value), epoch if value > best else best_epoch
         metrics = {"epoch": epoch, METRIC: value, "val_auroc": 0.5 + value / 2, "val_loss": 1 - value,
                    "stopped_early": False, "best_epoch": best_epoch}
@@ -257,8 +262,7 @@ def simulate_startup(concurrency: int, root: Path, gated: bool, seed: int = 0, p
         if started < settings.num_samples:
             idle += (concurrency - running) * (at - now)
         now = at
-        final = surface(configs[trial_id])
-        value = float(np.clip(final * (1 - math.exp(-epoch / 2.5)) + rng.normal(0, 0.02), 0, 1))
+        value = curve_point(surface(configs[trial_id]), epoch, rng)
         result = {METRIC: value, "training_iteration": epoch}
         searcher.on_trial_result(trial_id, result)
         trial = SimpleNamespace(trial_id=trial_id)

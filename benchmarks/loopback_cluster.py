@@ -23,14 +23,14 @@ def free_port() -> int:
 
 
 def make_token(folder: Path) -> dict[str, str]:
-    """A token generated the way the README says, in a home of its own: the environment every process of the cluster
-    (head, workers, driver) needs."""
+    """A token generated the way the README says, in a home of its own (never ~/.ray): the environment every process
+    of the cluster (head, workers, driver) needs. tests/test_cluster.py uses it too."""
     home = folder / "token-home"
     home.mkdir(parents=True, exist_ok=True)
     subprocess.run([RAY, "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)},
                    capture_output=True, check=True, timeout=60)
     token = home / ".ray" / "auth_token"
-    token.chmod(0o600)
+    token.chmod(0o600)  # Ray writes it readable by everyone
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
@@ -45,6 +45,7 @@ class LoopbackCluster:
         self.address = f"127.0.0.1:{self.port}"
         self.started: list[subprocess.Popen] = []  # every `ray start` process, each a session leader
         self.workers: list[subprocess.Popen] = []  # the live worker nodes
+        self.names: dict[int, str] = {}  # pid -> node name (its log file)
         try:
             self._start(["--head", "--port", str(self.port), "--include-dashboard=false"], head_cpus, "head")
             self._wait_for_nodes(1)
@@ -88,14 +89,14 @@ class LoopbackCluster:
         with open(self.folder / f"{name}.log", "w") as log:
             proc = subprocess.Popen([RAY, "start", *args, *node], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
-        proc.log_name = name
+        self.names[proc.pid] = name
         self.started.append(proc)
         return proc
 
     def _wait_for_nodes(self, count: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while self.alive_nodes() < count:
-            exited = [p.log_name for p in [self.started[0], *self.workers] if p.poll() is not None]
+            exited = [self.names[p.pid] for p in [self.started[0], *self.workers] if p.poll() is not None]
             if exited or time.monotonic() > deadline:
                 logs = "".join((self.folder / f"{name}.log").read_text()[-1500:] for name in exited)
                 raise RuntimeError(f"the loopback cluster did not come up ({len(exited)} node(s) exited):\n{logs}")

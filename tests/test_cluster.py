@@ -18,34 +18,16 @@ import pytest
 
 from cxr.errors import InputError
 from tune import cluster
+from benchmarks.loopback_cluster import free_port as _free_port, make_token
 from tune.results import load
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _node_args() -> list[str]:
     return ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--block",
             "--dashboard-agent-listen-port", str(_free_port()), "--metrics-export-port", str(_free_port())]
-
-
-def make_token(tmp_path: Path) -> dict[str, str]:
-    """A token of our own, generated the way Ray's docs say, in a temporary home (never ~/.ray): the environment
-    every process of the cluster (head, worker, driver) needs."""
-    home = tmp_path / "token-home"
-    home.mkdir(exist_ok=True)
-    subprocess.run([RAY, "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)},
-                   capture_output=True, check=True, timeout=60)
-    token = home / ".ray" / "auth_token"
-    assert token.is_file()
-    token.chmod(0o600)  # Ray writes it readable by everyone
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
 @pytest.fixture

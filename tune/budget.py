@@ -50,6 +50,7 @@ class Budget:
     decision: dict | None = None  # when and why the search stopped starting trials
     path: Path | None = None  # budget.json of the experiment (what --resume continues from)
     spending: dict = field(default_factory=dict)  # search_s, final_stage_s, ... of the sessions so far
+    _p90: float | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.started is None:
@@ -62,14 +63,15 @@ class Budget:
         return self.total_s - self.spent()
 
     def note_epoch(self, seconds: float) -> None:
+        """Every epoch of every trial (the stopper's hot path): the planning estimate is updated here, once."""
         if seconds and seconds > 0:
             self.epoch_s.append(float(seconds))
+            many = len(self.epoch_s) >= 2
+            self._p90 = statistics.quantiles(self.epoch_s, n=10, method="inclusive")[-1] if many else self.epoch_s[0]
 
     def epoch_estimate(self) -> float | None:
         """The epoch time the rest is planned with: the 90th percentile of the epochs measured so far."""
-        if not self.epoch_s:
-            return None
-        return statistics.quantiles(self.epoch_s, n=10, method="inclusive")[-1] if len(self.epoch_s) >= 2 else self.epoch_s[0]
+        return self._p90
 
     def final_estimate(self, epochs: int | None = None, epoch: float | None = None) -> float | None:
         """The final stage's seconds with `epochs` per member (default: the planned ones) of `epoch` seconds

@@ -19,7 +19,7 @@ from tune import cluster, search, tracking
 from tune.loopback import requested_address
 from tune.final_stage import FinalSettings, run_final_stage
 from tune.report import write_report
-from tune.results import ExperimentPaths, build_tables, leaderboard, write_table
+from tune.results import ExperimentPaths, build_tables, leaderboard, planned_epochs, write_table
 from tune.settings import SPENT_KEY, RunSettings
 from tune.spaces import load_space, validate
 
@@ -47,7 +47,7 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
         cluster.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial, experiment.workers_per_trial)
         budget = _budget(experiment, paths, checked.max_epochs, started, fresh=bool(extend))
         settings = dataclasses.replace(_settings(experiment, checked.max_epochs, paths), config_keys=checked.common_keys,
-                                       budget_key=str(paths.root.resolve()) if budget else None)
+                                       budget_key=_budget_key(paths) if budget else None)
         cluster.check_storage(settings.storage_path)
         if not (resume or extend):
             _create(paths, experiment, data)
@@ -90,7 +90,7 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
             tracking.finish(tracker, status)
         if budget:
             budget.save()
-            budget_module.activate(str(paths.root.resolve()), None)
+            budget_module.activate(_budget_key(paths), None)
 
 
 def _budget(experiment: RunSettings, paths: ExperimentPaths, max_epochs: int, started: float | None,
@@ -104,8 +104,12 @@ def _budget(experiment: RunSettings, paths: ExperimentPaths, max_epochs: int, st
                     member_slots=cluster.trial_slots(experiment.cpus_per_trial, experiment.gpus_per_trial),
                     **({"started": started} if started is not None else {}))
     budget = budget_module.Budget.resumed(paths.budget, fresh=fresh, **settings)
-    budget_module.activate(str(paths.root.resolve()), budget)
+    budget_module.activate(_budget_key(paths), budget)
     return budget
+
+
+def _budget_key(paths: ExperimentPaths) -> str:
+    return str(paths.root.resolve())
 
 
 def _account(budget: budget_module.Budget, paths: ExperimentPaths, search_s: float, search_ended: float) -> None:
@@ -181,7 +185,7 @@ def _final_stage(experiment: RunSettings, best: dict, trials: pd.DataFrame, data
     epochs = experiment.final_epochs
     budget = budget_module.active(settings.budget_key)
     if budget and not epochs:  # the user's own --final-epochs is kept whatever the budget says
-        planned = int(best["config"].get("epochs", settings.max_epochs))
+        planned = planned_epochs(best["config"])
         epochs = budget.epochs_that_fit(planned)
         if epochs < planned:
             print(f"time budget: {budget.left():.0f} s left: the final members train {epochs} epoch(s) instead of the "

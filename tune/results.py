@@ -120,6 +120,13 @@ def planned_epochs(config: dict) -> int:
     return int(config.get("epochs", TrainConfig.epochs))
 
 
+def one_row_per_epoch(epochs: pd.DataFrame) -> pd.DataFrame:
+    """An epoch Ray trained twice (a lost node whose checkpoint it had not committed) counts once: the later report."""
+    if "epoch" not in epochs:
+        return epochs
+    return epochs.drop_duplicates("epoch", keep="last").reset_index(drop=True)
+
+
 def record_status(record: TrialRecord) -> str:
     if record.stopped_by_budget and record.error is None:
         return "budget"

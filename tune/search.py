@@ -26,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune.budget import active
 from tune.cluster import COORDINATOR_CPU
-from tune.results import TrialRecord, planned_epochs, trial_status
+from tune.results import TrialRecord, one_row_per_epoch, planned_epochs, trial_status
 from tune.spaces import CheckedSpace, Space
 from tune.trainable import TrialContext, train_trial
 
@@ -360,8 +360,7 @@ def tune_dir(settings: SearchSettings) -> str:
 def _record(result, config: dict | None = None) -> TrialRecord:
     epochs = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
     epochs = epochs.drop(columns=[c for c in epochs.columns if c.startswith("config/")])
-    if "epoch" in epochs:  # an epoch trained again after a lost node whose checkpoint Ray had not committed
-        epochs = epochs.drop_duplicates("epoch", keep="last")
+    epochs = one_row_per_epoch(epochs)
     error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:2000]
     _, index, trial_id = Path(result.path).name.split("_", 2)
     return TrialRecord(trial_id, int(index), dict(config or result.config), epochs.reset_index(drop=True), error)

@@ -23,7 +23,7 @@ from ray.tune import Callback
 from cxr.errors import InputError
 from cxr.jsonio import read_json, write_json
 from tune.budget import active
-from tune.results import ExperimentPaths, TrialRecord, record_status
+from tune.results import ExperimentPaths, TrialRecord, one_row_per_epoch, record_status
 
 MLFLOW_EXPERIMENT = "cxr-tune"  # every experiment of a tracking store is a parent run in this MLflow experiment
 # a trial's end state -> the MLflow run status (the tag "state" keeps the state itself)
@@ -90,7 +90,8 @@ def start_parent(tracker: Tracker, paths: ExperimentPaths, run: dict) -> Tracker
 def log_trials(tracker: Tracker, records: list[TrialRecord]) -> int:
     """After the search: a child run for every trial that has none (or an unfinished one); returns how many were
     written."""
-    client, children = tracker.client(), _children(tracker)
+    client = tracker.client()
+    children = _children(client, tracker)
     return sum(_log_trial(client, tracker, record, children.get(record.trial_id)) for record in records)
 
 
@@ -114,7 +115,8 @@ class TrialRunsCallback(Callback):
         budget = active(self.budget_key)
         if budget is not None and record.trial_id in budget.stopped:
             record = dataclasses.replace(record, stopped_by_budget=True)
-        _log_trial(self.tracker.client(), self.tracker, record, _children(self.tracker, record.trial_id).get(record.trial_id))
+        client = self.tracker.client()
+        _log_trial(client, self.tracker, record, _children(client, self.tracker, record.trial_id).get(record.trial_id))
 
 
 def log_final(tracker: Tracker, paths: ExperimentPaths, metrics: dict, report: Path) -> None:
@@ -192,10 +194,10 @@ def _epoch_metric(key: str, value) -> bool:
     return numeric and (key.startswith(("train_", "val_")) or key in EPOCH_METRICS)
 
 
-def _children(tracker: Tracker, trial_id: str | None = None) -> dict:
+def _children(client, tracker: Tracker, trial_id: str | None = None) -> dict:
     """trial_id -> the child run of the parent that has that tag (one query, all pages)."""
     where = f"tags.mlflow.parentRunId = '{tracker.parent_id}'" + (f" and tags.trial_id = '{trial_id}'" if trial_id else "")
-    client, found, token = tracker.client(), {}, None
+    found, token = {}, None
     while True:
         page = client.search_runs([tracker.experiment_id], filter_string=where, max_results=1000, page_token=token)
         found.update({run.data.tags["trial_id"]: run for run in page if "trial_id" in run.data.tags})
@@ -209,9 +211,7 @@ def _record_of(trial, errored: bool) -> TrialRecord:
     which holds the epochs before a --resume too) and its error's first line."""
     folder = Path(trial.local_path)
     lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").is_file() else []
-    epochs = pd.DataFrame([json.loads(line) for line in lines if line.strip()])
-    if "epoch" in epochs:
-        epochs = epochs.drop_duplicates("epoch", keep="last").reset_index(drop=True)
+    epochs = one_row_per_epoch(pd.DataFrame([json.loads(line) for line in lines if line.strip()]))
     error = None
     if errored:
         text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).is_file() else ""
@@ -246,16 +246,12 @@ def _log_onnx(client, tracker: Tracker, paths: ExperimentPaths) -> bool:
 
     if importlib.util.find_spec("onnxruntime") is None:
         return False
-    import numpy as np
-
-    from cxr.export import TOLERANCE, export_onnx
+    from cxr.export import TOLERANCE, export_checked
     from cxr.package import load_model
 
-    model = load_model(paths.final)
-    films = np.random.default_rng(0).integers(0, 256, (4, model.image_size, model.image_size), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as folder:
         target = Path(folder) / "model.onnx"
-        if export_onnx(model, target, films) > TOLERANCE:
+        if not export_checked(load_model(paths.final), target) <= TOLERANCE:
             return False
         client.log_artifact(tracker.parent_id, str(target), "final")
     return True

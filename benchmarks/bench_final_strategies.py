@@ -116,8 +116,9 @@ def strategy_table(folders: dict[str, Path]) -> None:
 
 def site_table(folders: dict[str, Path], sites: dict[str, Path], evaluation: Path) -> None:
     from cxr.calibration import apply_temperature
-    from cxr.intervals import metrics_with_intervals, patient_bootstrap
+    from cxr.intervals import metrics_with_intervals
     from cxr.jsonio import read_json
+    from cxr.resamples import patient_bootstrap
 
     paths = set(pd.read_csv(evaluation)["path"].map(lambda p: str((evaluation.parent / p).resolve())))
     print("\n| model | operating point from | threshold | site-evaluation recall | specificity |\n|---|---|---|---|---|")

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 
 from cxr.calibration import apply_temperature, calibration_summary, fit_temperature
-from cxr.intervals import (N_BOOT, bootstrap_thresholds, confident_threshold, metrics_with_intervals, patient_bootstrap,
+from cxr.intervals import (N_BOOT, bootstrap_thresholds, confident_threshold, metrics_with_intervals,
                            percentile_interval, wilson_intervals)
 from cxr.metrics import compute_metrics, rates, threshold_for_recall
+from cxr.resamples import patient_bootstrap
 from cxr.subgroups import class_balance, recall_by_kind
 
 

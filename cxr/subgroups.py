@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr.intervals import patient_bootstrap, percentile_interval
+from cxr.intervals import percentile_interval
 from cxr.metrics import rates
+from cxr.resamples import patient_bootstrap
 
 _KINDS = (("bacterial", re.compile(r"bacteria", re.I)), ("viral", re.compile(r"virus", re.I)))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 
@@ -53,3 +56,33 @@ def test_shifted_test_set_raises_a_warning_and_no_test_split_says_so():
     assert any("disagree on specificity" in w for w in shifted["warnings"]), shifted["warnings"]
     val_only = evaluate(_predictions().query("split == 'val'"), target_recall=0.95, n_boot=200)
     assert val_only["test"] is None and any("no test split" in w for w in val_only["warnings"])
+
+
+EVALUATE_AT_SCALE = """
+import resource, sys
+import numpy as np, pandas as pd
+from cxr.evaluation import evaluate
+
+films, patients = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(0)
+patient = np.sort(np.r_[np.arange(patients), rng.integers(0, patients, films - patients)])
+label = (rng.random(patients) < 0.65).astype(int)[patient]
+table = pd.DataFrame({"path": [f"/site/film{i}.png" for i in range(films)], "patient": patient.astype(str),
+                      "split": np.where(rng.random(patients) < 0.5, "val", "test")[patient], "label": label,
+                      "probability_raw": 1 / (1 + np.exp(-2 * rng.normal(np.where(label, 1.2, -1.2), 1.0)))})
+resident = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() // 2**20
+out = evaluate(table, target_recall=0.98, recall_confidence=0.95)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+print("above-baseline-MiB", peak - resident, "test-images", out["test"]["images"], "auroc", out["test"]["auroc"])
+"""
+
+
+def test_fifty_thousand_films_of_twenty_thousand_patients_evaluate_in_linear_memory():
+    """The whole evaluation (temperature, both threshold rules, every interval, subgroups) in a fresh process: its
+    peak RSS above the resident size before it stays under 1 GiB (a films x scores matrix needed 17 GiB)."""
+    done = subprocess.run([sys.executable, "-c", EVALUATE_AT_SCALE, "50000", "20000"], capture_output=True, text=True,
+                          timeout=300)
+    words = done.stdout.split()
+    assert words[:1] == ["above-baseline-MiB"], done.stdout + done.stderr
+    assert int(words[1]) < 1024, f"the evaluation of 50,000 films grew the peak RSS by {words[1]} MiB"
+    assert 0 < int(words[3]) < 50000 and 0.9 < float(words[5]) < 1.0

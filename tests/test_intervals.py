@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from cxr.intervals import (bootstrap_thresholds, confident_threshold, interval_text, metrics_with_intervals,
-                           patient_bootstrap, recall_curves, wilson_intervals)
+                           recall_curves, wilson_intervals)
 from cxr.metrics import rates, threshold_for_recall
+from cxr.resamples import patient_bootstrap
 
 
 def _split(patients: int, seed: int = 0) -> pd.DataFrame:
@@ -24,7 +25,7 @@ def _split(patients: int, seed: int = 0) -> pd.DataFrame:
 
 def test_bootstrap_never_splits_a_patient():
     frame = _split(60)
-    weights = patient_bootstrap(frame["patient"], n_boot=300, seed=1)
+    weights = patient_bootstrap(frame["patient"], n_boot=300, seed=1).dense()
     assert weights.shape == (300, len(frame))
     for _, rows in frame.groupby("patient"):
         block = weights[:, rows.index]
@@ -59,7 +60,7 @@ def test_bootstrap_threshold_of_an_unweighted_resample_is_the_point_rule():
     ones = np.ones((1, len(frame)))
     assert bootstrap_thresholds(frame["label"], frame["probability"], ones, 0.9)[0] == pytest.approx(
         threshold_for_recall(frame["label"], frame["probability"], 0.9))
-    thresholds, recall = recall_curves(frame["label"], frame["probability"], ones)
+    (thresholds, recall), = recall_curves(frame["label"], frame["probability"], ones)
     assert (np.diff(thresholds) < 0).all() and (np.diff(recall[0]) >= 0).all()
 
 

@@ -104,7 +104,7 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "seed": (int, lambda v: v >= 0, "an integer >= 0"),
     "early_stopping_patience": (int, lambda v: v >= 0, "an integer >= 0 (0 turns it off)"),
     "monitor": (str, lambda v: v in MONITORS, f"one of {MONITORS}"),
-    "target_recall": (float, lambda v: 0 < v <= 1, "a recall in (0, 1]"),
+    "target_recall": (float, lambda v: 0 < v < 1, "a recall in (0, 1), e.g. 0.98 (1 can never be shown on finite films)"),
 }
 
 

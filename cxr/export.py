@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cxr.augment import mirror, mirror_mean
+from cxr.cli import cli_entry
 from cxr.errors import InputError
 
 OPSET = 17
@@ -74,6 +75,7 @@ def export_checked(model, out: str | Path) -> float:
     return export_onnx(model, out, films)
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxr.export", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the final/ folder of a finished tune.run experiment")
@@ -81,18 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
     args = parser.parse_args(argv)
     out = Path(args.onnx)
-    try:
-        if out.suffix.lower() != ".onnx":
-            raise InputError(f"--onnx {out}: use a .onnx file name (the model folder's own files are never targets)")
-        if out.exists() and not args.overwrite:
-            raise InputError(f"--onnx {out} already exists: pass another path, remove it, or add --overwrite")
-        from cxr.package import load_model
+    if out.suffix.lower() != ".onnx":
+        raise InputError(f"--onnx {out}: use a .onnx file name (the model folder's own files are never targets)")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"--onnx {out} already exists: pass another path, remove it, or add --overwrite")
+    from cxr.package import load_model
 
-        model = load_model(args.model)
-        diff = export_checked(model, out)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model = load_model(args.model)
+    diff = export_checked(model, out)
     if not diff <= TOLERANCE:
         out.unlink(missing_ok=True)  # a graph that disagrees with PyTorch must not be shipped by mistake
         print(f"error: onnxruntime and PyTorch disagree by {diff:.2e} (> {TOLERANCE:g}) on 4 films: {out} was removed",

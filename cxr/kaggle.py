@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr.cli import check_range
 from cxr.errors import InputError
 from cxr.images import FILM_SUFFIXES
 from cxr.splits import MANIFEST_COLUMNS, SPLITS, holdout_by_patient
@@ -49,8 +50,7 @@ def scan(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0) -> pd.Da
     The official val split (16 images) is merged into train, then train is re-split into train/val,
     stratified by class and grouped by patient. Test rows are kept as they are.
     """
-    if not 0.0 < val_fraction < 0.5:
-        raise InputError(f"val_fraction={val_fraction} is out of range: use a value in (0, 0.5)")
+    check_range("val_fraction", val_fraction)
     rows, ignored = _read_layout(Path(root))
     frame = pd.DataFrame(rows, columns=["path", "label", "patient", "source_split"])
     frame["split"] = np.where(frame["source_split"] == "test", "test", "train")

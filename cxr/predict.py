@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from cxr.cli import check_range, cli_entry
 from cxr.errors import InputError
 from cxr.images import FILM_SUFFIXES, MAX_PIXELS
 
@@ -74,6 +75,13 @@ def _cam(model, film: Path, target: Path, max_pixels: int) -> str:
     return str(write_overlay(pixels, heat, target))
 
 
+def _check_cam_installed() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("pytorch_grad_cam") is None:
+        raise InputError('--cam needs pytorch-grad-cam, which is not installed: pip install -e ".[cam]"')
+
+
 def _refuse_existing(paths: list[Path], flag: str) -> None:
     existing = [p for p in paths if p.exists()]
     if existing:
@@ -81,6 +89,7 @@ def _refuse_existing(paths: list[Path], flag: str) -> None:
                          "pass another path, remove them, or add --overwrite")
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxr.predict", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="film files and/or folders (searched recursively)")
@@ -91,24 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                         help="films whose header claims more pixels are refused unread (an error row)")
     args = parser.parse_args(argv)
-    try:
-        if args.out and Path(args.out).suffix.lower() not in (".csv", ".parquet"):
-            raise InputError(f"--out {args.out}: use a .csv or .parquet file name")
-        if args.max_pixels < 1:
-            raise InputError(f"--max-pixels {args.max_pixels} is out of range: use a positive pixel count")
-        files = collect(args.paths)
-        overlays = overlay_paths(files, Path(args.cam)) if args.cam else None
-        if not args.overwrite:
-            _refuse_existing([Path(args.out)] if args.out else [], "--out")
-            _refuse_existing(overlays or [], "--cam")
-        from cxr.package import load_model
+    if args.out and Path(args.out).suffix.lower() not in (".csv", ".parquet"):
+        raise InputError(f"--out {args.out}: use a .csv or .parquet file name")
+    check_range("max_pixels", args.max_pixels, "--max-pixels")
+    if args.cam:
+        _check_cam_installed()
+    files = collect(args.paths)
+    overlays = overlay_paths(files, Path(args.cam)) if args.cam else None
+    if not args.overwrite:
+        _refuse_existing([Path(args.out)] if args.out else [], "--out")
+        _refuse_existing(overlays or [], "--cam")
+    from cxr.package import load_model
 
-        model = load_model(args.model)
-        frame = predict_files(model, files, overlays, progress=len(files) > 5 and sys.stderr.isatty(),
-                              max_pixels=args.max_pixels)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model = load_model(args.model)
+    frame = predict_files(model, files, overlays, progress=len(files) > 5 and sys.stderr.isatty(),
+                          max_pixels=args.max_pixels)
     if args.out:
         frame.to_parquet(args.out, index=False) if args.out.endswith(".parquet") else frame.to_csv(args.out, index=False)
     else:

@@ -14,6 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from cxr.cli import check_range, cli_entry
 from cxr.errors import InputError
 from cxr.images import MAX_PIXELS
 
@@ -173,6 +174,7 @@ def _html(summary: dict) -> str:
             f"{esc(summary['caution'])}</p></body></html>")
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cxr.recalibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model folder (final/ of a tune.run experiment)")
@@ -184,16 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient bootstrap")
     args = parser.parse_args(argv)
-    try:
-        if not 0 < args.target_recall < 1:
-            raise InputError(f"--target-recall {args.target_recall} is out of range: use a recall in (0, 1), e.g. 0.98")
-        if args.recall_confidence is not None and not 0.5 <= args.recall_confidence < 1:
-            raise InputError(f"--recall-confidence {args.recall_confidence} is out of range: use [0.5, 1), e.g. 0.95")
-        summary = recalibrate(args.model, args.data, args.out, target_recall=args.target_recall,
-                              recall_confidence=args.recall_confidence, max_pixels=args.max_pixels, seed=args.seed)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    for key in ("target_recall", "recall_confidence", "max_pixels"):
+        check_range(key, getattr(args, key), "--" + key.replace("_", "-"))
+    summary = recalibrate(args.model, args.data, args.out, target_recall=args.target_recall,
+                          recall_confidence=args.recall_confidence, max_pixels=args.max_pixels, seed=args.seed)
     old, new = summary["old"], summary["new"]
     print(f"site: {summary['films']} films, {summary['pneumonia_films']} pneumonia (at least "
           f"{summary['fewest_pneumonia_films_for_target']} needed)\n"

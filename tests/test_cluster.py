@@ -178,3 +178,13 @@ def test_address_auto_without_a_started_cluster_says_how_to_start_one(monkeypatc
     (tmp_path / "ray_current_cluster").write_text("127.0.0.1:1\n")  # a cluster that was started here and is gone
     with pytest.raises(InputError, match=r"auto \(127.0.0.1:1\)"):
         cluster.connect("auto")
+
+
+def test_cluster_yaml_installs_exactly_the_runtime_dependencies_of_pyproject():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    import shlex
+
+    wanted = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    line = next(line for line in (REPO / "cluster.yaml").read_text().splitlines() if "pip install" in line)
+    installed = shlex.split(line.split("pip install", 1)[1])
+    assert installed == wanted, "cluster.yaml's setup_commands must list pyproject.toml's dependencies as they are"

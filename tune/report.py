@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from cxr.calibration import ECE_BINS
+from cxr.cli import cli_entry
 from cxr.errors import InputError
 from cxr.evaluation import fit_split_of
 from cxr.intervals import interval_text, value_text
@@ -261,16 +262,13 @@ def _page(name: str, notes: list[str], sections: list[tuple[str, str]]) -> str:
             f"{body}</body></html>")
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tune.report", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="an experiment folder, e.g. results/smoke-20261121-101500")
     args = parser.parse_args(argv)
-    try:
-        print(f"report: {write_report(args.experiment)}")
-        return 0
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    print(f"report: {write_report(args.experiment)}")
+    return 0
 
 
 if __name__ == "__main__":

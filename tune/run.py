@@ -13,7 +13,7 @@ import sys
 import time
 import typing
 
-from cxr.errors import InputError
+from cxr.cli import cli_entry
 from tune.loopback import bind_to_loopback
 from tune.settings import RunSettings, flag_name
 
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_entry
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()  # --time-budget counts the whole command
     argv = sys.argv[1:] if argv is None else argv
@@ -50,18 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     if any(a == "--final-seeds" or a.startswith("--final-seeds=") for a in argv):
         print("note: --final-seeds is deprecated: use --final-members (K, for --final seeds and --final folds)",
               file=sys.stderr)
-    try:
-        from tune.settings import resolve
+    from tune.settings import resolve
 
-        fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunSettings)}
-        settings = resolve(RunSettings(**fields), args.resume, args.extend)
-        bind_to_loopback(settings.address)  # before Ray is first imported
-        from tune.experiment import run_experiment
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunSettings)}
+    settings = resolve(RunSettings(**fields), args.resume, args.extend)
+    bind_to_loopback(settings.address)  # before Ray is first imported
+    from tune.experiment import run_experiment
 
-        return run_experiment(settings, resume=args.resume, extend=args.extend, started=started)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_experiment(settings, resume=args.resume, extend=args.extend, started=started)
 
 
 if __name__ == "__main__":

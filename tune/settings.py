@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr.config import MONITORS, invalid_value
+from cxr.cli import SHARED_RULES, range_problem
+from cxr.config import MONITORS
 from cxr.errors import InputError
 from tune.budget import MAX_TRIALS, parse_duration
 
@@ -143,17 +144,14 @@ def _tracking_uri(settings: RunSettings) -> str | None:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(settings.results_dir).resolve() / 'mlflow.db'}"
 
 
-_RULES = {  # flags that no TrainConfig key judges: (ok, fix)
+_RULES = {  # flags of tune.run alone that no TrainConfig key judges (cxr.cli holds the rules CLIs share): (ok, fix)
     "num_samples": (lambda v: v >= 1, "use 1 or more"),
     "time_budget": (lambda v: (parse_duration(v) or 0) > 0, "use a duration such as 45m, 2h, 1h30m or 90s"),
     "workers_per_trial": (lambda v: v >= 1, "use 1 or more"),
     "cpus_per_trial": (lambda v: v > 0, "use a positive number"),
     "gpus_per_trial": (lambda v: v >= 0, "use 0 or more"),
     "max_concurrent": (lambda v: v >= 0, "use 0 (no limit) or more"),
-    "val_fraction": (lambda v: 0 < v < 0.5, "use a fraction in (0, 0.5)"),
     "final_members": (lambda v: v >= 1, "use 1 or more ensemble members"),
-    "recall_confidence": (lambda v: 0.5 <= v < 1, "use a confidence in [0.5, 1), e.g. 0.95"),
-    "max_pixels": (lambda v: v >= 1, "use a positive pixel count"),
 }
 
 
@@ -182,11 +180,11 @@ def check_flags(settings: RunSettings) -> None:
 
 
 def _range_problem(field: dataclasses.Field, value) -> str | None:
-    if "config_key" in field.metadata:
-        expected = invalid_value(field.metadata["config_key"], value)
-        return f"expected {expected}" if expected else None
-    ok, fix = _RULES.get(field.name, (None, None))
-    return fix if ok is not None and not ok(value) else None
+    if field.name in _RULES:
+        ok, fix = _RULES[field.name]
+        return None if ok(value) else fix
+    key = field.metadata.get("config_key") or (field.name if field.name in SHARED_RULES else None)
+    return range_problem(key, value) if key else None
 
 
 def _check_data_dir(data_dir: str | None) -> None:

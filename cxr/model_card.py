@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from cxr.config import TrainConfig
+from cxr.evaluation import FIT_SETS
 from cxr.intervals import interval_text
 
 
 def render_model_card(metrics: dict, config: TrainConfig, best: dict) -> str:
     balance, fit = metrics["class_balance"], metrics["fit_split"]
-    chosen_on = "val" if fit == "val" else "the out-of-fold predictions of the pool (train + val)"
+    chosen_on = "val" if fit == "val" else f"the {FIT_SETS[fit]}"
     members = (f"seeds {[m['seed'] for m in metrics['members']]}" if fit == "val" else
                f"one per patient fold of the pool, seeds {[m['seed'] for m in metrics['members']]}")
     lines = [

@@ -18,6 +18,7 @@ import tune
 from cxr.dataset import CxrData
 from cxr.errors import InputError
 from tune.loopback import ensure_private_token, is_loopback, requested_address
+from tune.settings import is_uri
 
 # with --workers-per-trial > 1 the Tune trial only coordinates its Ray Train worker group (Ray rejects 0)
 COORDINATOR_CPU = 0.01
@@ -94,7 +95,7 @@ def check_storage(storage_path: str) -> None:
     """On several nodes Ray Tune (>= 2.7) needs storage they all share: check that each node sees a marker
     file the driver writes, before any trial starts. URIs (s3://, gs://, ...) are shared by nature."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) < 2 or "://" in storage_path:
+    if len(nodes) < 2 or is_uri(storage_path):
         return
     folder = Path(storage_path).resolve()
     while not folder.exists():  # the experiment folder itself is created only once every check passed

@@ -16,6 +16,7 @@ from cxr.errors import InputError
 from cxr.evaluation import fit_split_of
 from cxr.intervals import interval_text, value_text
 from cxr.metrics import RANKING, RATES
+from tune.settings import SPENT_KEY
 
 REPORT_LEADERBOARD_ROWS = 15
 
@@ -60,8 +61,8 @@ def write_report(folder: str | Path) -> Path:
     sections.append(("Data audit", _audit_html(audit)))
     search, search_html = _search(paths, results, run, figure, plots, optuna, pd)
     sections.append(("The search", search_html))
-    if run.get("time_budget_spent"):
-        sections.append(("Time budget", _budget_html(run["time_budget_spent"], run.get("time_budget"))))
+    if run.get(SPENT_KEY):
+        sections.append(("Time budget", _budget_html(run[SPENT_KEY], run.get("time_budget"))))
     page = _page(paths.root.name, notes, sections)
     (out / "report.html").write_text(page)
     write_json(out / "report.json", {"experiment": paths.root.name, "run": run, "best": results.best,

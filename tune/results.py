@@ -84,6 +84,19 @@ class TrialRecord:
     stopped_by_budget: bool = False  # --time-budget stopped it at an epoch boundary
 
 
+def trial_folder_name(index: int, trial_id: str) -> str:
+    """trial_<index>_<id>: what Ray names a trial's folder (and the live table's row) in every Tune experiment."""
+    return f"trial_{index:04d}_{trial_id}"
+
+
+def make_trial_record(folder: str | Path, config: dict, epochs: pd.DataFrame, error: str | None) -> TrialRecord:
+    """A trial's record from its folder (trial_folder_name: index and id), config, reported rows (an epoch Ray
+    trained twice counts once; the flattened config/<key> columns dropped) and error."""
+    _, index, trial_id = Path(folder).name.split("_", 2)
+    epochs = epochs.drop(columns=[c for c in epochs.columns if c.startswith("config/")])
+    return TrialRecord(trial_id, int(index), dict(config), one_row_per_epoch(epochs), error)
+
+
 def build_tables(records: list[TrialRecord], metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """trials (one row per trial: status, config keys, best/last val metrics) and epochs (one row per epoch)."""
     rows, frames = [], []

@@ -26,7 +26,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune.budget import active
 from tune.cluster import COORDINATOR_CPU
-from tune.results import TrialRecord, one_row_per_epoch, planned_epochs, trial_status
+from tune.results import TrialRecord, make_trial_record, planned_epochs, trial_folder_name, trial_status
+from tune.settings import is_uri
 from tune.spaces import CheckedSpace, Space
 from tune.trainable import TrialContext, train_trial
 
@@ -84,7 +85,7 @@ def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, da
 def drop_finished_checkpoints(settings: SearchSettings, records: list[TrialRecord]) -> None:
     """Finished trials need no checkpoint (resume skips them, the final stage trains from scratch): only errored
     trials keep theirs, for --resume. Local storage only; on URIs CheckpointConfig(num_to_keep=1) bounds them."""
-    if "://" in settings.storage_path:
+    if is_uri(settings.storage_path):
         return
     root = Path(tune_dir(settings))
     for record in records:
@@ -274,9 +275,8 @@ def make_trial_scheduler(settings: SearchSettings) -> ASHAScheduler | FIFOSchedu
 
 
 def _trial_name(trial, first: int = 1) -> str:
-    """trial_<index>_<id>: the index (1 = first created in the study) from the tag Ray numbers trials with."""
-    index = int(trial.experiment_tag.split("_", 1)[0]) + first - 1
-    return f"trial_{index:04d}_{trial.trial_id}"
+    """The index (1 = first created in the study) from the tag Ray numbers trials with."""
+    return trial_folder_name(int(trial.experiment_tag.split("_", 1)[0]) + first - 1, trial.trial_id)
 
 
 def _run_config(settings: SearchSettings, callbacks: tuple[Callback, ...] = ()) -> ray_tune.RunConfig:
@@ -359,8 +359,5 @@ def tune_dir(settings: SearchSettings) -> str:
 
 def _record(result, config: dict | None = None) -> TrialRecord:
     epochs = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
-    epochs = epochs.drop(columns=[c for c in epochs.columns if c.startswith("config/")])
-    epochs = one_row_per_epoch(epochs)
     error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:2000]
-    _, index, trial_id = Path(result.path).name.split("_", 2)
-    return TrialRecord(trial_id, int(index), dict(config or result.config), epochs.reset_index(drop=True), error)
+    return make_trial_record(result.path, config or result.config, epochs, error)

@@ -155,6 +155,11 @@ _RULES = {  # flags of tune.run alone that no TrainConfig key judges (cxr.cli ho
 }
 
 
+def is_uri(storage_path: str) -> bool:
+    """s3://, gs://, ... (shared by every node, no local folder to check or clean) rather than a path."""
+    return "://" in storage_path
+
+
 def check_flags(settings: RunSettings) -> None:
     """Every flag value and path that can be judged before data is read or Ray starts; flags that set a TrainConfig
     key are judged by that key's own rule."""
@@ -164,7 +169,7 @@ def check_flags(settings: RunSettings) -> None:
         if fix:
             raise InputError(f"{flag_name(field)} {value} is out of range: {fix}")
     folders = [("--results-dir", settings.results_dir), ("--cache-dir", settings.cache_dir)]
-    if settings.storage_path and "://" not in settings.storage_path:
+    if settings.storage_path and not is_uri(settings.storage_path):
         folders.append(("--storage-path", settings.storage_path))
     for flag, folder in folders:
         if folder is not None:

@@ -23,7 +23,7 @@ from ray.tune import Callback
 from cxr.errors import InputError
 from cxr.jsonio import read_json, write_json
 from tune.budget import active
-from tune.results import ExperimentPaths, TrialRecord, one_row_per_epoch, record_status
+from tune.results import ExperimentPaths, TrialRecord, make_trial_record, record_status
 
 MLFLOW_EXPERIMENT = "cxr-tune"  # every experiment of a tracking store is a parent run in this MLflow experiment
 # a trial's end state -> the MLflow run status (the tag "state" keeps the state itself)
@@ -211,14 +211,13 @@ def _record_of(trial, errored: bool) -> TrialRecord:
     which holds the epochs before a --resume too) and its error's first line."""
     folder = Path(trial.local_path)
     lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").is_file() else []
-    epochs = one_row_per_epoch(pd.DataFrame([json.loads(line) for line in lines if line.strip()]))
+    epochs = pd.DataFrame([json.loads(line) for line in lines if line.strip()])
     error = None
     if errored:
         text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).is_file() else ""
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Failure # ")]
         error = lines[-1] if lines else "the trial failed"
-    _, index, _ = folder.name.split("_", 2)
-    return TrialRecord(trial.trial_id, int(index), dict(trial.config), epochs, error)
+    return make_trial_record(folder, trial.config, epochs, error)
 
 
 def _version() -> str:

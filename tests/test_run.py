@@ -167,20 +167,36 @@ def test_existing_name_is_refused_and_untouched(demo, main_in_process, assert_in
 
 
 @pytest.mark.slow
-def test_extend_adds_trials_the_study_keeps_and_archives_the_previous_report(demo, copy_experiment, run_cli):
+def test_extend_adds_trials_the_study_keeps_and_archives_the_previous_report_within_a_time_budget(demo, copy_experiment,
+                                                                                                 run_cli):
+    """--extend 60 --time-budget 45s on the demo's copy (an --extend round has a budget of its own): the round stops
+    starting trials when what is left is the final stage's estimate; run.json and the report say how the time was
+    spent. Which trials were in flight at that moment depends on the machine's load, so the stop of a trial in flight
+    is checked with a stand-in clock (tests/test_search.py); the wall time against the budget in BENCHMARKS.md."""
     folder = copy_experiment(demo)
     before = load(folder)
-    extended = run_cli("--results-dir", str(folder.parent), "--name", "demo", "--extend", "2")
+    started = time.monotonic()
+    extended = run_cli("--results-dir", str(folder.parent), "--name", "demo", "--extend", "60", "--time-budget", "45s")
+    wall = time.monotonic() - started
     assert extended.returncode == 0, extended.stderr[-4000:]
+    assert "no new trials" in extended.stdout and "time budget:" in extended.stdout
     after = load(folder)
-    assert len(after.trials) == 10 and sorted(after.trials["trial_index"]) == list(range(1, 11))
+    n = len(after.trials)
+    assert 8 < n < 68 and sorted(after.trials["trial_index"]) == list(range(1, n + 1)) and wall < 150
     assert set(before.trials["trial_id"]) < set(after.trials["trial_id"])
     study = optuna.load_study(study_name="demo", storage=open_study_storage(folder / "optuna.journal"))
-    assert [t.number for t in study.trials] == list(range(10)) and all(t.state.is_finished() for t in study.trials)
-    assert (folder / "report-1" / "report.html").is_file() and (folder / "report" / "report.html").is_file()
+    assert [t.number for t in study.trials] == list(range(n)) and all(t.state.is_finished() for t in study.trials)
+    states = {t.number + 1: t.state.name for t in study.trials}
+    stopped = after.trials[after.trials["status"] == "budget"]
+    spent = json.loads((folder / "run.json").read_text())["time_budget_spent"]
+    assert len(stopped) == spent["trials_stopped_by_budget"]
+    assert all(states[i] == "COMPLETE" for i in stopped["trial_index"])  # stopped by the clock, not judged weak
+    parts = spent["search_s"] + spent["final_stage_s"] + spent["other_s"]
+    assert spent["budget_s"] == 45 and parts == pytest.approx(spent["total_s"], abs=0.2) and spent["final_estimate_s"] > 0
+    assert (folder / "report-1" / "report.html").is_file() and "Time budget" in (folder / "report" / "report.html").read_text()
     best_changed = after.best["trial_id"] != before.best["trial_id"]
     assert (folder / "final-1" / "model.json").is_file() == best_changed  # kept only when a new final/ replaced it
-    assert (folder / "final" / "model.json").is_file()
+    assert (folder / "final" / "model.json").is_file() and after.test is not None
     assert _digest(demo.folder / "final") == _digest(folder / ("final-1" if best_changed else "final"))
 
 
@@ -247,27 +263,3 @@ def test_deprecated_scheduler_flag_still_works_and_says_so(tmp_path, main_in_pro
     code, err = main_in_process("--scheduler", "fifo", "--num-samples", "0", "--dataset", "synthetic",
                                 "--results-dir", str(tmp_path))
     assert code == 2 and "--scheduler is deprecated: use --trial-scheduler" in err
-
-
-def test_a_time_budget_ends_the_demo_with_a_final_model_and_says_how_it_was_spent(tmp_path, run_cli):
-    """--time-budget 75s with --num-samples 50 (many minutes without a budget): the search stops starting trials
-    when what is left is the final stage's estimate; run.json and the report say how the time was spent. (The wall
-    time against the budget is measured in BENCHMARKS.md, not asserted here beyond "far less than 50 trials".)"""
-    started = time.monotonic()
-    proc = run_cli("--space", "smoke", "--dataset", "synthetic", "--num-samples", "50", "--time-budget", "75s",
-                   "--results-dir", str(tmp_path), "--name", "b", "--cache-dir", str(tmp_path / "cache"))
-    wall = time.monotonic() - started
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "no new trials" in proc.stdout and "time budget:" in proc.stdout
-    results = load(tmp_path / "b")
-    assert 1 <= len(results.trials) < 50 and results.test is not None and wall < 150
-    spent = json.loads((tmp_path / "b" / "run.json").read_text())["time_budget_spent"]
-    parts = spent["search_s"] + spent["final_stage_s"] + spent["other_s"]
-    assert spent["budget_s"] == 75 and parts == pytest.approx(spent["total_s"], abs=0.2) and spent["final_estimate_s"] > 0
-    assert "Time budget" in (tmp_path / "b" / "report" / "report.html").read_text()
-    study = optuna.load_study(study_name="b", storage=open_study_storage(tmp_path / "b" / "optuna.journal"))
-    states = {t.number + 1: t.state.name for t in study.trials}
-    stopped = results.trials[results.trials["status"] == "budget"]
-    assert len(stopped) == spent["trials_stopped_by_budget"] >= 1  # the first trials were in flight at the decision
-    for _, trial in stopped.iterrows():
-        assert states[trial["trial_index"]] == "COMPLETE"  # stopped by the clock, not judged weak: not PRUNED

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
 
 from tune import search
+from tune.budget import Budget, activate
 from tune.spaces import load_space, validate
 
 
@@ -141,3 +143,36 @@ def test_at_most_a_quarter_of_the_search_starts_before_tpe_can_steer(tmp_path):
         failing.suggest(t)
         failing.on_trial_complete(t, error=True)
     assert failing.suggest("t12") is not None  # nothing running: no wait (it would never end)
+
+
+def test_a_trial_in_flight_when_the_budget_decides_stops_at_its_next_epoch_and_stays_complete(tmp_path):
+    """--time-budget with a stand-in clock (the wall-clock run is load-dependent): two trials run; once what is left
+    only covers the final stage, the searcher starts no more trials, the stopper ends a trial at its next epoch
+    boundary, and the journal keeps it COMPLETE with its best epoch (stopped by the clock, not judged weak)."""
+    now = [0.0]
+    budget = Budget(total_s=100, final_members=1, final_epochs=1, member_slots=1, clock=lambda: now[0])
+    activate("run", budget)
+    try:
+        space = load_space("smoke")
+        searcher = search.make_searcher(_settings(tmp_path, budget_key="run"), space, validate(space))
+        stopper = search.BudgetStopper("run")
+        for trial_id in ("a", "b"):
+            assert searcher.suggest(trial_id) is not None
+
+        def epoch(trial_id: str, step: int, value: float, at: float) -> bool:
+            now[0] = at
+            result = {"val_spec_at_recall": value, "training_iteration": step, "epoch": step, "time_this_iter_s": 10.0,
+                      "config": {"epochs": 3}}
+            searcher.on_trial_result(trial_id, result)
+            return stopper(trial_id, result)
+
+        assert not epoch("a", 1, 0.6, 10) and not epoch("b", 1, 0.5, 11)  # 89 s left: the final stage needs 32.5 s
+        assert searcher.suggest("c") is not None
+        # 40 s left <= 32.5 s + a new trial's start and epoch: no new trials; one more epoch of "a" no longer fits
+        assert epoch("a", 2, 0.4, 60) and budget.stopped == {"a"}
+        assert searcher.suggest("d") is Searcher.FINISHED
+        searcher.on_trial_complete("a", {"val_spec_at_recall": 0.4, "epoch": 2, "config/epochs": 3})
+    finally:
+        activate("run", None)
+    study = optuna.load_study(study_name="x", storage=search.open_study_storage(tmp_path / "optuna.journal"))
+    assert (study.trials[0].state.name, study.trials[0].value) == ("COMPLETE", 0.6)

@@ -12,27 +12,44 @@ the 224 px Kaggle copy): chest films are close to square and cropping would cut 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib.metadata
+import itertools
+import multiprocessing
 import os
 import warnings
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from numpy.lib.format import open_memmap
 from PIL import Image, UnidentifiedImageError
 
+import cxr.dicom
 from cxr.dicom import DICOM_SUFFIXES, has_dicom_preamble, read_dicom
 from cxr.errors import InputError
+
+if TYPE_CHECKING:  # pandas only for the annotation: every pool worker imports this module, so it stays light
+    import pandas as pd
 
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}  # suffix -> the only PIL decoder tried
 FILM_SUFFIXES = frozenset(PIL_FORMATS) | DICOM_SUFFIXES  # what data folders and predict pick up
 # 60 megapixels (e.g. 7750 x 7750): above any chest film (detectors give up to ~4300 x 4300); a header claiming more
 # is refused before a pixel is decoded. Raise it with max_pixels= (--max-pixels in the CLIs).
 MAX_PIXELS = 60_000_000
-_PARALLEL_MIN_IMAGES = 512  # below this, starting a process pool costs more than it saves
+_PARALLEL_MIN_IMAGES = 512  # below this (a few seconds of decoding), the pool's ~0.4 s start is not worth it
 _CHUNK = 256  # films per decode task: big enough to amortise the pool, small enough to spread over workers
+# The code and the libraries that turn a file into pixels: a change to any of them must not reuse older pixels.
+_DECODING_MODULES = (__file__, cxr.dicom.__file__)
+_DECODING_LIBRARIES = ("pillow", "pydicom", "numpy", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg")
+# forkserver, not Linux's default fork: a child forked from a process whose torch (or OpenMP) thread pool has run
+# hangs once it uses that pool; the fork server is a clean process started on first use, and forking a worker
+# from it is cheaper than spawn's fresh interpreter per worker. As with spawn, each worker imports the main module:
+# a script that decodes keeps its work under `if __name__ == "__main__":`.
+_POOL_CONTEXT = multiprocessing.get_context("forkserver")
 
 
 def default_cache_dir() -> Path:
@@ -54,12 +71,44 @@ def load_images(
 
 
 def _cache_key(paths: list[str], size: int) -> str:
-    """Changes when any file is added, removed, replaced or touched."""
-    digest = hashlib.sha256(str(size).encode())
+    """Changes when any file is added, removed, replaced or touched, and when the decoders change."""
+    digest = hashlib.sha256(f"{size}\0{decoder_fingerprint()}\n".encode())
     for path in paths:
         stat = os.stat(path)
         digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:20]
+
+
+@functools.cache
+def decoder_fingerprint() -> str:
+    """What decodes (part of the cache key), computed once per process: the source of the decoding modules and the
+    versions of the installed decoding libraries."""
+    digest = hashlib.sha256()
+    for path in _DECODING_MODULES:
+        digest.update(Path(path).read_bytes())
+    for name in _DECODING_LIBRARIES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # an optional plugin not installed
+            digest.update(f"{name}=={importlib.metadata.version(name)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def map_in_processes(fn: Callable[[Sequence], Any], items: Sequence, chunksize: int, workers: int) -> Iterator[Any]:
+    """fn(chunk) for each run of `chunksize` consecutive items, in order, in `workers` processes (in this one when
+    workers <= 1); fn must pickle (module level, or a functools.partial of such). Two chunks per worker are in flight
+    at most, so results wait in memory about two per worker however many items there are."""
+    chunks = (items[i : i + chunksize] for i in range(0, len(items), chunksize))
+    if workers <= 1:
+        yield from map(fn, chunks)
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_POOL_CONTEXT)
+    try:
+        pending = deque(pool.submit(fn, chunk) for chunk in itertools.islice(chunks, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(pool.submit(fn, chunk) for chunk in itertools.islice(chunks, 1))
+            yield result
+    finally:
+        pool.shutdown(cancel_futures=True)  # a failure or an interrupt: queued chunks are dropped, not decoded
 
 
 def _decode_all(paths: list[str], size: int, target: Path, workers: int, max_pixels: int) -> None:
@@ -80,24 +129,18 @@ def _decode_all(paths: list[str], size: int, target: Path, workers: int, max_pix
 
 
 def _decode_into(tmp: Path, paths: list[str], size: int, workers: int, max_pixels: int) -> list[tuple[str, str]]:
-    """Decode every film into the memory-mapped file tmp; the (path, reason) of each film that failed."""
-    out = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
-    chunks = [range(i, min(i + _CHUNK, len(paths))) for i in range(0, len(paths), _CHUNK)]
+    """Decode every film into the .npy file tmp, written front to back as the chunks come (the films are never all in
+    memory, nor in mapped pages); the (path, reason) of each film that failed."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (len(paths), size, size)}
+    workers = workers if len(paths) >= _PARALLEL_MIN_IMAGES else 1
     bad: list[tuple[str, str]] = []
-    if workers > 1 and len(paths) >= _PARALLEL_MIN_IMAGES:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(_decode_chunk, [[paths[i] for i in c] for c in chunks], [size] * len(chunks),
-                               [max_pixels] * len(chunks))
-            for chunk, (array, failed) in zip(chunks, results):
-                out[chunk.start : chunk.stop] = array
-                bad += failed
-    else:
-        for chunk in chunks:
-            array, failed = _decode_chunk([paths[i] for i in chunk], size, max_pixels)
-            out[chunk.start : chunk.stop] = array
+    with open(tmp, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)  # what np.save writes for a header this short
+        for array, failed in map_in_processes(functools.partial(_decode_chunk, size=size, max_pixels=max_pixels),
+                                              paths, _CHUNK, workers):
+            out.write(array.data)
             bad += failed
-    out.flush()
-    del out
     return bad
 
 

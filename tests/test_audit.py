@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+import cxr.audit
 from cxr.audit import audit, hash_files
 
 
@@ -27,3 +28,17 @@ def test_duplicates_across_splits_and_shared_patients(tmp_path, write_dicom):
     assert result["patients_in_pool_and_test"] == 0
     shared = audit(manifest.assign(patient=["p1", "p1", "p2", "p3"]), hashes)
     assert shared["patients_in_pool_and_test"] == 1 and shared["patient_examples"] == ["p1"]
+
+
+def test_hashing_in_processes_equals_hashing_here(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 255, (20, 30), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    (tmp_path / "3.png").write_bytes(b"not a PNG")  # unreadable: None, in its place
+    monkeypatch.setattr(cxr.audit, "_PARALLEL_MIN_FILMS", 2)
+    monkeypatch.setattr(cxr.audit, "_FILMS_PER_TASK", 2)
+    serial = hash_files(paths, workers=1)
+    assert serial[3] is None and len(set(serial)) == len(paths)
+    assert hash_files(paths, workers=2) == serial

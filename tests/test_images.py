@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cxr.dicom
 import cxr.images
 from cxr.errors import InputError
-from cxr.images import decode, default_cache_dir, load_images, resize_array
+from cxr.images import decode, decoder_fingerprint, default_cache_dir, load_images, resize_array
 
 
 def _write(path: Path, array: np.ndarray) -> str:
@@ -96,6 +98,38 @@ def test_touched_or_changed_file_gives_a_new_entry(tmp_path: Path, monkeypatch) 
     np.testing.assert_array_equal(changed[2], decode(paths[2], 24))
     assert not np.array_equal(changed[2], before[2])
     np.testing.assert_array_equal(np.delete(changed, 2, axis=0), np.delete(before, 2, axis=0))
+
+
+def test_a_cache_made_by_other_decoders_is_not_read(tmp_path: Path, monkeypatch) -> None:
+    paths, cache = _gradients(tmp_path / "img", n=3), tmp_path / "cache"
+    decoded = []
+
+    def counted(path, *args):
+        decoded.append(path)
+        return decode(path, *args)
+
+    monkeypatch.setattr(cxr.images, "decode", counted)
+    first = np.array(load_images(paths, 16, cache_dir=cache, workers=1))
+    monkeypatch.setattr(cxr.images, "decoder_fingerprint", lambda: "another decoder version")
+    load_images(paths, 16, cache_dir=cache, workers=1)
+    assert len(decoded) == 2 * len(paths) and len(_cache_files(cache)) == 2
+    monkeypatch.setattr(cxr.images, "decoder_fingerprint", decoder_fingerprint)
+    _forbid_decoding(monkeypatch)
+    np.testing.assert_array_equal(load_images(paths, 16, cache_dir=cache), first)
+
+
+@pytest.mark.parametrize("change", ["code", "library"])
+def test_the_decoder_fingerprint_follows_the_decoding_code_and_libraries(tmp_path: Path, monkeypatch, change) -> None:
+    fingerprint = decoder_fingerprint.__wrapped__  # past the once-per-process cache
+    before = fingerprint()
+    if change == "code":  # the DICOM reader edited by one byte
+        edited = tmp_path / "dicom.py"
+        edited.write_bytes(Path(cxr.dicom.__file__).read_bytes() + b"\n")
+        monkeypatch.setattr(cxr.images, "_DECODING_MODULES", (cxr.images.__file__, str(edited)))
+    else:
+        version = importlib.metadata.version
+        monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0.1" if name == "pillow" else version(name))
+    assert fingerprint() != before
 
 
 def test_process_pool_path_equals_serial_path(tmp_path: Path, monkeypatch) -> None:
@@ -185,13 +219,15 @@ def test_an_interrupted_decode_leaves_no_temporary_file(tmp_path: Path, monkeypa
 
 
 REFUSE_IN_A_FRESH_PROCESS = """
-import resource, sys
+import sys
 from cxr.images import decode
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kib():  # VmHWM: this process's own peak RSS (ru_maxrss starts at the parent's RSS at the fork)
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+before = peak_kib()
 try:
     decode(sys.argv[1], 64)
 except ValueError as exc:
-    print("refused", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, exc)
+    print("refused", (peak_kib() - before) // 1024, exc)
 """
 
 
@@ -210,3 +246,65 @@ def test_refusing_a_film_above_the_limit_costs_under_50_mib(tmp_path: Path, writ
         words = done.stdout.split()
         assert words[:1] == ["refused"] and "exceed the limit" in done.stdout, done.stdout + done.stderr
         assert int(words[1]) < 50, f"refusing {film.name} grew the peak RSS by {words[1]} MiB"
+
+
+# A script, not -c: forkserver and spawn workers import the main script, so the torch-calling decoder is theirs too.
+DECODE_WITH_TORCH = """
+import sys
+import numpy as np
+import torch
+import cxr.images
+
+_decode = cxr.images.decode
+
+
+def decode_with_torch(path, size, max_pixels):
+    torch.randn(256, 256) @ torch.randn(256, 256)  # per-film work on torch's thread pools
+    return _decode(path, size, max_pixels)
+
+
+cxr.images.decode = decode_with_torch
+
+if __name__ == "__main__":
+    from PIL import Image
+
+    film = sys.argv[1] + "/film.png"
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(film)
+    torch.set_num_threads(2)
+    torch.randn(512, 512) @ torch.randn(512, 512)  # the parent's threads run before the decode pool starts
+    images = cxr.images.load_images([film] * cxr.images._PARALLEL_MIN_IMAGES, 16, sys.argv[1] + "/cache", workers=2)
+    print("decoded", len(images))
+"""
+
+
+def test_decoding_in_parallel_works_in_a_process_that_has_used_torch(tmp_path: Path) -> None:
+    """A pool forked from a process whose torch threads ran hangs at the first torch call in the child."""
+    script = tmp_path / "decode_with_torch.py"
+    script.write_text(DECODE_WITH_TORCH)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["decoded", str(cxr.images._PARALLEL_MIN_IMAGES)], done.stdout + done.stderr
+
+
+DECODE_MANY_IN_A_FRESH_PROCESS = """
+import sys
+from cxr.images import decode, load_images
+
+
+def peak_mib():  # VmHWM: this process's own peak RSS (ru_maxrss starts at the parent's RSS at the fork)
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) // 1024
+
+
+decode(sys.argv[1], 128)  # the decoders' own buffers, before the baseline
+before = peak_mib()
+load_images([sys.argv[1]] * 4096, 128, sys.argv[2], workers=1)
+print(peak_mib() - before)
+"""
+
+
+def test_building_a_cache_holds_about_one_chunk_of_films_in_memory(tmp_path: Path) -> None:
+    """4096 films of 128 px are 64 MiB of cache: written as decoded, they never all sit in the decoding process."""
+    film = _write(tmp_path / "film.png", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64).astype(np.uint8))
+    done = subprocess.run([sys.executable, "-c", DECODE_MANY_IN_A_FRESH_PROCESS, film, str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) < 24, f"building a 64 MiB cache grew the peak RSS by {done.stdout.strip()} MiB"

@@ -9,8 +9,8 @@ import os
 import pandas as pd
 
 from cxr.images import map_in_processes, read_film
+from cxr.splits import POOL
 
-POOL = ("train", "val")
 _PARALLEL_MIN_FILMS = 256  # below this, starting a process pool costs more than it saves
 _FILMS_PER_TASK = 64
 

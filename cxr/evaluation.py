@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 from cxr.calibration import apply_temperature, calibration_summary, fit_temperature
-from cxr.intervals import (N_BOOT, bootstrap_thresholds, confident_threshold, metrics_with_intervals,
+from cxr.intervals import (N_BOOT, bootstrap_thresholds, confident_threshold, exact_threshold, metrics_with_intervals,
                            percentile_interval, wilson_intervals)
-from cxr.metrics import compute_metrics, rates, threshold_for_recall
+from cxr.metrics import compute_metrics, counts, rates, threshold_for_recall
 from cxr.resamples import patient_bootstrap
 from cxr.subgroups import class_balance, recall_by_kind
 
@@ -56,26 +56,62 @@ def evaluate(predictions: pd.DataFrame, *, target_recall: float, recall_confiden
     return out
 
 
+THRESHOLD_RULES = ("point", "bootstrap", "exact")  # how a threshold is set on the calibrated probability
+DEFAULT_CONFIDENCE = 0.95  # of the bootstrap and exact rules when none is given
+
+
 def operating_point(labels, probs_raw, patients, *, target_recall: float, recall_confidence: float | None = None,
-                    n_boot: int = N_BOOT, seed: int = 0, fitted_on: str = "val") -> dict:
-    """Temperature fitted on (labels, probs_raw), then the threshold on the calibrated probability: the point rule
-    (highest threshold whose recall reaches target_recall) or, with recall_confidence, the highest whose one-sided
-    lower bound over patient resamples does; the point rule's 95 % interval over patients. "weights" holds the
-    patient-bootstrap weights used."""
+                    rule: str | None = None, n_boot: int = N_BOOT, seed: int = 0, fitted_on: str = "val") -> dict:
+    """Temperature fitted on (labels, probs_raw), then the threshold on the calibrated probability by rule: point
+    (highest threshold whose recall reaches target_recall), bootstrap (the highest whose one-sided lower bound over
+    patient resamples does, at recall_confidence) or exact (the highest whose recall on further films reaches it with
+    that confidence: cxr.intervals.exact_threshold). Without a rule: bootstrap if recall_confidence is given, else
+    point. Also the point rule's 95 % interval over patients; "weights" holds the patient resamples used."""
     labels = np.asarray(labels)
+    rule = rule or ("bootstrap" if recall_confidence else "point")
+    confidence = (recall_confidence or DEFAULT_CONFIDENCE) if rule != "point" else None
     temperature = fit_temperature(labels, probs_raw)
     q = apply_temperature(probs_raw, temperature)
     weights = patient_bootstrap(patients, n_boot, seed)
     point = threshold_for_recall(labels, q, target_recall)
-    threshold, rule = point, f"highest threshold whose {fitted_on} recall reaches {target_recall} (point estimate)"
-    if recall_confidence:
-        threshold = confident_threshold(labels, q, weights, target_recall, recall_confidence)
-        rule = (f"highest threshold whose one-sided {recall_confidence:.0%} lower confidence bound of {fitted_on} "
+    threshold, text = point, f"highest threshold whose {fitted_on} recall reaches {target_recall} (point estimate)"
+    if rule == "bootstrap":
+        threshold = confident_threshold(labels, q, weights, target_recall, confidence)
+        text = (f"highest threshold whose one-sided {confidence:.0%} lower confidence bound of {fitted_on} "
                 f"recall (patient bootstrap) reaches {target_recall}")
-    return {"target_recall": target_recall, "recall_confidence": recall_confidence, "temperature": temperature,
-            "threshold": threshold, "threshold_rule": rule, "threshold_point": point,
+    elif rule == "exact":
+        threshold = exact_threshold(labels, q, target_recall, confidence)
+        text = (f"highest threshold whose recall on further films like {fitted_on} reaches {target_recall} with "
+                f"{confidence:.0%} confidence (exact order-statistic bound on the pneumonia films' scores)")
+    return {"target_recall": target_recall, "recall_confidence": confidence, "rule": rule, "temperature": temperature,
+            "threshold": threshold, "threshold_rule": text, "threshold_point": point,
             "threshold_ci95": percentile_interval(bootstrap_thresholds(labels, q, weights, target_recall)),
             "weights": weights}
+
+
+def out_of_sample(labels, probs_raw, patients, *, target_recall: float, rule: str, recall_confidence: float | None,
+                  folds: int = 5, repeats: int = 3, seed: int = 0) -> dict:
+    """What an operating point fitted by rule will do on further films: patient-grouped, class-stratified k-fold
+    cross-validation, repeated (temperature and threshold fitted on k - 1 folds, the held-out fold scored); recall and
+    specificity pooled over every held-out film, with Wilson 95 % intervals at the films' own counts. (Each fit sees
+    (k - 1) / k of the films: a little more conservative than the fit on all of them.)"""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels, probs_raw, patients = np.asarray(labels), np.asarray(probs_raw, dtype=np.float64), np.asarray(patients)
+    hits = {"tp": 0, "fn": 0, "tn": 0, "fp": 0}
+    for r in range(repeats):
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + r)
+        for fit, held in splitter.split(probs_raw, labels, groups=patients):
+            point = operating_point(labels[fit], probs_raw[fit], patients[fit], target_recall=target_recall,
+                                    recall_confidence=recall_confidence, rule=rule, seed=seed + r)
+            q = apply_temperature(probs_raw[held], point["temperature"])
+            for key, value in counts(labels[held], q, point["threshold"]).items():
+                hits[key] += int(value[0])
+    per_film = {k: round(v / repeats) for k, v in hits.items()}  # Wilson at the films' own counts, not repeats x
+    wilson = wilson_intervals(per_film)
+    return {"folds": folds, "repeats": repeats, "rule": rule,
+            "recall": hits["tp"] / max(1, hits["tp"] + hits["fn"]), "recall_wilson95": wilson["recall"],
+            "specificity": hits["tn"] / max(1, hits["tn"] + hits["fp"]), "specificity_wilson95": wilson["specificity"]}
 
 
 def calibrated(predictions: pd.DataFrame, evaluation: dict) -> np.ndarray:

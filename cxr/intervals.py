@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-from scipy.stats import beta, binomtest
+from scipy.stats import beta, binom, binomtest
 
 from cxr.metrics import COUNTS, RANKING, RATES, counts, ranking, rates
 from cxr.resamples import Weights, column_blocks, row_blocks, weights_of
@@ -113,6 +113,19 @@ def confident_threshold(labels, probs, weights: Weights, target: float, confiden
         if len(ok):
             return float(thresholds[columns[ok[0]]])
     return float(thresholds[-1])
+
+
+def exact_threshold(labels, probs, target: float, confidence: float) -> float:
+    """The highest threshold whose recall on further films from the same source reaches target with the given
+    confidence, distribution-free: the k-th lowest positive probability, k the largest with
+    P(Binomial(n, 1 - target) >= k) >= confidence (the fraction of pneumonia scoring below the k-th lowest of n is
+    Beta(k, n - k + 1)); the lowest positive probability when even k = 1 falls short (too few positives)."""
+    p_pos = np.sort(np.asarray(probs, dtype=np.float64)[np.asarray(labels).astype(bool)])
+    if not len(p_pos):
+        return math.nan
+    held = binom.sf(np.arange(len(p_pos)), len(p_pos), 1 - target) >= confidence  # index k - 1: P(X >= k)
+    k = int(np.flatnonzero(held)[-1]) + 1 if held.any() else 1
+    return float(p_pos[k - 1])
 
 
 def _running_sum(values: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:

@@ -61,14 +61,15 @@ def _raw_cutoff(spec: dict) -> float:
     return float(logit(spec["threshold"]) * spec["temperature"])  # the threshold on the uncalibrated mean
 
 
-@pytest.mark.parametrize("quantile, direction", [(0.5, "down"), (0.0, "up")])
+@pytest.mark.parametrize("quantile, direction, rule", [(0.5, "down", "exact"), (0.0, "up", "point")])
 def test_the_threshold_moves_to_where_the_site_needs_it_and_weights_stay_byte_identical(
-        tmp_path, final_model_folder, site, quantile, direction):
+        tmp_path, final_model_folder, site, quantile, direction, rule):
     manifest, raw, labels = site
     source = _source(tmp_path, final_model_folder, raw, labels, quantile)
     before = _hashes(source)
     out = tmp_path / "site-model"
-    assert main(["--model", str(source), "--data", str(manifest), "--target-recall", str(TARGET), "--out", str(out)]) == 0
+    assert main(["--model", str(source), "--data", str(manifest), "--target-recall", str(TARGET), "--out", str(out),
+                 "--threshold-rule", rule]) == 0
     assert _hashes(source) == before  # the source folder is never written to
     for member in read_json(source / "model.json")["members"]:
         assert (out / member["file"]).read_bytes() == (source / member["file"]).read_bytes()
@@ -87,6 +88,25 @@ def test_the_threshold_moves_to_where_the_site_needs_it_and_weights_stay_byte_id
     assert f"{old['threshold']:.4f}" in card and f"{new['threshold']:.4f}" in card and str(manifest.resolve()) in card
     assert [p["threshold"] for p in new["operating_points"]] == [old["threshold"], new["threshold"]]
     assert load_model(out).threshold == new["threshold"] and (out / "recalibration.html").is_file()
+    expected = summary["new"]["out_of_sample"]  # in-sample and cross-validated figures side by side, everywhere
+    assert expected["rule"] == rule == summary["new"]["rule"] and 0 < expected["recall"] <= 1
+    assert f"recall {expected['recall']:.3f}" in card and f"by the {rule} rule" in card
+    assert "cross-validated" in (out / "recalibration.html").read_text()
+
+
+def test_a_cross_validated_shortfall_is_refused_unless_forced_and_then_stated(tmp_path, final_model_folder, site, capsys,
+                                                                              assert_input_error, monkeypatch):
+    import cxr.evaluation
+
+    manifest, raw, labels = site
+    short = {"folds": 5, "repeats": 3, "rule": "exact", "recall": 0.7, "recall_wilson95": [0.6, 0.8],
+             "specificity": 0.9, "specificity_wilson95": [0.8, 0.95]}
+    monkeypatch.setattr(cxr.evaluation, "out_of_sample", lambda *a, **k: short)
+    args = ["--model", str(final_model_folder), "--data", str(manifest), "--target-recall", str(TARGET)]
+    assert_input_error(main([*args, "--out", str(tmp_path / "refused")]), capsys.readouterr().err, "0.700", "--force")
+    assert not (tmp_path / "refused").exists()
+    assert main([*args, "--out", str(tmp_path / "forced"), "--force"]) == 0
+    assert "written anyway (--force)" in (tmp_path / "forced" / "model_card.md").read_text()
 
 
 def test_too_few_pneumonia_films_is_refused_naming_how_many_are_needed(tmp_path, final_model_folder, site, capsys,

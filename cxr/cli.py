@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from cxr.config import invalid_value
 from cxr.errors import InputError

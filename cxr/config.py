@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from cxr.errors import InputError
 
@@ -49,7 +50,7 @@ class TrainConfig:
                 raise InputError(f"config key '{field.name}' = {value!r} is invalid: expected {expected}")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a plain dict, rejecting unknown keys by name."""
         names = [f.name for f in dataclasses.fields(cls)]
         for key in values:
@@ -62,7 +63,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
 

@@ -29,7 +29,7 @@ class CxrData:
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.manifest["split"].to_numpy() == split)
 
-    def in_memory(self) -> "CxrData":
+    def in_memory(self) -> CxrData:
         """A copy with the images read into RAM, for shipping through an object store."""
         return CxrData(np.array(self.images, order="C"), self.manifest)  # ascontiguousarray would return a view
 

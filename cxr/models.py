@@ -30,7 +30,7 @@ class CxrNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images).squeeze(-1)
 
-    def train(self, mode: bool = True) -> "CxrNet":
+    def train(self, mode: bool = True) -> CxrNet:
         super().train(mode)
         for norm in self._frozen_norms:
             norm.eval()  # running statistics of frozen blocks must keep their pretrained values
@@ -93,7 +93,7 @@ def check_backbone(backbone: str) -> None:
         raise InputError(f"unknown backbone '{backbone}': close timm models are {close or 'none'}; see timm.list_models()")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def count_blocks(backbone: str) -> int:
     """Number of blocks (stem first) that unfrozen_blocks counts from the end; the head is not one."""
     check_backbone(backbone)

@@ -41,6 +41,8 @@ def evaluate(predictions: pd.DataFrame, *, target_recall: float, recall_confiden
         "subgroups": {fit_split: recall_by_kind(fit, q_fit, threshold, n_boot, seed)},
         "class_balance": class_balance(manifest if manifest is not None else predictions),
     }
+    out["out_of_sample"] = out_of_sample(fit["label"], fit["probability_raw"], fit["patient"], target_recall=target_recall,
+                                         rule=point["rule"], recall_confidence=recall_confidence, seed=seed)
     out["rule_cost"] = {f"{fit_split}_specificity_point_rule": rates(fit["label"], q_fit, point["threshold_point"])["specificity"],
                         f"{fit_split}_specificity_chosen": out[fit_split]["specificity"]}
     if len(test):
@@ -58,21 +60,24 @@ def evaluate(predictions: pd.DataFrame, *, target_recall: float, recall_confiden
 
 THRESHOLD_RULES = ("point", "bootstrap", "exact")  # how a threshold is set on the calibrated probability
 DEFAULT_CONFIDENCE = 0.95  # of the bootstrap and exact rules when none is given
+CV_BOOT = N_BOOT // 4  # resamples of the bootstrap rule refitted in each cross-validation fold (15 fits, not one)
 
 
 def operating_point(labels, probs_raw, patients, *, target_recall: float, recall_confidence: float | None = None,
-                    rule: str | None = None, n_boot: int = N_BOOT, seed: int = 0, fitted_on: str = "val") -> dict:
+                    rule: str | None = None, n_boot: int = N_BOOT, seed: int = 0, fitted_on: str = "val",
+                    interval: bool = True) -> dict:
     """Temperature fitted on (labels, probs_raw), then the threshold on the calibrated probability by rule: point
     (highest threshold whose recall reaches target_recall), bootstrap (the highest whose one-sided lower bound over
     patient resamples does, at recall_confidence) or exact (the highest whose recall on further films reaches it with
     that confidence: cxr.intervals.exact_threshold). Without a rule: bootstrap if recall_confidence is given, else
-    point. Also the point rule's 95 % interval over patients; "weights" holds the patient resamples used."""
+    point. Also (interval) the point rule's 95 % interval over patients; "weights" holds the patient resamples used
+    (None when neither the rule nor the interval needs them)."""
     labels = np.asarray(labels)
     rule = rule or ("bootstrap" if recall_confidence else "point")
     confidence = (recall_confidence or DEFAULT_CONFIDENCE) if rule != "point" else None
     temperature = fit_temperature(labels, probs_raw)
     q = apply_temperature(probs_raw, temperature)
-    weights = patient_bootstrap(patients, n_boot, seed)
+    weights = patient_bootstrap(patients, n_boot, seed) if interval or rule == "bootstrap" else None
     point = threshold_for_recall(labels, q, target_recall)
     threshold, text = point, f"highest threshold whose {fitted_on} recall reaches {target_recall} (point estimate)"
     if rule == "bootstrap":
@@ -85,8 +90,8 @@ def operating_point(labels, probs_raw, patients, *, target_recall: float, recall
                 f"{confidence:.0%} confidence (exact order-statistic bound on the pneumonia films' scores)")
     return {"target_recall": target_recall, "recall_confidence": confidence, "rule": rule, "temperature": temperature,
             "threshold": threshold, "threshold_rule": text, "threshold_point": point,
-            "threshold_ci95": percentile_interval(bootstrap_thresholds(labels, q, weights, target_recall)),
-            "weights": weights}
+            "threshold_ci95": percentile_interval(bootstrap_thresholds(labels, q, weights, target_recall)) if interval
+            else None, "weights": weights}
 
 
 def out_of_sample(labels, probs_raw, patients, *, target_recall: float, rule: str, recall_confidence: float | None,
@@ -103,7 +108,8 @@ def out_of_sample(labels, probs_raw, patients, *, target_recall: float, rule: st
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed + r)
         for fit, held in splitter.split(probs_raw, labels, groups=patients):
             point = operating_point(labels[fit], probs_raw[fit], patients[fit], target_recall=target_recall,
-                                    recall_confidence=recall_confidence, rule=rule, seed=seed + r)
+                                    recall_confidence=recall_confidence, rule=rule, n_boot=CV_BOOT, seed=seed + r,
+                                    interval=False)
             q = apply_temperature(probs_raw[held], point["temperature"])
             for key, value in counts(labels[held], q, point["threshold"]).items():
                 hits[key] += int(value[0])

@@ -35,7 +35,11 @@ def render_model_card(metrics: dict, config: TrainConfig, best: dict) -> str:
               "## Decision threshold",
               f"- {metrics['threshold']:.4f} on the calibrated probability: {metrics['threshold_rule']}; "
               f"target recall {metrics['target_recall']}. Bootstrap 95 % interval of the point-rule threshold on {fit}: "
-              f"[{interval_text(metrics['threshold_ci95'])}].", "",
+              f"[{interval_text(metrics['threshold_ci95'])}]. Out of sample ({metrics['out_of_sample']['repeats']} x "
+              f"{metrics['out_of_sample']['folds']}-fold cross-validation over {fit} patients, the rule refitted each "
+              f"time): recall {metrics['out_of_sample']['recall']:.3f} "
+              f"[{interval_text(metrics['out_of_sample']['recall_wilson95'])}], specificity "
+              f"{metrics['out_of_sample']['specificity']:.3f}.", "",
               "## Performance at the threshold (95 % intervals by patient bootstrap)", "",
               "| split | recall | specificity | PPV | NPV | AUROC |", "|---|---|---|---|---|---|"]
     for split in (fit, "test"):

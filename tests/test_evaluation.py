@@ -41,6 +41,9 @@ def test_every_field_and_a_threshold_that_reaches_target_recall_on_val():
             low, high = out[split][f"{name}_ci95"]
             assert low <= out[split][name] <= high
     assert {g["kind"] for g in out["subgroups"]["test"]} == {"bacterial", "viral"}
+    expected = out["out_of_sample"]  # the rule refitted on held-out val patients: what it does on further films
+    assert expected["rule"] == "point" and expected["folds"] * expected["repeats"] == 15
+    assert 0.8 < expected["recall"] <= 1 and expected["recall_wilson95"][0] <= expected["recall"] <= expected["recall_wilson95"][1]
 
 
 def test_confidence_rule_lowers_the_threshold_and_reports_its_cost():

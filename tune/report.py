@@ -99,12 +99,21 @@ def _headline(metrics: dict, scored: str) -> str:
     return (f"<p>Decision threshold <b>{metrics['threshold']:.4f}</b> on the calibrated probability "
             f"(temperature {metrics['temperature']:.3f}): {html.escape(metrics['threshold_rule'])}. "
             f"Point-rule threshold {metrics['threshold_point']:.4f}, its 95 % interval over {fit} patients "
-            f"{interval_text(metrics['threshold_ci95'])}.</p>{note}"
+            f"{interval_text(metrics['threshold_ci95'])}.</p>{_expected(metrics, fit)}{note}"
             f"<table><tr><th>{scored} metric</th><th>value</th><th>95 % interval (patient bootstrap, "
             f"{metrics['n_boot']} resamples)</th></tr>{cells}</table>"
             f"<p>tp {m['tp']} · fn {m['fn']} · tn {m['tn']} · fp {m['fp']} on {m['images']} films of {m['patients']} "
             f"patients. Wilson (image-level) cross-check: recall {interval_text(m['recall_wilson95'])}, specificity "
             f"{interval_text(m['specificity_wilson95'])}.</p>" + _rule_cost(metrics))
+
+
+def _expected(metrics: dict, fit: str) -> str:
+    """What the threshold rule did on held-out patients of the split that chose it (cross-validated)."""
+    e = metrics["out_of_sample"]
+    return (f"<p>Out of sample ({e['repeats']} x {e['folds']}-fold cross-validation over {fit} patients, the "
+            f"{e['rule']} rule refitted each time): recall <b>{value_text(e['recall'])}</b> "
+            f"[{interval_text(e['recall_wilson95'])}], specificity <b>{value_text(e['specificity'])}</b> "
+            f"[{interval_text(e['specificity_wilson95'])}] against the target {metrics['target_recall']}.</p>")
 
 
 def _rule_cost(metrics: dict) -> str:

@@ -1,4 +1,6 @@
-"""Issue 9: faults injected with real processes into real runs; prints faults injected, trials lost, epochs repeated.
+"""Does a run lose trials or train epochs twice when a trial's process, its driver or a node is killed?
+
+Faults injected with real processes into real runs; prints faults injected, trials lost, epochs repeated.
 
 One search (smoke space, synthetic data, FIFO, `--trials` trials of `--epochs` epochs, 2 CPUs) takes all four kinds:
   worker  SIGKILL of a running trial's process, N times (each at a new epoch of some trial);
@@ -24,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from loopback_cluster import LoopbackCluster
-
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, print_markdown
+from tune.loopback_cluster import LoopbackCluster
 
 SPACE = '''
 import timm
@@ -129,10 +130,7 @@ def main() -> None:
     rows = {"one machine": run(args.faults, args.trials, args.epochs, None)}
     if args.node:
         rows["two nodes, worker node killed"] = _node_run(args)
-    keys = list(dict.fromkeys(k for r in rows.values() for k in r))
-    print("| run | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
-    for name, row in rows.items():
-        print(f"| {name} | " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
+    print_markdown([{"run": name, **row} for name, row in rows.items()])
     print(f"trials lost: {sum(r['trials lost'] for r in rows.values())}, epochs repeated: "
           f"{sum(r['epochs repeated'] for r in rows.values())}")
 

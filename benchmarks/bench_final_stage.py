@@ -1,5 +1,7 @@
-"""Issue 7: the final stage on real data: K = 2 members trained in parallel (1 CPU each, as tune.final_stage launches
-them) against today's single retrain (K = 1 on one trial's resources, one CPU), and member vs ensemble val AUROC.
+"""What do final members trained in parallel cost in wall time against one retrain, and does their ensemble beat them?
+
+On real data: K = 2 members trained in parallel (1 CPU each, as tune.final_stage launches them) against a single
+retrain (K = 1 on one trial's resources, one CPU), and member vs ensemble val AUROC.
 
 Same config, data and machine in one run: a patient-grouped share of the kermany224 train split (re-split by
 patient; it has no test split), EfficientNet-Lite0 with the shared ImageNet weights at 128 px. Both arms run the
@@ -14,7 +16,7 @@ import argparse
 import time
 from pathlib import Path
 
-from bench_search_real import DEFAULT_DATA, DEFAULT_WEIGHTS, make_subset  # noqa: E402  (benchmarks/ is sys.path[0])
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, subset_folder
 
 CONFIG = {"backbone": "tf_efficientnet_lite0", "pretrained": True, "image_size": 128, "batch_size": 64, "lr": 1e-3,
           "scheduler": "cosine", "dropout": 0.2, "unfrozen_blocks": 4, "augment": 0.3, "early_stopping_patience": 0,
@@ -39,7 +41,7 @@ def main() -> None:
     from tune.trainable import member_task
 
     config = TrainConfig.from_dict({**CONFIG, "epochs": args.epochs})
-    data = load_dataset(make_subset(args.data_dir, args.subset), image_size=config.image_size)
+    data = load_dataset(subset_folder(args.data_dir, args.subset), image_size=config.image_size)
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     data_ref = cluster.share(data)
     weights = cluster.share_weights({config.backbone: pretrained_state(config.backbone, args.weights_dir)})

@@ -1,5 +1,7 @@
-"""Issue 16: the final model built two ways from one search on real data, `--final seeds` vs `--final folds` with the
-same K, scored on a pseudo-test that nothing else sees; then a pseudo-site sets its own operating point.
+"""Which final model ships better, `--final seeds` or `--final folds`, and whose operating point holds at a new site?
+
+The final model built both ways (the same K) from one search on real data, scored on a pseudo-test that nothing else
+sees; then a pseudo-site sets its own operating point.
 
 1. ../shared/data/kermany224/train is scanned (patients from file names) and 20 % of its patients are held out as a
    pseudo-test (split=test in a manifest: the search, val and the folds never see them); the pseudo-test is split
@@ -19,7 +21,6 @@ Every stage is skipped when its output exists (benchmarks/out/final-strategies/)
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -29,28 +30,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "kermany224"
-DEFAULT_WEIGHTS = REPO.parent / "shared" / "weights"
-SPACE = REPO / "benchmarks" / "spaces" / "lite0_128.py"
-OUT = REPO / "benchmarks" / "out" / "final-strategies"
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, LITE0_SPACE, OUT, REPO, cache_env, patient_subset
+
+FOLDER = OUT / "final-strategies"  # every stage's output: a stopped run continues from it
 STRATEGIES = ("seeds", "folds")
 
 
 def make_manifests(data_dir: Path, seed: int) -> dict[str, Path]:
     """experiment.csv (pool: split=train; pseudo-test: split=test), site-calibration.csv, site-evaluation.csv."""
     from cxr.kaggle import scan
-    from cxr.splits import holdout_by_patient
 
-    files = {name: OUT / f"{name}.csv" for name in ("experiment", "site-calibration", "site-evaluation")}
+    files = {name: FOLDER / f"{name}.csv" for name in ("experiment", "site-calibration", "site-evaluation")}
     if all(f.exists() for f in files.values()):
         return files
     frame = scan(data_dir, val_fraction=0.2, seed=seed)[["path", "label", "patient"]]
-    test = frame.index.isin(holdout_by_patient(frame, 0.2, seed + 100))
+    test = frame.index.isin(patient_subset(frame, 0.2, seed + 100).index)
     frame["split"] = np.where(test, "test", "train")
     pseudo_test = frame[test]
-    calibration = pseudo_test.index.isin(holdout_by_patient(pseudo_test, 0.5, seed + 200))
-    OUT.mkdir(parents=True, exist_ok=True)
+    calibration = pseudo_test.index.isin(patient_subset(pseudo_test, 0.5, seed + 200).index)
+    FOLDER.mkdir(parents=True, exist_ok=True)
     frame.to_csv(files["experiment"], index=False)
     pseudo_test[calibration].drop(columns="split").to_csv(files["site-calibration"], index=False)
     pseudo_test[~calibration].drop(columns="split").to_csv(files["site-evaluation"], index=False)
@@ -58,18 +56,17 @@ def make_manifests(data_dir: Path, seed: int) -> dict[str, Path]:
 
 
 def run(cmd: list[str]) -> float:
-    env = {**os.environ, "CXR_CACHE_DIR": os.environ.get("CXR_CACHE_DIR", str(REPO / "benchmarks" / "out" / "cache"))}
     started = time.monotonic()
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    subprocess.run(cmd, cwd=REPO, env=cache_env(), check=True)
     return time.monotonic() - started
 
 
 def build_experiments(args, manifest: Path) -> dict[str, Path]:
-    results = OUT / "results"
+    results = FOLDER / "results"
     folders = {s: results / f"{args.name}-{s}" for s in STRATEGIES}
     if not (folders["seeds"] / "final" / "metrics.json").exists():
-        run([sys.executable, "-m", "tune.run", "--space", str(SPACE), "--data-dir", str(manifest),
+        run([sys.executable, "-m", "tune.run", "--space", str(LITE0_SPACE), "--data-dir", str(manifest),
              "--weights-dir", args.weights_dir, "--num-samples", str(args.num_samples), "--max-epochs", str(args.max_epochs),
              "--cpus-per-trial", "1", "--final", "seeds", "--final-members", str(args.members),
              "--results-dir", str(results), "--name", folders["seeds"].name, "--seed", str(args.seed)]
@@ -85,7 +82,7 @@ def build_experiments(args, manifest: Path) -> dict[str, Path]:
 
 
 def recalibrate(folders: dict[str, Path], calibration: Path, target: float) -> dict[str, Path]:
-    sites = {s: OUT / f"site-model-{folders[s].name}" for s in STRATEGIES}
+    sites = {s: FOLDER / f"site-model-{folders[s].name}" for s in STRATEGIES}
     for s in STRATEGIES:
         if not (sites[s] / "model.json").exists():
             run([sys.executable, "-m", "cxr.recalibrate", "--model", str(folders[s] / "final"), "--data", str(calibration),

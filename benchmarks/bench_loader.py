@@ -1,4 +1,4 @@
-"""Training-batch throughput: cxr's decode-once cache + batch augmentation vs. a torchvision ImageFolder loader.
+"""How many more training images a second do cxr's decode-once cache and batch augmentation deliver than torchvision?
 
 Both sides deliver what a training step consumes: shuffled batches of 32 augmented, normalised
 (32, 3, size, size) float tensors of the same images on the same CPU.
@@ -23,12 +23,12 @@ import platform
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import DEFAULT_DATA, cache_dir
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "kermany224" / "train",
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA / "train",
                         help="ImageFolder root with NORMAL/ and PNEUMONIA/ (default: ../shared/data/kermany224/train)")
     parser.add_argument("--size", type=int, default=224, help="square training size in pixels (default 224)")
     parser.add_argument("--batches", type=int, default=60, help="batches timed per side, after the warm-up")
@@ -38,8 +38,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--strength", type=float, default=0.5, help="cxr augmentation strength (default 0.5)")
     parser.add_argument("--no-augment", action="store_true",
                         help="strength 0 vs. Resize+ToTensor+Normalize: isolates the decode cost")
-    parser.add_argument("--cache-dir", type=Path, default=REPO / "benchmarks" / "out" / "cache",
-                        help="cxr cache folder (default benchmarks/out/cache, git-ignored)")
+    parser.add_argument("--cache-dir", type=Path, default=cache_dir(),
+                        help="cxr cache folder (default $CXR_CACHE_DIR, else benchmarks/out/cache, git-ignored)")
     parser.add_argument("--keep-cache", action="store_true",
                         help="reuse an existing cache entry instead of timing a cold build")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")

@@ -1,4 +1,4 @@
-"""Issue 18: the product's driver path at 100 and 1,000 trials, against bare Ray Tune on the same stand-in trainable.
+"""What does the product's driver cost over bare Ray Tune at 100 and 1,000 trials, with the training taken out?
 
 Everything but the training: the product arm runs tune.search.run_search (its Optuna searcher with the journal, ASHA,
 its live reporter, per-epoch checkpoints) on the `full` space, then builds the tables (tune.results.build_tables),
@@ -8,10 +8,14 @@ synthetic response surface of the config (a few milliseconds per epoch, a checkp
 trainable writes, no torch). The bare arms run ray.tune.Tuner on the same stand-in with random search and no
 journal, under the same ASHA (and FIFO, for reference), with the same resources and process reuse. Every (arm, size)
 runs in its own subprocess, so its peak RSS is its own; all arms of one invocation run on the same machine, back
-to back.
+to back. Its other questions: how many trials start before TPE can steer, with and without the start-up cap
+(--startup, on Ray; --simulate, an event simulation), and what the searcher snapshot costs (--snapshot).
 
     python benchmarks/bench_scale.py --sizes 100 1000      # the table in BENCHMARKS.md
-    python benchmarks/bench_scale.py --smoke               # 50 trials, product and bare ASHA (a test runs it)
+    python benchmarks/bench_scale.py --smoke               # 21 trials, product and bare ASHA (a test runs it)
+    python benchmarks/bench_scale.py --startup 8 32 64     # trials started before TPE steers, C trials at once
+    python benchmarks/bench_scale.py --simulate 8 32 64    # the same question without Ray processes
+    python benchmarks/bench_scale.py --snapshot 100 1000   # the searcher snapshot at N finished trials
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ import time
 import zlib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "benchmarks" / "out" / "scale"
+from common import OUT, REPO
+
+SCALE_OUT = OUT / "scale"
 METRIC = "val_spec_at_recall"
 EPOCHS = 9  # ASHA rungs 1, 3, 9 (reduction factor 3), as the product configures it
 EPOCH_S = 0.003  # the stand-in's "training" per epoch
 CPUS, CPUS_PER_TRIAL = 2, 0.25  # 8 trials at once on a 2-core machine
 ARMS = ("product", "bare-asha", "bare-fifo")
+SMOKE_TRIALS = 21  # the fewest with trials outside the report's top 15 and outside its top-20 learning curves (a band)
 
 
 def surface(config: dict) -> float:
@@ -232,7 +238,7 @@ def simulate_startup(concurrency: int, root: Path, gated: bool, seed: int = 0, p
     from ray.tune.schedulers import TrialScheduler
 
     from tune import search
-    from tune.spaces import load_space, validate
+    from tune.spaces import load_space
 
     space = load_space("full").with_overrides({"epochs": EPOCHS, "monitor": METRIC, "seed": 0})
     settings = search.SearchSettings(
@@ -351,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    p.add_argument("--smoke", action="store_true", help="50 trials, product and bare ASHA")
+    p.add_argument("--smoke", action="store_true", help=f"{SMOKE_TRIALS} trials, product and bare ASHA")
     p.add_argument("--startup", type=int, nargs="+", metavar="C",
                    help="instead: how many trials start before TPE steers with C trials at once (e.g. 8 32 64)")
     p.add_argument("--simulate", type=int, nargs="+", metavar="C",
@@ -359,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-slot", type=int, default=4, help="--simulate: trials per concurrent slot")
     p.add_argument("--snapshot", type=int, nargs="+", metavar="N",
                    help="instead: time the searcher snapshot at N finished trials, product vs Ray's own")
-    p.add_argument("--out", default=str(OUT), help="folder for the logs, results.json and the kept reports")
+    p.add_argument("--out", default=str(SCALE_OUT), help="folder for the logs, results.json and the kept reports")
     p.add_argument("--arm", choices=(*ARMS, "startup", "startup-ungated"), help=argparse.SUPPRESS)  # one arm in this process (measure() runs it)
     p.add_argument("--trials", type=int, help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
@@ -407,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {r['concurrency']} | {r['trials']} | {cap} | {r['random_before_tpe']} | {r['wall_s']:.0f} | "
                   f"{r['best']:.3f} | {r['top5_mean']:.3f} |")
         return 0
-    sizes, arms = ([50], ["product", "bare-asha"]) if args.smoke else (args.sizes, args.arms)
+    sizes, arms = ([SMOKE_TRIALS], ["product", "bare-asha"]) if args.smoke else (args.sizes, args.arms)
     results = []
     for n in sizes:
         for arm in arms:

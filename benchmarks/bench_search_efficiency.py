@@ -1,4 +1,4 @@
-"""Issue 10: search efficiency of the product against what a user would pick instead, at the same trial-epoch budget.
+"""Does the product's search find better models than what a user would pick instead, at the same trial-epoch budget?
 
 Methods, same space (search_spaces/cpu.py narrowed to one backbone, no baselines so that no method starts from the
 hand-picked reference) and the same budget of trial-epochs, three seeds each:
@@ -30,19 +30,16 @@ import ray
 import torch
 from ray import tune as ray_tune
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
-
-from bench_search_real import DEFAULT_DATA, DEFAULT_WEIGHTS, OUT, make_subset  # noqa: E402
-from cpuload import ForeignLoad  # noqa: E402
-from cxr.config import TrainConfig  # noqa: E402
-from cxr.dataset import load_dataset  # noqa: E402
-from cxr.engine import fit  # noqa: E402
-from cxr.models import pretrained_state  # noqa: E402
-from cxr.synthetic import make_synthetic  # noqa: E402
-from tune import cluster, search  # noqa: E402
-from tune.spaces import Space, load_space, sample, validate  # noqa: E402
-from tune.trainable import TrialContext, train_trial  # noqa: E402
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, OUT, subset_folder
+from cpuload import ForeignLoad
+from cxr.config import TrainConfig
+from cxr.dataset import load_dataset
+from cxr.engine import fit
+from cxr.models import pretrained_state
+from cxr.synthetic import make_synthetic
+from tune import cluster, search
+from tune.spaces import Space, load_space, sample, validate
+from tune.trainable import TrialContext, train_trial
 
 METHODS = ["product", "ray", "optuna"]
 BEFORE = "before"  # the product's ASHA with Optuna's default TPESampler: the searcher settings before issue 10
@@ -187,7 +184,7 @@ def load_data(args):
     if args.smoke:
         root = make_synthetic(cache / "synthetic", n_patients=120, size=48, seed=0)
     else:
-        root = make_subset(Path(args.data_dir), args.subset)
+        root = subset_folder(Path(args.data_dir), args.subset)
     return load_dataset(root, image_size=args.image_size, val_fraction=0.25, seed=0, cache_dir=cache)
 
 
@@ -266,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 def headline(curves: pd.DataFrame) -> str:
     """Per seed: trial-epochs the product needs to reach the best value `ray` reached with its whole budget."""
     needs, used = [], []
-    for seed, c in curves.groupby("seed"):
+    for _, c in curves.groupby("seed"):
         product, rnd = c[c["method"] == "product"], c[c["method"] == "ray"]
         if len(product) and len(rnd):
             needs.append(epochs_to_reach(product, rnd["best"].max()))

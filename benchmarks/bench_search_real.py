@@ -1,4 +1,6 @@
-"""Issue 3: the product's search end to end on real data (kermany224 train split, EfficientNet-Lite0 ImageNet weights).
+"""What does the product's search reach on real data, and how long does the whole run take?
+
+The kermany224 train split, EfficientNet-Lite0 with ImageNet weights.
 
 Runs `python -m tune.run --space benchmarks/spaces/lite0_128.py --data-dir <kermany> --weights-dir <weights>
 --num-samples N --cpus-per-trial 2 --max-concurrent 1 --results-dir benchmarks/out/results --name real-<timestamp>`
@@ -22,36 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "kermany224"
-DEFAULT_WEIGHTS = REPO.parent / "shared" / "weights"
-OUT = REPO / "benchmarks" / "out"
-SPACE = REPO / "benchmarks" / "spaces" / "lite0_128.py"
-
-from cpuload import ForeignLoad  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
-
-
-def make_subset(data_dir: Path, fraction: float, seed: int = 0) -> Path:
-    """<out>/kermany-subset-<f>/train/{NORMAL,PNEUMONIA}: symlinks to all images of a random fraction of patients."""
-    import numpy as np
-
-    from cxr.kaggle import scan
-
-    manifest = scan(data_dir, val_fraction=0.2, seed=seed)
-    patients = np.sort(manifest["patient"].unique())
-    rng = np.random.default_rng(seed)
-    keep = set(rng.choice(patients, max(10, round(fraction * len(patients))), replace=False))
-    root = OUT / f"kermany-subset-{fraction:g}-seed{seed}"
-    if root.exists():
-        return root
-    tmp = root.with_suffix(".tmp")
-    for row in manifest[manifest["patient"].isin(keep)].itertuples():
-        src = Path(row.path)
-        dst = tmp / "train" / src.parent.name / src.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.symlink_to(src)
-    tmp.rename(root)
-    return root
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, LITE0_SPACE, OUT, REPO, cache_env, subset_folder
+from cpuload import ForeignLoad
 
 
 def _fmt(v) -> str:
@@ -62,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=str(DEFAULT_DATA))
     p.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS))
-    p.add_argument("--space", default=str(SPACE))
+    p.add_argument("--space", default=str(LITE0_SPACE))
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--max-epochs", type=int, help="passed to tune.run (default: the space's epochs)")
     p.add_argument("--subset", type=float, default=1.0, help="fraction of patients to use (1: the whole split)")
@@ -74,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     data_dir = Path(args.data_dir)
     if args.subset < 1.0:
-        data_dir = make_subset(data_dir, args.subset)
-    env = {**os.environ, "CXR_CACHE_DIR": os.environ.get("CXR_CACHE_DIR", str(OUT / "cache"))}
+        data_dir = subset_folder(data_dir, args.subset)
+    env = cache_env()
     cmd = [sys.executable, "-m", "tune.run", "--space", args.space, "--data-dir", str(data_dir),
            "--weights-dir", args.weights_dir, "--num-samples", str(args.num_samples),
            "--cpus-per-trial", f"{args.cpus_per_trial:g}", "--max-concurrent", "1", "--trial-scheduler", args.trial_scheduler,

@@ -1,4 +1,4 @@
-"""Issue 17: how close to its --time-budget a whole `python -m tune.run` command ends, and how the budget was spent.
+"""How close to its --time-budget does a whole `python -m tune.run` command end, and where did the budget go?
 
     python benchmarks/bench_time_budget.py --repeats 3                       # the demo: 75 s, --num-samples 50
     python benchmarks/bench_time_budget.py --real ../shared/data/kermany224 --budget 30m -- --final-members 2 --final-epochs 2
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import DEFAULT_WEIGHTS, REPO, print_markdown
 
 
 def run_once(args: list[str], work: Path, budget: str) -> dict:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", metavar="DATA_DIR", help="the real-data run on this folder instead of the demo")
     args = p.parse_args(argv)
     if args.real:
-        base = ["--space", "cpu", "--backbones", "tf_efficientnet_lite0", "--weights-dir", str(REPO.parent / "shared" / "weights"),
+        base = ["--space", "cpu", "--backbones", "tf_efficientnet_lite0", "--weights-dir", str(DEFAULT_WEIGHTS),
                 "--data-dir", args.real]
     else:
         base = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "50"]
@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-budget-") as work:
             cache = [] if args.real else ["--cache-dir", str(Path(work) / "cache")]  # real films: the usual cache
             rows.append(run_once([*base, *extra, *cache], Path(work), args.budget))
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+    print_markdown(rows)
     return 0
 
 

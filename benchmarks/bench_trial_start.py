@@ -1,4 +1,4 @@
-"""Issue 4: trial start latency, data from Ray's object store versus each trial decoding from disk.
+"""How much sooner does a trial start with its data from Ray's object store than decoding the films from disk itself?
 
 Trial start = from the first line of the trial's Ray task to its first training batch being ready
 (uint8 films -> augmented, normalised float batch through cxr.augment.BatchPipeline, as cxr.engine does).
@@ -23,13 +23,9 @@ import shutil
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "kermany224"
-OUT = REPO / "benchmarks" / "out"
-
-from cpuload import ForeignLoad, wait_for_quiet  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
+from common import DEFAULT_DATA, OUT, cache_dir
+from cpuload import ForeignLoad, wait_for_quiet
 
 # timm's default (ImageNet) normalisation; the backbone does not matter for the first batch's cost
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -69,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cxr.dataset import load_dataset
 
-    cache = Path(os.environ.get("CXR_CACHE_DIR", OUT / "cache"))
+    cache = cache_dir()
     tmp_root = OUT / "trial_start"
     tmp_root.mkdir(parents=True, exist_ok=True)
     print(f"data {args.data_dir}  image_size {args.image_size}  batch {args.batch_size}  augment {args.augment}  "

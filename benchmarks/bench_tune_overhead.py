@@ -1,7 +1,7 @@
-"""Issue 3: training throughput of one trial under Ray Tune versus cxr.engine.fit called directly.
+"""How much training throughput does a trial lose under Ray Tune, against cxr.engine.fit called directly?
 
-Same TrainConfig, same data (a seeded subset of the real kermany224 train split, re-split by patient as
-the product does), same 2 CPUs, one script:
+Same TrainConfig, same data (whole patients of the real kermany224 train split, re-split by patient as the product
+does, about --train-images / --val-images films), same 2 CPUs, one script:
 
   direct: fit(config, data, on_epoch_end=...) in this process, collecting train_images_per_s per epoch.
   tune:   a ray.tune.Tuner over tune.trainable.train_trial bound with ray_tune.with_parameters and
@@ -22,25 +22,23 @@ import statistics
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "kermany224"
-DEFAULT_WEIGHTS = REPO.parent / "shared" / "weights"
-OUT = REPO / "benchmarks" / "out"
-
-from cpuload import ForeignLoad, wait_for_quiet  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, OUT, cache_dir, patient_subset
+from cpuload import ForeignLoad, wait_for_quiet
 
 
 def subset(data, n_train: int, n_val: int, seed: int):
-    """A seeded subset of the train and val rows (splits stay patient-disjoint: they are the product's split)."""
+    """About n_train train and n_val val films of the product's split, whole patients (a patient_subset of each)."""
     import numpy as np
 
     from cxr.dataset import CxrData
 
-    rng = np.random.default_rng(seed)
-    train, val = data.indices("train"), data.indices("val")
-    keep = np.sort(np.concatenate([rng.choice(train, min(n_train, len(train)), replace=False),
-                                   rng.choice(val, min(n_val, len(val)), replace=False)]))
-    return CxrData(np.ascontiguousarray(data.images[keep]), data.manifest.iloc[keep].reset_index(drop=True))
+    manifest = data.manifest.reset_index(drop=True)  # row i is images[i]
+    kept = []
+    for split, n in (("train", n_train), ("val", n_val)):
+        rows = manifest[manifest["split"] == split]
+        kept.append(patient_subset(rows, min(1.0, n / len(rows)), seed).index)
+    keep = np.sort(np.concatenate(kept))
+    return CxrData(np.ascontiguousarray(data.images[keep]), manifest.iloc[keep].reset_index(drop=True))
 
 
 def run_direct(config, data, weights_dir) -> dict:
@@ -106,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--train-images", type=int, default=1024, help="subset of the train split (0: all)")
-    p.add_argument("--val-images", type=int, default=256, help="subset of the val split (0: all)")
+    p.add_argument("--train-images", type=int, default=1024, help="about this many train films, whole patients (0: all)")
+    p.add_argument("--val-images", type=int, default=256, help="about this many val films, whole patients (0: all)")
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--quiet-wait", type=float, default=120.0,
                    help="before each run, wait up to this many seconds for other processes to leave the CPUs idle")
@@ -119,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxr.config import TrainConfig
     from cxr.dataset import load_dataset
 
-    cache = Path(os.environ.get("CXR_CACHE_DIR", OUT / "cache"))
-    full = load_dataset(args.data_dir, image_size=args.image_size, cache_dir=cache)
+    full = load_dataset(args.data_dir, image_size=args.image_size, cache_dir=cache_dir())
     n_train = args.train_images or len(full.indices("train"))
     n_val = args.val_images or len(full.indices("val"))
     data = subset(full, n_train, n_val, seed=0)

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,11 @@ import pytest
 
 from cxr.errors import InputError
 from tune import cluster
-from benchmarks.loopback_cluster import free_port as _free_port, make_token
+from tune.loopback_cluster import RAY, make_token, node_args
+from tune.loopback_cluster import free_port as _free_port
 from tune.results import load
 
 REPO = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _node_args() -> list[str]:
-    return ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--block",
-            "--dashboard-agent-listen-port", str(_free_port()), "--metrics-export-port", str(_free_port())]
 
 
 @pytest.fixture
@@ -46,12 +40,12 @@ def two_node_cluster(tmp_path: Path, worker_prefix: list[str] = (), handles: lis
     port = _free_port()
     env = dict(os.environ)
     logs = [open(tmp_path / "head.log", "w"), open(tmp_path / "worker.log", "w")]
-    head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *_node_args()],
+    head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *node_args(1)],
                             env=env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)
     procs = [head]
     try:
         _wait_for(lambda: _nodes_up(port, env, procs) >= 1)
-        worker = subprocess.Popen([*worker_prefix, RAY, "start", "--address", f"127.0.0.1:{port}", *_node_args()],
+        worker = subprocess.Popen([*worker_prefix, RAY, "start", "--address", f"127.0.0.1:{port}", *node_args(1)],
                                   env=env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(worker)
         _wait_for(lambda: _nodes_up(port, env, procs) >= 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
@@ -143,6 +144,24 @@ def test_at_most_a_quarter_of_the_search_starts_before_tpe_can_steer(tmp_path):
         failing.suggest(t)
         failing.on_trial_complete(t, error=True)
     assert failing.suggest("t12") is not None  # nothing running: no wait (it would never end)
+
+
+@pytest.mark.parametrize("cap, until", [(10, "at most 8 start"), (None, "any number start")])
+def test_the_start_line_says_how_many_trials_start_before_tpe_steers_capped_or_not(tmp_path, monkeypatch, capsys, cap, until):
+    """None is bench_scale.py --startup's ungated arm (the searcher as Ray's OptunaSearch runs it); no Ray starts."""
+    class Tuner:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def fit(self):
+            return []
+
+    monkeypatch.setattr(search, "startup_cap", lambda num_samples: cap)
+    monkeypatch.setattr(search, "_trainable", lambda *args: None)
+    monkeypatch.setattr(search.ray_tune, "Tuner", Tuner)
+    space = load_space("smoke")
+    assert search.run_search(_settings(tmp_path), space, validate(space), None, {}, resume=False) == []
+    assert f"TPE steers once {search.STARTUP_TRIALS} have finished, and until then {until}" in capsys.readouterr().out
 
 
 def test_a_trial_in_flight_when_the_budget_decides_stops_at_its_next_epoch_and_stays_complete(tmp_path):

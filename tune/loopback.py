@@ -45,6 +45,11 @@ def ensure_private_token(home: Path | None = None) -> Path | None:
         if path.stat().st_mode & 0o077:
             print(f"note: the Ray token {path} is readable by other users: chmod 600 {path}", file=sys.stderr)
         return path
+    return write_private_token(path)
+
+
+def write_private_token(path: Path) -> Path:
+    """A new token at path, readable by its owner alone from the moment it exists."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -71,9 +71,10 @@ def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, da
     trainable = _trainable(context, settings, train_fn)
     if settings.first_index == 1 and not resume:
         size = f"up to {settings.num_samples} trials in the time budget" if settings.budget_key else f"{settings.num_samples} trials"
+        cap = startup_cap(settings.num_samples)  # None: no cap (bench_scale.py's ungated arm)
+        until = "any number" if cap is None else f"at most {min(cap, settings.num_samples)}"
         print(f"search: {size}; TPE steers once {STARTUP_TRIALS} have finished, and until then "
-              f"at most {min(startup_cap(settings.num_samples), settings.num_samples)} start (baselines, then random)",
-              flush=True)
+              f"{until} start (baselines, then random)", flush=True)
     if resume:
         tuner = ray_tune.Tuner.restore(tune_dir(settings), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:

@@ -1,6 +1,8 @@
-"""A Ray cluster of real nodes on 127.0.0.1 for the fault benchmarks: a head and worker nodes, each a `ray start
---block` in a session of its own, token auth with a token of its own (never ~/.ray), workers killed and added one by
-one, and every process it started ended by process id (never `ray stop`, which would end every Ray on the machine).
+"""A Ray cluster of real nodes on 127.0.0.1, set up from the driver's side, for what must lose a machine (the chaos and
+fault benchmarks, tests/test_cluster.py): a head and worker nodes, each a `ray start --block` in a session of its own,
+token auth with a token of its own (never ~/.ray), workers killed and added one by one, and every process it started
+ended by process id (never `ray stop`, which would end every Ray on the machine). tune.loopback keeps a run's own
+local cluster on loopback; this starts clusters of several nodes there.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from tune.loopback import write_private_token
+
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -23,15 +27,16 @@ def free_port() -> int:
 
 
 def make_token(folder: Path) -> dict[str, str]:
-    """A token generated the way the README says, in a home of its own (never ~/.ray): the environment every process
-    of the cluster (head, workers, driver) needs. tests/test_cluster.py uses it too."""
-    home = folder / "token-home"
-    home.mkdir(parents=True, exist_ok=True)
-    subprocess.run([RAY, "get-auth-token", "--generate"], env={**os.environ, "HOME": str(home)},
-                   capture_output=True, check=True, timeout=60)
-    token = home / ".ray" / "auth_token"
-    token.chmod(0o600)  # Ray writes it readable by everyone
+    """A token of the cluster's own under folder (never ~/.ray): the environment every process of the cluster (head,
+    workers, driver) needs."""
+    token = write_private_token(folder / "token-home" / ".ray" / "auth_token")
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
+def node_args(cpus: int) -> list[str]:
+    """`ray start` flags of one node on 127.0.0.1; two raylets on one IP need agent and metrics ports of their own."""
+    return ["--num-cpus", str(cpus), "--node-ip-address", "127.0.0.1", "--block",
+            "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
 
 
 class LoopbackCluster:
@@ -56,7 +61,7 @@ class LoopbackCluster:
             self.close()
             raise
 
-    def __enter__(self) -> "LoopbackCluster":
+    def __enter__(self) -> LoopbackCluster:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -83,11 +88,8 @@ class LoopbackCluster:
         return int(out.stdout.split()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
 
     def _start(self, args: list[str], cpus: int, name: str) -> subprocess.Popen:
-        # two raylets on one IP: each node needs agent and metrics ports of its own
-        node = ["--num-cpus", str(cpus), "--node-ip-address", "127.0.0.1", "--block",
-                "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
         with open(self.folder / f"{name}.log", "w") as log:
-            proc = subprocess.Popen([RAY, "start", *args, *node], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen([RAY, "start", *args, *node_args(cpus)], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         self.names[proc.pid] = name
         self.started.append(proc)

@@ -131,7 +131,7 @@ class Budget:
                                "decision": self.decision, "spending": self.spending})
 
     @classmethod
-    def resumed(cls, path: Path, fresh: bool = False, **settings) -> "Budget":
+    def resumed(cls, path: Path, fresh: bool = False, **settings) -> Budget:
         """This session's budget: what budget.json says earlier sessions spent is taken off (none: a new budget).
         fresh (--extend): a budget of its own; only the earlier rounds' budget-stopped trials are kept."""
         from cxr.jsonio import read_json

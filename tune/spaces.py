@@ -9,7 +9,8 @@ import pkgutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import optuna
 
@@ -27,12 +28,12 @@ class Space:
     fn: SpaceFn
     baselines: list[dict] = field(default_factory=list)
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "Space":
+    def with_overrides(self, overrides: dict[str, Any]) -> Space:
         """The same space with some keys pinned (CLI flags such as --max-epochs win over the space)."""
         baselines = [{k: v for k, v in b.items() if k not in overrides} for b in self.baselines]
         return Space(self.name, _Pinned(self.fn, dict(overrides)), baselines)
 
-    def with_backbones(self, backbones: list[str]) -> "Space":
+    def with_backbones(self, backbones: list[str]) -> Space:
         """The same space drawing only these backbones (--backbones). The narrowed list is passed to every
         suggest_categorical("backbone", ...) call, so the distribution stays fixed within the study as Optuna
         requires; baselines of other backbones are dropped. Checked against the space before Ray starts."""

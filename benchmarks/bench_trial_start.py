@@ -3,7 +3,7 @@
 Trial start = from the first line of the trial's Ray task to its first training batch being ready
 (uint8 films -> augmented, normalised float batch through cxr.augment.BatchPipeline, as cxr.engine does).
 
-  store: the driver decodes once (load_dataset, cached), ray.put()s CxrData.in_memory(); the task gets the
+  store: the driver decodes once (load_dataset, cached), ray.put()s CxrData.for_object_store(); the task gets the
          ref (wrapped in a list so Ray does not resolve it before the task starts) and ray.get()s it inside.
   disk:  the task calls cxr.dataset.load_dataset(root, image_size=..., cache_dir=<fresh empty temp dir>),
          i.e. scans the folder and decodes every JPEG itself, then builds the first batch.
@@ -78,13 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         data = load_dataset(args.data_dir, image_size=args.image_size, cache_dir=cache)
         t_load = time.perf_counter() - t
         t = time.perf_counter()
-        in_mem = data.in_memory()
+        in_mem = data.for_object_store()
         t_copy = time.perf_counter() - t
         t = time.perf_counter()
         ref = ray.put(in_mem)
         t_put = time.perf_counter() - t
         n_train = len(data.indices("train"))
-        print(f"driver: load_dataset {t_load:.2f} s (from the cache if it already existed), in_memory copy {t_copy:.2f} s, "
+        print(f"driver: load_dataset {t_load:.2f} s (from the cache if it already existed), view {t_copy:.2f} s, "
               f"ray.put {t_put:.2f} s; {len(data.manifest)} images ({n_train} train), {in_mem.images.nbytes / 2**20:.0f} MiB")
 
         @ray.remote(num_cpus=args.cpus, max_retries=0)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(data {med[k]['fetch_s']:.3f} s)  end-to-end seen by the driver {med[k]['e2e_s']:.3f} s")
     print(f"ratio store/disk, in task: {ratio:.4f} (1/{1 / ratio:.0f}); target <= 0.2: {'met' if ratio <= 0.2 else 'NOT met'}")
     print(f"ratio store/disk, end-to-end: {ratio_e2e:.4f} (1/{1 / ratio_e2e:.0f})")
-    print(f"one-time driver cost of the store path: load {t_load:.2f} s + in_memory {t_copy:.2f} s + put {t_put:.2f} s")
+    print(f"one-time driver cost of the store path: load {t_load:.2f} s + view {t_copy:.2f} s + put {t_put:.2f} s")
     return 0
 
 

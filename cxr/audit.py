@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from cxr.images import map_in_processes, read_film
-from cxr.splits import POOL
+
+if TYPE_CHECKING:  # the hashing workers import this module: pandas (and cxr.splits' scikit-learn) only where used
+    import pandas as pd
 
 _PARALLEL_MIN_FILMS = 256  # below this, starting a process pool costs more than it saves
 _FILMS_PER_TASK = 64
@@ -41,6 +42,8 @@ def hash_files(paths: list[str], workers: int | None = None) -> list[str | None]
 def audit(manifest: pd.DataFrame, hashes: list[str | None], limit: int = 50) -> dict:
     """Duplicates across splits (groups of pixel-identical films in more than one split) and patients of the
     training pool (train + val) that also appear in test; counts plus up to `limit` examples each."""
+    from cxr.splits import POOL
+
     frame = manifest.assign(hash=hashes)
     hashed = frame.dropna(subset=["hash"])
     films = hashed.groupby(["hash", "split"]).size().unstack(fill_value=0)  # hash (sorted) x split: film counts

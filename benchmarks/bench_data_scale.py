@@ -4,6 +4,7 @@ growth exponent (log-log slope between consecutive sizes) of each.
 
     python benchmarks/bench_data_scale.py              # the full table
     python benchmarks/bench_data_scale.py --stages evaluation,report --sizes 20000 50000 --large-sizes
+    python benchmarks/bench_data_scale.py --stages epoch,recalibrate,predict --sizes 20000 50000 --repeats 3
     python benchmarks/bench_data_scale.py --smoke      # 300 and 1,000 films, every stage, in a temporary folder
 
 A collection is N tiny JPEGs (40 px, cxr.synthetic's drawings and Kaggle-style names, 1-4 films per patient: N / 2.5
@@ -23,7 +24,11 @@ check the plumbing; they are not the stages' costs). epoch and scoring run torch
 member does (Ray sets OMP_NUM_THREADS to --cpus-per-trial, 1 by default); recalibrate and predict on torch's default,
 as their CLIs do.
 
-Writes benchmarks/out/data_scale.parquet (one row per stage and size; --smoke: in its temporary folder) and prints
+--repeats R measures every stage and size R times, the rounds interleaved, and reports the median with its range: this
+shared machine's speed drifts by +-20 % over tens of seconds (one epoch's per-step time, in tenths of the epoch), so one
+run per size can bend a slope by as much as the linearity it is meant to show.
+
+Writes benchmarks/out/data_scale.parquet (one row per run; --smoke: in its temporary folder) and prints
 the markdown tables: the rows, then per stage the exponents of wall time, of RSS above baseline and of the workers'
 RSS, "(below noise)" where an end is under 0.5 s or 20 MiB, "(machine busy)" where other users took over half a core
 during either end (each stage first waits, up to --quiet-wait, for them to take under 0.3). Films, manifests and
@@ -635,10 +640,32 @@ def _number(value: float, digits: int = 1) -> str:
     return "" if value is None or not math.isfinite(value) else f"{value:,.{digits}f}"
 
 
+MEDIAN_COLUMNS = ("wall_s", "peak_mib", "above_baseline_mib", "children_peak_mib", "children_above_mib", "process_s")
+
+
+def median_of_repeats(frame):
+    """One row per stage and size: the median of its measured repeats (wall_min/wall_max their range, other_cores the
+    busiest), or its first failure where none was measured."""
+    import pandas as pd
+
+    out = []
+    for _, runs in frame.groupby(["films", "stage"], sort=False):
+        ok = runs[runs["error"].isna()]
+        if not len(ok):
+            out.append(runs.iloc[0].to_dict() | {"runs": 0})
+            continue
+        row = ok.iloc[0].to_dict() | {c: ok[c].median() for c in MEDIAN_COLUMNS}
+        out.append(row | {"runs": len(ok), "wall_min": ok["wall_s"].min(), "wall_max": ok["wall_s"].max(),
+                          "other_cores": ok["other_cores"].max()})
+    return pd.DataFrame(out)
+
+
 def print_table(frame) -> None:
     rows = []
     for r in frame.itertuples():
         wall = _number(r.wall_s, 2) if not r.error else ": ".join(p.strip() for p in r.error.split(":")[:2])
+        if not r.error and r.runs > 1:
+            wall += f" ({r.wall_min:.2f}-{r.wall_max:.2f}, {r.runs} runs)"
         workers = _number(r.children_peak_mib) + (f" ({r.children})" if isinstance(r.children, str) else "")
         rows.append({"stage": r.stage, "films": f"{r.films:,}", "wall s": wall, "peak RSS MiB": _number(r.peak_mib),
                      "above baseline MiB": _number(r.above_baseline_mib), "workers' peak MiB": workers,
@@ -703,6 +730,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--predict-cap", type=int, default=0, help="films in cxr.predict's folder at most (0: N)")
     parser.add_argument("--memory-limit-gib", type=float, default=10.0,
                         help="address space of a stage process (0: none); the machine is shared")
+    parser.add_argument("--repeats", type=int, default=1, help="fresh-process runs of every stage and size, rounds "
+                        "interleaved; the tables show the median and the range")
     parser.add_argument("--stage-timeout", type=float, default=4 * 3600, help="seconds")
     parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait at most, before each stage, "
                         "for other users to take under 0.3 of a core (--smoke: 0)")
@@ -740,19 +769,21 @@ def run_all(args) -> int:
     # numbers are not the stages' costs)
     groups = [(n, [s]) for n, s in steps] if not args.smoke else [
         (n, [s for m, s in steps if m == n]) for n in sorted({n for n, _ in steps})]
-    for films, stages in groups:
+    # rounds interleaved, so a slow spell of the shared machine does not fall on one size only
+    for repeat, (films, stages) in ((r, g) for r in range(args.repeats) for g in groups):
         if args.quiet_wait:
             wait_for_quiet(args.quiet_wait)  # the machine is shared: torch's threads stall behind other users' work
         for row in run_stages(stages, films, args):
             done = row.get("error") or f"{row['wall_s']:.2f} s (process {row['process_s']:.1f} s)"
             print(f"{row['stage']} at {films:,} films: {done}", flush=True)
-            rows.append(row)
+            rows.append(row | {"repeat": repeat})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_parquet(args.out, index=False)
     frame = pd.DataFrame(rows)
     for column in ("peak_mib", "above_baseline_mib", "children_peak_mib", "children_above_mib", "children",
                    "other_cores"):
         frame[column] = frame.get(column)  # absent where every row failed before measuring
+    frame = median_of_repeats(frame)
     print(f"\nmachine: {machine()}; {time.perf_counter() - started:.0f} s in all; rows in {args.out}")
     print("stages: " + "; ".join(f"{name}: {what}" for name, what in STAGES.items() if name in args.stages))
     print_table(frame)

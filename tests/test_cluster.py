@@ -1,87 +1,25 @@
-"""A real two-node Ray cluster on loopback, started and torn down by the test (only its own processes); the driver-side
-checks that need no cluster (address, resources) with Ray's answers patched."""
+"""A real Ray cluster of two nodes on loopback (tune.loopback_cluster), started and torn down by the test (only its own
+processes), that refuses node-local storage and then loses its worker node mid-search (benchmarks/bench_chaos.py's
+smoke); the driver-side checks that need no cluster (address, resources) with Ray's answers patched."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from cxr.errors import InputError
 from tune import cluster
-from tune.loopback_cluster import RAY, make_token, node_args
+from tune.loopback_cluster import LoopbackCluster
 from tune.loopback_cluster import free_port as _free_port
 from tune.results import load
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def token_env(tmp_path, monkeypatch) -> dict[str, str]:
-    env = make_token(tmp_path)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)  # this process and the driver it starts inherit it
-    return env
-
-
-@contextmanager
-def two_node_cluster(tmp_path: Path, worker_prefix: list[str] = (), handles: list | None = None):
-    """Head and worker started as their own process groups; the address is yielded, both groups killed after
-    (handles, if given, receives [head, worker] processes). The caller's environment must carry the token
-    (the token_env fixture)."""
-    port = _free_port()
-    env = dict(os.environ)
-    logs = [open(tmp_path / "head.log", "w"), open(tmp_path / "worker.log", "w")]
-    head = subprocess.Popen([RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *node_args(1)],
-                            env=env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)
-    procs = [head]
-    try:
-        _wait_for(lambda: _nodes_up(port, env, procs) >= 1)
-        worker = subprocess.Popen([*worker_prefix, RAY, "start", "--address", f"127.0.0.1:{port}", *node_args(1)],
-                                  env=env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(worker)
-        _wait_for(lambda: _nodes_up(port, env, procs) >= 2)
-        if handles is not None:
-            handles += procs
-        yield f"127.0.0.1:{port}"
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        for log in logs:
-            log.close()
-
-
-def _nodes_up(port: int, env: dict, procs: list[subprocess.Popen]) -> int:
-    if any(p.poll() is not None for p in procs):
-        raise RuntimeError(f"a ray start process exited early (code {[p.poll() for p in procs]}): see head.log/worker.log")
-    code = (f"import ray; ray.init(address='127.0.0.1:{port}', logging_level='ERROR'); "
-            "print(sum(n['Alive'] for n in ray.nodes()))")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else 0
-
-
-def _wait_for(condition, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the Ray node did not come up")
-        time.sleep(1)
-
-
-def _head_node_id(address: str) -> str:
-    code = (f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
-            "print([n['NodeID'] for n in ray.nodes() if n['Alive'] and 'node:__internal_head__' in n['Resources']][0])")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout.split()[-1]
 
 
 def _node_ids(trial_dir: Path) -> list[str]:
@@ -93,43 +31,45 @@ HIDING = shutil.which("unshare") is not None and os.geteuid() == 0
 
 
 @pytest.mark.slow
-def test_node_local_storage_is_refused_then_a_lost_node_s_trial_finishes_on_the_head(tmp_path, token_env):
-    """One cluster, two runs. The worker node gets its own empty tmpfs at one results folder (needs root and
-    unshare): storage there is truly node-local and the run must stop before any trial. Then a run on storage both
-    nodes see: one 1-CPU trial per node, the worker node killed once its trial reported an epoch."""
-    hidden, shared = tmp_path / "hidden", tmp_path / "shared"
+@pytest.mark.scale
+def test_node_local_storage_is_refused_then_a_search_losing_its_worker_node_loses_nothing(tmp_path, capsys):
+    """One loopback cluster (a 1-CPU head, one 1-CPU worker node), two runs. The worker nodes get their own empty tmpfs
+    at one results folder (needs root and unshare): storage there is truly node-local and the run must stop before
+    any trial. Then benchmarks/bench_chaos.py's smoke search on storage every node sees: one trial per node, the
+    worker node killed once its trial reported an epoch and replaced a second later."""
+    from benchmarks import bench_chaos
+
+    hidden = tmp_path / "hidden"
     hidden.mkdir()
-    hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -t tmpfs none "{hidden}" && exec "$0" "$@"']
-    handles: list[subprocess.Popen] = []
-    with two_node_cluster(tmp_path, worker_prefix=hide if HIDING else (), handles=handles) as address:
+    hide = ("unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -t tmpfs none "{hidden}" && exec "$0" "$@"')
+    args = bench_chaos.parse_args(["--smoke"])
+    with LoopbackCluster(tmp_path / "cluster", workers=1, head_cpus=args.head_cpus,
+                         worker_prefix=hide if HIDING else ()) as cluster:
         if HIDING:  # the driver's check alone (no training stack: the CLI turns its InputError into one line, exit 2)
-            code = (f"import ray\nfrom tune import cluster\nray.init(address='{address}', logging_level='ERROR')\n"
+            code = (f"import ray\nfrom tune import cluster\nray.init(address='{cluster.address}', logging_level='ERROR')\n"
                     f"cluster.check_storage({str(hidden / 'local')!r})")
-            proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+            proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cluster.env, capture_output=True,
+                                  text=True, timeout=120)
             assert proc.returncode != 0 and "InputError" in proc.stderr, proc.stderr[-2000:]
             assert "node-local" in proc.stderr and "--storage-path" in proc.stderr
             assert not any(hidden.iterdir())
-        head = _head_node_id(address)
-        args = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "2", "--trial-scheduler", "fifo",
-                "--max-epochs", "3", "--image-size", "32", "--final-members", "1", "--results-dir", str(shared), "--name", "lost"]
-        driver = subprocess.Popen([sys.executable, "-m", "tune.run", "--address", address, *args], cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        tune_dir = shared / "lost" / "tune"
-        deadline = time.monotonic() + 300
-        while not any(n != head for d in tune_dir.glob("trial_*") for n in _node_ids(d)[:1]):
-            assert driver.poll() is None and time.monotonic() < deadline, "no trial reported from the worker node"
-            time.sleep(0.3)
-        os.killpg(handles[1].pid, signal.SIGKILL)  # the worker node, its raylet and its trial processes
-        out, _ = driver.communicate(timeout=600)
-    assert driver.returncode == 0, out[-4000:]
-    results = load(shared / "lost")
+        head = cluster.head_node_id()
+        on_worker = lambda root: any(n != head for d in (root / "tune").glob("trial_*") for n in _node_ids(d)[:1])  # noqa: E731
+        row, root = bench_chaos.search_on(cluster, args, True, tmp_path / "chaos", ready=on_worker)
+        bench_chaos.print_rows({"node killer": row}, args)
+    assert row["faults injected"] == 1 and row["trials lost"] == 0, row  # (an epoch may be trained twice: Ray had
+    assert row["trials"] == row["trials finished"] == args.trials and row["final model"], row  # not committed it)
+    assert "| node killer |" in capsys.readouterr().out
+    results = load(root)
     assert len(results.trials) == 2 and (results.trials["status"] == "completed").all()
     first_nodes = results.epochs.sort_values("epoch").groupby("trial_id")["node_id"].first()
     assert first_nodes.nunique() == 2, "the two trials did not start on both nodes"
     assert results.test is not None
     moved = [g for _, g in results.epochs.groupby("trial_id") if g["node_id"].iloc[0] != head]
     assert len(moved) == 1 and list(moved[0]["epoch"]) == [1, 2, 3], "the lost trial repeated or skipped an epoch"
-    assert moved[0]["node_id"].iloc[-1] == head
+    assert moved[0]["node_id"].iloc[-1] != moved[0]["node_id"].iloc[0], "the lost trial did not move"
+    # every process of the cluster is gone (ended by process id): none names its address
+    assert not subprocess.run(["pgrep", "-f", cluster.address], capture_output=True, text=True).stdout.strip()
 
 
 NODES = [{"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 4.0}},

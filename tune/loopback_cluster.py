@@ -42,8 +42,11 @@ def node_args(cpus: int) -> list[str]:
 class LoopbackCluster:
     """with LoopbackCluster(folder, workers=3) as cluster: ... cluster.address, cluster.env (for the driver)."""
 
-    def __init__(self, folder: Path, workers: int, head_cpus: int = 0, worker_cpus: int = 1):
-        self.folder, self.worker_cpus = folder, worker_cpus
+    def __init__(self, folder: Path, workers: int, head_cpus: int = 0, worker_cpus: int = 1,
+                 worker_prefix: tuple[str, ...] = ()):
+        """worker_prefix: a command each worker node's `ray start` runs under (e.g. unshare, for a file system view of
+        its own)."""
+        self.folder, self.worker_cpus, self.worker_prefix = folder, worker_cpus, tuple(worker_prefix)
         folder.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, **make_token(folder)}
         self.port = free_port()
@@ -68,7 +71,8 @@ class LoopbackCluster:
         self.close()
 
     def add_worker(self) -> subprocess.Popen:
-        proc = self._start(["--address", self.address], self.worker_cpus, f"worker-{len(self.started)}")
+        proc = self._start(["--address", self.address], self.worker_cpus, f"worker-{len(self.started)}",
+                           self.worker_prefix)
         self.workers.append(proc)
         return proc
 
@@ -87,10 +91,16 @@ class LoopbackCluster:
         out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=60)
         return int(out.stdout.split()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
 
-    def _start(self, args: list[str], cpus: int, name: str) -> subprocess.Popen:
+    def head_node_id(self) -> str:
+        code = (f"import ray; ray.init(address='{self.address}', logging_level='ERROR'); print([n['NodeID'] for n in "
+                "ray.nodes() if n['Alive'] and 'node:__internal_head__' in n['Resources']][0])")
+        return subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=60,
+                              check=True).stdout.split()[-1]
+
+    def _start(self, args: list[str], cpus: int, name: str, prefix: tuple[str, ...] = ()) -> subprocess.Popen:
         with open(self.folder / f"{name}.log", "w") as log:
-            proc = subprocess.Popen([RAY, "start", *args, *node_args(cpus)], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen([*prefix, RAY, "start", *args, *node_args(cpus)], env=self.env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.names[proc.pid] = name
         self.started.append(proc)
         return proc

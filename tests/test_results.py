@@ -75,3 +75,16 @@ def test_load_round_trip(tmp_path):
     results = load(tmp_path)
     assert results.best == {"trial_id": "c"} and results.test is None and results.predictions is None
     pd.testing.assert_frame_equal(results.trials, trials)
+
+
+def test_a_data_parallel_trial_s_error_is_its_first_failed_worker_s_without_colour_codes():
+    from ray.exceptions import RayTaskError
+    from ray.train import WorkerGroupError
+
+    from cxr.errors import InputError
+    from tune.results import error_text
+
+    group = WorkerGroupError("2 workers failed", {1: ValueError("rank 1"), 0: InputError("\x1b[36munknown\x1b[39m model")})
+    as_ray_raises_it = RayTaskError("ImplicitFunc.train", "Traceback ...", group).as_instanceof_cause()
+    assert error_text(as_ray_raises_it) == error_text(group) == "InputError: unknown model"
+    assert error_text(ValueError("x" * 5000)) == "ValueError: " + "x" * 1988  # a single process's, cut at 2,000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,15 @@ class TrialRecord:
 def trial_folder_name(index: int, trial_id: str) -> str:
     """trial_<index>_<id>: what Ray names a trial's folder (and the live table's row) in every Tune experiment."""
     return f"trial_{index:04d}_{trial_id}"
+
+
+def error_text(error: BaseException, limit: int = 2000) -> str:
+    """A trial's error as the trials table keeps it: a data-parallel trial's is its first failed worker's (Ray Train's
+    WorkerGroupError only wraps them), without the terminal's colour codes."""
+    failures = getattr(error, "worker_failures", None)  # ray.train.WorkerGroupError: {rank: exception}
+    if failures:
+        error = failures[min(failures)]
+    return re.sub(r"\x1b\[[0-9;]*m", "", f"{type(error).__name__}: {error}")[:limit]
 
 
 def make_trial_record(folder: str | Path, config: dict, epochs: pd.DataFrame, error: str | None) -> TrialRecord:

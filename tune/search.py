@@ -26,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune.budget import active
 from tune.cluster import COORDINATOR_CPU
-from tune.results import TrialRecord, make_trial_record, planned_epochs, trial_folder_name, trial_status
+from tune.results import TrialRecord, error_text, make_trial_record, planned_epochs, trial_folder_name, trial_status
 from tune.settings import is_uri
 from tune.spaces import CheckedSpace, Space
 from tune.trainable import TrialContext, train_trial
@@ -360,5 +360,5 @@ def tune_dir(settings: SearchSettings) -> str:
 
 def _record(result, config: dict | None = None) -> TrialRecord:
     epochs = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
-    error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:2000]
+    error = None if result.error is None else error_text(result.error)
     return make_trial_record(result.path, config or result.config, epochs, error)

@@ -82,7 +82,8 @@ def site_scores(args):
 
     scores, meta = args.folder / "scores.parquet", args.folder / "training.json"
     if scores.is_file() and not args.fresh:
-        print(f"scores: {scores} (read back; --fresh retrains): {json.loads(meta.read_text()) if meta.is_file() else ''}")
+        made = json.loads(meta.read_text()) if meta.is_file() else ""
+        print(f"scores: {scores} (read back; --fresh retrains): {made}")
         return pd.read_parquet(scores)
     from cxr.config import TrainConfig
     from cxr.dataset import CxrData
@@ -197,8 +198,9 @@ def print_table(summary) -> None:
     from cxr.recalibrate import DEFAULT_RULE
 
     print()
-    print_markdown([{"rule": r.rule, "pneumonia films": r.size, "set (mean films)": f"{r.mean_pneumonia_in_set:.1f} "
-                     f"pneumonia + {r.mean_normal_in_set:.1f} normal", f"coverage of recall {TARGET}": f"{100 * r.coverage:.1f} %",
+    print_markdown([{"rule": r.rule, "pneumonia films": r.size,
+                     "set (mean films)": f"{r.mean_pneumonia_in_set:.1f} pneumonia + {r.mean_normal_in_set:.1f} normal",
+                     f"coverage of recall {TARGET}": f"{100 * r.coverage:.1f} %",
                      "5th-percentile recall": f"{r.recall_p5:.3f}", "median specificity": f"{r.median_specificity:.3f}",
                      "median threshold": f"{r.median_threshold:.3f}", "films scored": f"{r.mean_scored_films:,.0f}",
                      "sets": r.sets} for r in summary.itertuples()])

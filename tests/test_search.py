@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import Searcher
+from ray.tune.search import SearchGenerator, Searcher
 
 from tune import search
 from tune.budget import Budget, activate
@@ -82,7 +82,8 @@ def test_the_journal_holds_each_trials_best_epoch_and_its_state(tmp_path):
     space = load_space("smoke")
     searcher = search.make_searcher(_settings(tmp_path), space, validate(space))
     runs = {"done": ([0.7, 0.5], {"epoch": 2}), "pruned": ([0.4, 0.6], {"epoch": 2, "config/epochs": 4}),
-            "patience": ([0.3, 0.2], {"epoch": 2, "config/epochs": 4, "stopped_early": True}), "failed": ([0.1], None)}
+            "patience": ([0.3, 0.2], {"epoch": 2, "config/epochs": 4, "stopped_early": True}), "failed": ([0.1], None),
+            "pruned_falling": ([0.6, 0.4], {"epoch": 2, "config/epochs": 4})}
     for trial_id, (values, last) in runs.items():
         searcher.suggest(trial_id)
         for step, value in enumerate(values, start=1):
@@ -92,7 +93,8 @@ def test_the_journal_holds_each_trials_best_epoch_and_its_state(tmp_path):
     study = optuna.load_study(study_name="x", storage=search.open_study_storage(tmp_path / "optuna.journal"))
     states = [(t.state.name, t.value, t.intermediate_values) for t in study.trials]
     assert states == [("COMPLETE", 0.7, {1: 0.7, 2: 0.5}), ("PRUNED", 0.6, {1: 0.4, 2: 0.6}),
-                      ("COMPLETE", 0.3, {1: 0.3, 2: 0.2}), ("FAIL", None, {1: 0.1})]
+                      ("COMPLETE", 0.3, {1: 0.3, 2: 0.2}), ("FAIL", None, {1: 0.1}),
+                      ("PRUNED", 0.6, {1: 0.6, 2: 0.4})]  # a pruned trial's value is its best epoch, not its last
 
 
 def test_a_restored_searcher_continues_its_trials_in_the_journal_and_its_snapshot_stays_small(tmp_path):
@@ -120,6 +122,23 @@ def test_a_restored_searcher_continues_its_trials_in_the_journal_and_its_snapsho
     assert (tmp_path / "later.pkl").stat().st_size < snapshot + 40 * 60
 
 
+def test_the_wrapped_searcher_saves_and_restores_as_tune_does_it_every_epoch(tmp_path):
+    """Tune's SearchGenerator saves the innermost searcher and asks each wrapper for its state."""
+    space = load_space("smoke")
+    settings = _settings(tmp_path, num_samples=48)
+    searcher = SearchGenerator(search.make_searcher(settings, space, validate(space)))
+    assert isinstance(searcher.searcher, search.StartupCap)
+    assert searcher.searcher.suggest("t0") is not None
+    searcher.searcher.on_trial_result("t0", {"val_spec_at_recall": 0.5, "training_iteration": 1})
+    searcher.save_to_dir(str(tmp_path), session_str="s")
+    restored = SearchGenerator(search.make_searcher(settings, space, validate(space)))
+    restored.restore_from_dir(str(tmp_path))
+    restored.searcher.on_trial_complete("t0", {"val_spec_at_recall": 0.4, "training_iteration": 2, "epoch": 2,
+                                              "config/epochs": 2})
+    study = optuna.load_study(study_name="x", storage=search.open_study_storage(tmp_path / "optuna.journal"))
+    assert [(t.state.name, t.value, t.intermediate_values) for t in study.trials] == [("COMPLETE", 0.5, {1: 0.5, 2: 0.4})]
+
+
 def test_at_most_a_quarter_of_the_search_starts_before_tpe_can_steer(tmp_path):
     """Ray asks whenever a slot is free: with 48 free slots and --num-samples 48, 12 random trials start, then the
     searcher answers None (Ray asks again later) until 10 have finished; trials that all failed never block it."""
@@ -144,6 +163,15 @@ def test_at_most_a_quarter_of_the_search_starts_before_tpe_can_steer(tmp_path):
         failing.suggest(t)
         failing.on_trial_complete(t, error=True)
     assert failing.suggest("t12") is not None  # nothing running: no wait (it would never end)
+
+
+def test_with_a_time_budget_the_cap_is_a_quarter_of_the_trials_that_fit_at_once(tmp_path):
+    """--time-budget makes --num-samples an upper bound (1000 by default): the cap plans with what can start at once,
+    not with 1000 (a quarter of which, 250, would cap nothing)."""
+    wide, narrow = (_settings(tmp_path, num_samples=1000, budget_key="run", trials_at_once=n) for n in (64, 2))
+    assert search.startup_cap(search.planned_trials(wide)) == 16
+    assert search.startup_cap(search.planned_trials(narrow)) == search.STARTUP_TRIALS
+    assert search.planned_trials(_settings(tmp_path, num_samples=48)) == 48  # no budget: the search's own size
 
 
 @pytest.mark.parametrize("cap, until", [(10, "at most 8 start"), (None, "any number start")])

@@ -47,7 +47,8 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
         cluster.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial, experiment.workers_per_trial)
         budget = _budget(experiment, paths, checked.max_epochs, started, fresh=bool(extend))
         settings = dataclasses.replace(_settings(experiment, checked.max_epochs, paths), config_keys=checked.common_keys,
-                                       budget_key=_budget_key(paths) if budget else None)
+                                       budget_key=_budget_key(paths) if budget else None,
+                                       trials_at_once=_trials_at_once(experiment, budget))
         cluster.check_storage(settings.storage_path)
         if not (resume or extend):
             _create(paths, experiment, data)
@@ -106,6 +107,13 @@ def _budget(experiment: RunSettings, paths: ExperimentPaths, max_epochs: int, st
     budget = budget_module.Budget.resumed(paths.budget, fresh=fresh, **settings)
     budget_module.activate(_budget_key(paths), budget)
     return budget
+
+
+def _trials_at_once(experiment: RunSettings, budget: budget_module.Budget | None) -> int | None:
+    """--time-budget: the trials that fit at once (--max-concurrent, if lower), what the start-up cap plans with."""
+    if budget is None:
+        return None
+    return min(budget.member_slots, experiment.max_concurrent or budget.member_slots)
 
 
 def _budget_key(paths: ExperimentPaths) -> str:

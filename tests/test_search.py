@@ -10,7 +10,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import SearchGenerator, Searcher
 
 from tune import search
-from tune.budget import Budget, activate
+from tune.budget import Budget
 from tune.spaces import load_space, validate
 
 
@@ -168,7 +168,7 @@ def test_at_most_a_quarter_of_the_search_starts_before_tpe_can_steer(tmp_path):
 def test_with_a_time_budget_the_cap_is_a_quarter_of_the_trials_that_fit_at_once(tmp_path):
     """--time-budget makes --num-samples an upper bound (1000 by default): the cap plans with what can start at once,
     not with 1000 (a quarter of which, 250, would cap nothing)."""
-    wide, narrow = (_settings(tmp_path, num_samples=1000, budget_key="run", trials_at_once=n) for n in (64, 2))
+    wide, narrow = (_settings(tmp_path, num_samples=1000, trials_at_once=n) for n in (64, 2))
     assert search.startup_cap(search.planned_trials(wide)) == 16
     assert search.startup_cap(search.planned_trials(narrow)) == search.STARTUP_TRIALS
     assert search.planned_trials(_settings(tmp_path, num_samples=48)) == 48  # no budget: the search's own size
@@ -198,28 +198,47 @@ def test_a_trial_in_flight_when_the_budget_decides_stops_at_its_next_epoch_and_s
     boundary, and the journal keeps it COMPLETE with its best epoch (stopped by the clock, not judged weak)."""
     now = [0.0]
     budget = Budget(total_s=100, final_members=1, final_epochs=1, member_slots=1, clock=lambda: now[0])
-    activate("run", budget)
-    try:
-        space = load_space("smoke")
-        searcher = search.make_searcher(_settings(tmp_path, budget_key="run"), space, validate(space))
-        stopper = search.BudgetStopper("run")
-        for trial_id in ("a", "b"):
-            assert searcher.suggest(trial_id) is not None
+    space = load_space("smoke")
+    searcher = search.make_searcher(_settings(tmp_path), space, validate(space), budget=budget)
+    stopper = search.BudgetStopper(budget)
+    for trial_id in ("a", "b"):
+        assert searcher.suggest(trial_id) is not None
 
-        def epoch(trial_id: str, step: int, value: float, at: float) -> bool:
-            now[0] = at
-            result = {"val_spec_at_recall": value, "training_iteration": step, "epoch": step, "time_this_iter_s": 10.0,
-                      "config": {"epochs": 3}}
-            searcher.on_trial_result(trial_id, result)
-            return stopper(trial_id, result)
+    def epoch(trial_id: str, step: int, value: float, at: float) -> bool:
+        now[0] = at
+        result = {"val_spec_at_recall": value, "training_iteration": step, "epoch": step, "time_this_iter_s": 10.0,
+                  "config": {"epochs": 3}}
+        searcher.on_trial_result(trial_id, result)
+        return stopper(trial_id, result)
 
-        assert not epoch("a", 1, 0.6, 10) and not epoch("b", 1, 0.5, 11)  # 89 s left: the final stage needs 32.5 s
-        assert searcher.suggest("c") is not None
-        # 40 s left <= 32.5 s + a new trial's start and epoch: no new trials; one more epoch of "a" no longer fits
-        assert epoch("a", 2, 0.4, 60) and budget.stopped == {"a"}
-        assert searcher.suggest("d") is Searcher.FINISHED
-        searcher.on_trial_complete("a", {"val_spec_at_recall": 0.4, "epoch": 2, "config/epochs": 3})
-    finally:
-        activate("run", None)
+    assert not epoch("a", 1, 0.6, 10) and not epoch("b", 1, 0.5, 11)  # 89 s left: the final stage needs 32.5 s
+    assert searcher.suggest("c") is not None
+    # 40 s left <= 32.5 s + a new trial's start and epoch: no new trials; one more epoch of "a" no longer fits
+    assert epoch("a", 2, 0.4, 60) and budget.stopped == {"a"}
+    assert searcher.suggest("d") is Searcher.FINISHED
+    searcher.on_trial_complete("a", {"val_spec_at_recall": 0.4, "epoch": 2, "config/epochs": 3})
     study = optuna.load_study(study_name="x", storage=search.open_study_storage(tmp_path / "optuna.journal"))
     assert (study.trials[0].state.name, study.trials[0].value) == ("COMPLETE", 0.6)
+
+
+def test_a_resumed_session_s_searcher_and_stopper_get_its_budget_not_a_copy(tmp_path):
+    """Ray pickles the searcher and the stopper with the Tune experiment and unpickles them on --resume: the budget
+    they hold is then the one the resuming session opened (what it spent, what it decided), never a stale copy."""
+    import pickle
+
+    settings = dict(total_s=100, final_members=1, final_epochs=1, member_slots=1)
+    first = Budget(path=tmp_path / "budget.json", **settings)
+    first.open()
+    space = load_space("smoke")
+    pickled = pickle.dumps((search.make_searcher(_settings(tmp_path), space, validate(space), budget=first),
+                            search.BudgetStopper(first)))
+    first.close()
+    resumed = Budget(path=tmp_path / "budget.json", spent_before_s=90, **settings)
+    resumed.note_epoch(10)  # the final stage needs 32.5 s of the 10 s left
+    resumed.open()
+    try:
+        searcher, stopper = pickle.loads(pickled)
+    finally:
+        resumed.close()
+    assert searcher.budget is resumed and stopper.budget is resumed
+    assert searcher.suggest("a") is Searcher.FINISHED  # the resumed budget decides, not the first one

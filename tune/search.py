@@ -23,7 +23,7 @@ from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from tune.budget import active
+from tune.budget import Budget
 from tune.cluster import COORDINATOR_CPU
 from tune.results import TrialRecord, make_trial_record, planned_epochs, trial_folder_name, trial_status
 from tune.settings import is_uri
@@ -55,22 +55,22 @@ class SearchSettings:
     enqueue_baselines: bool = True  # the space's BASELINES run first, once per study
     config_keys: frozenset[str] = frozenset()  # keys every trial's config has (the live table shows some of them)
     local_cluster: bool = True  # the run started its own Ray cluster (no --address)
-    budget_key: str | None = None  # --time-budget: the tune.budget.active key of this run's budget
     trials_at_once: int | None = None  # --time-budget: the trials that fit at once (what the start-up cap plans with)
 
 
 def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data_ref: ray.ObjectRef,
                weight_refs: dict[str, ray.ObjectRef], resume: bool, train_fn=train_trial,
-               callbacks: tuple[Callback, ...] = ()) -> list[TrialRecord]:
+               callbacks: tuple[Callback, ...] = (), budget: Budget | None = None) -> list[TrialRecord]:
     """Run (or resume) one Tune experiment; every trial's config, per-epoch metrics and error. train_fn(config,
     context) is what each trial runs (tune.trainable.train_trial; benchmarks/bench_scale.py hands in a stand-in
     that reports a synthetic learning curve, to measure everything but the training). callbacks: driver-side Tune
-    callbacks besides the product's own (tune.tracking's child runs)."""
+    callbacks besides the product's own (tune.tracking's child runs). budget: --time-budget's, which the searcher
+    and the stopper consult and the records read their status from."""
     context = TrialContext(data_ref, weight_refs, settings.workers_per_trial,
                            settings.cpus_per_trial, settings.gpus_per_trial, settings.storage_path)
     trainable = _trainable(context, settings, train_fn)
     if settings.first_index == 1 and not resume:
-        size = f"up to {settings.num_samples} trials in the time budget" if settings.budget_key else f"{settings.num_samples} trials"
+        size = f"up to {settings.num_samples} trials in the time budget" if budget else f"{settings.num_samples} trials"
         cap = startup_cap(planned_trials(settings))  # None: no cap (bench_scale.py's ungated arm)
         until = "any number" if cap is None else f"at most {min(cap, settings.num_samples)}"
         print(f"search: {size}; TPE steers once {STARTUP_TRIALS} have finished, and until then "
@@ -78,9 +78,10 @@ def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, da
     if resume:
         tuner = ray_tune.Tuner.restore(tune_dir(settings), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = ray_tune.Tuner(trainable, tune_config=_tune_config(settings, space, checked),
-                               run_config=_run_config(settings, callbacks))
-    return [_record(result) for result in tuner.fit()]
+        tuner = ray_tune.Tuner(trainable, tune_config=_tune_config(settings, space, checked, budget),
+                               run_config=_run_config(settings, callbacks, budget))
+    stopped = budget.stopped if budget else set()
+    return [_record(result, stopped=stopped) for result in tuner.fit()]
 
 
 def drop_finished_checkpoints(settings: SearchSettings, records: list[TrialRecord]) -> None:
@@ -99,11 +100,12 @@ def can_restore(settings: SearchSettings) -> bool:
     return ray_tune.Tuner.can_restore(tune_dir(settings))
 
 
-def finished_records(settings: SearchSettings) -> list[TrialRecord]:
-    """The trials of a finished Tune experiment, read back without running anything."""
+def finished_records(settings: SearchSettings, stopped: set[str]) -> list[TrialRecord]:
+    """The trials of a finished Tune experiment, read back without running anything (stopped: the trials the
+    budget stopped)."""
     analysis = ray_tune.ExperimentAnalysis(tune_dir(settings))
     configs = {Path(t.path).name: t.config for t in analysis.trials}  # ResultGrid drops errored trials' configs
-    return [_record(result, configs.get(Path(result.path).name)) for result in ray_tune.ResultGrid(analysis)]
+    return [_record(result, configs.get(Path(result.path).name), stopped) for result in ray_tune.ResultGrid(analysis)]
 
 
 def _trainable(context: TrialContext, settings: SearchSettings, train_fn):
@@ -264,16 +266,15 @@ class BudgetGate(SearcherWrapper):
     """--time-budget: no new trials once the budget has decided so, and a trial the budget stopped is told as
     such (COMPLETE with its best epoch: stopped by the clock, not judged weak)."""
 
-    def __init__(self, searcher: Searcher, budget_key: str):
+    def __init__(self, searcher: Searcher, budget: Budget):
         super().__init__(searcher)
-        self.budget_key = budget_key
+        self.budget = budget
 
     def suggest(self, trial_id: str) -> dict | None:
-        return Searcher.FINISHED if budget_allows_no_trials(self.budget_key) else self.searcher.suggest(trial_id)
+        return Searcher.FINISHED if self.budget and end_trial_starts(self.budget) else self.searcher.suggest(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        budget = active(self.budget_key)
-        if budget and trial_id in budget.stopped:
+        if self.budget and self.budget.was_stopped(trial_id):
             result = {**(result or {}), STOPPED_BY_BUDGET: True}
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
@@ -290,9 +291,10 @@ def _status_of_last(last: dict) -> str:
     return trial_status(False, last.get("epoch", 0), planned_epochs(config), bool(last.get("stopped_early", False)))
 
 
-def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace) -> ray_tune.TuneConfig:
+def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace, budget: Budget | None) -> ray_tune.TuneConfig:
     name = functools.partial(_trial_name, first=settings.first_index)
-    return ray_tune.TuneConfig(metric=settings.metric, mode="max", search_alg=make_searcher(settings, space, checked),
+    return ray_tune.TuneConfig(metric=settings.metric, mode="max",
+                               search_alg=make_searcher(settings, space, checked, budget=budget),
                                scheduler=make_trial_scheduler(settings), num_samples=settings.num_samples,
                                max_concurrent_trials=settings.max_concurrent, trial_name_creator=name,
                                trial_dirname_creator=name,
@@ -318,7 +320,7 @@ def make_sampler(settings: SearchSettings) -> optuna.samplers.TPESampler:
 
 
 def make_searcher(settings: SearchSettings, space: Space, checked: CheckedSpace,
-                  sampler: optuna.samplers.BaseSampler | None = None) -> Searcher:
+                  sampler: optuna.samplers.BaseSampler | None = None, budget: Budget | None = None) -> Searcher:
     """The product's searcher: TPE on the study kept in the experiment's journal file, behind the start-up cap and,
     with --time-budget, the budget's gate."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -328,7 +330,7 @@ def make_searcher(settings: SearchSettings, space: Space, checked: CheckedSpace,
     cap = startup_cap(planned_trials(settings))
     if cap is not None:
         searcher = StartupCap(searcher, cap)
-    return BudgetGate(searcher, settings.budget_key) if settings.budget_key else searcher
+    return BudgetGate(searcher, budget) if budget else searcher
 
 
 def planned_trials(settings: SearchSettings) -> int:
@@ -356,48 +358,46 @@ def _trial_name(trial, first: int = 1) -> str:
     return trial_folder_name(int(trial.experiment_tag.split("_", 1)[0]) + first - 1, trial.trial_id)
 
 
-def _run_config(settings: SearchSettings, callbacks: tuple[Callback, ...] = ()) -> ray_tune.RunConfig:
+def _run_config(settings: SearchSettings, callbacks: tuple[Callback, ...] = (),
+                budget: Budget | None = None) -> ray_tune.RunConfig:
     return ray_tune.RunConfig(
         name=settings.tune_dir_name,
         storage_path=settings.storage_path,
         checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
         failure_config=ray_tune.FailureConfig(max_failures=TRIAL_RETRIES),
         callbacks=[RetriesSinceProgress(), *callbacks],
-        stop=BudgetStopper(settings.budget_key) if settings.budget_key else None,
+        stop=BudgetStopper(budget) if budget else None,
         progress_reporter=make_reporter(settings.metric, settings.config_keys),
         verbose=1,
     )
 
 
-def budget_allows_no_trials(key: str | None) -> bool:
-    """--time-budget: True once the time left only covers the final stage (printed once, when it is decided)."""
-    budget = active(key)
-    if budget is None:
-        return False
-    decided = budget.decision is not None
-    if budget.starts_no_more_trials() and not decided:
+def end_trial_starts(budget: Budget) -> bool:
+    """--time-budget: decide whether trials may still start; True once the time left only covers the final stage
+    (printed and saved once, when it is decided)."""
+    if budget.starts_trials() and budget.decide_no_more_trials():
         print(budget.decision_text(), flush=True)
         budget.save()
-    return budget.decision is not None
+    return not budget.starts_trials()
 
 
 class BudgetStopper(Stopper):
     """--time-budget, at each epoch boundary: measure the epoch, decide whether trials may still start, and stop a
-    trial once one more epoch of it would no longer fit (tune.budget.Budget.stops_trial)."""
+    trial once one more epoch of it would no longer fit (tune.budget.Budget.decide_stop). (budget None: a --resume
+    without the budget this stopper was pickled with.)"""
 
-    def __init__(self, key: str):
-        self.key = key
+    def __init__(self, budget: Budget):
+        self.budget = budget
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        budget = active(self.key)
-        if budget is None:
+        if self.budget is None:
             return False
-        budget.note_epoch(result.get("time_this_iter_s"))
-        budget_allows_no_trials(self.key)
+        self.budget.note_epoch(result.get("time_this_iter_s"))
+        end_trial_starts(self.budget)
         planned = planned_epochs(result.get("config") or {})
-        if result.get("stopped_early") or result.get("epoch", 0) >= planned or not budget.stops_trial(trial_id):
+        if result.get("stopped_early") or result.get("epoch", 0) >= planned or not self.budget.decide_stop(trial_id):
             return False
-        budget.save()
+        self.budget.save()
         return True
 
     def stop_all(self) -> bool:
@@ -434,7 +434,7 @@ def tune_dir(settings: SearchSettings) -> str:
     return f"{settings.storage_path.rstrip('/')}/{settings.tune_dir_name}"
 
 
-def _record(result, config: dict | None = None) -> TrialRecord:
+def _record(result, config: dict | None = None, stopped: set[str] = frozenset()) -> TrialRecord:
     epochs = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
     error = None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:2000]
-    return make_trial_record(result.path, config or result.config, epochs, error)
+    return make_trial_record(result.path, config or result.config, epochs, error, stopped)

@@ -119,7 +119,7 @@ def _product(trials: int, root: Path) -> dict:
         metric=METRIC, num_samples=trials, max_epochs=EPOCHS, trial_scheduler="asha", cpus_per_trial=CPUS_PER_TRIAL,
         gpus_per_trial=0, workers_per_trial=1, max_concurrent=0, seed=0, storage_path=str(paths.root),
         journal_path=str(paths.journal), study_name="scale", config_keys=checked.common_keys)
-    suggest_s = _time_suggestions(search.JournalOptunaSearch)
+    suggest_s = _time_suggestions(search.JournalSearch)
     started = time.monotonic()
     records = search.run_search(settings, space, checked, ray.put(None), {}, resume=False, train_fn=standin_trial)
     wall = time.monotonic() - started
@@ -245,9 +245,9 @@ def simulate_startup(concurrency: int, root: Path, gated: bool, seed: int = 0, p
         metric=METRIC, num_samples=per_slot * concurrency, max_epochs=EPOCHS, trial_scheduler="asha", cpus_per_trial=1,
         gpus_per_trial=0, workers_per_trial=1, max_concurrent=concurrency, seed=seed, storage_path=str(root),
         journal_path=str(root / f"sim-{concurrency}-{gated}.journal"), study_name="sim")
-    searcher = search.JournalOptunaSearch(
-        space=space.fn, metric=METRIC, mode="max", sampler=search.make_sampler(settings), study_name="sim",
-        journal_path=settings.journal_path, startup_cap=search.startup_cap(settings.num_samples) if gated else None)
+    searcher = search.JournalSearch(space.fn, METRIC, search.make_sampler(settings), "sim", settings.journal_path)
+    if gated:
+        searcher = search.StartupCap(searcher, search.startup_cap(settings.num_samples))
     scheduler = search.make_trial_scheduler(settings)
     scheduler.set_search_properties(METRIC, "max")
     rng = np.random.default_rng(seed)
@@ -286,8 +286,6 @@ def simulate_startup(concurrency: int, root: Path, gated: bool, seed: int = 0, p
 def snapshot(trials: int, root: Path, repeats: int = 20) -> dict:
     """The searcher snapshot Ray takes after every trial checkpoint, at `trials` finished trials, without Ray
     running: the product's (Optuna trial numbers) against Ray's own OptunaSearch.save (the Optuna trials pickled)."""
-    from ray.tune.search.optuna import OptunaSearch
-
     from tune import search
     from tune.spaces import load_space, validate
 
@@ -304,13 +302,21 @@ def snapshot(trials: int, root: Path, repeats: int = 20) -> dict:
             searcher.on_trial_result(f"t{i}", {METRIC: surface(config) * epoch / 3, "training_iteration": epoch})
         searcher.on_trial_complete(f"t{i}", {METRIC: surface(config), "epoch": 3, "config/epochs": 3})
     out = {"trials": trials}
-    for name, save in (("product", searcher.save), ("ray", lambda path: OptunaSearch.save(searcher, path))):
+    for name, save in (("product", searcher.save), ("ray", lambda path: _ray_style_save(searcher, path))):
         started = time.perf_counter()
         for _ in range(repeats):
             save(str(root / f"{name}.pkl"))
         out[f"{name}_ms"] = 1000 * (time.perf_counter() - started) / repeats
         out[f"{name}_kib"] = (root / f"{name}.pkl").stat().st_size / 1024
     return out
+
+
+def _ray_style_save(searcher, path: str) -> None:
+    """What Ray's OptunaSearch.save writes: a pickle of its state, which holds the Optuna trials and through them the
+    study and every trial in its storage."""
+    import pickle
+
+    Path(path).write_bytes(pickle.dumps({"trials": searcher.study.get_trials(deepcopy=False), "study": searcher.study}))
 
 
 def measure(arm: str, trials: int, out_dir: Path) -> dict:

@@ -29,7 +29,7 @@ def test_not_durations(text):
 def test_trials_stop_starting_when_what_is_left_is_what_the_final_stage_needs():
     clock = FakeClock()
     budget = Budget(total_s=600, final_members=3, final_epochs=4, member_slots=2, clock=clock)
-    assert budget.final_estimate() is None and not budget.starts_no_more_trials()  # nothing measured: go on
+    assert budget.final_estimate() is None and not budget.decide_no_more_trials()  # nothing measured: go on
     for seconds in (10, 10, 10, 12, 30):  # epochs measured so far: the 90th percentile plans the rest
         budget.note_epoch(seconds)
     epoch = budget.epoch_estimate()
@@ -37,16 +37,17 @@ def test_trials_stop_starting_when_what_is_left_is_what_the_final_stage_needs():
     final = 2 * (MEMBER_START_S + 4 * epoch) + 3 * SCORING_EPOCHS * epoch + FINISH_S  # 3 members, 2 at once: 2 waves
     assert budget.final_estimate() == pytest.approx(final)
     clock.now += 600 - final - MEMBER_START_S - epoch - 1  # a new trial's first epoch still fits
-    assert not budget.starts_no_more_trials() and budget.decision is None
-    assert not budget.stops_trial("a")  # in flight: one more epoch fits too
+    assert not budget.decide_no_more_trials() and budget.decision is None
+    assert not budget.decide_stop("a")  # in flight: one more epoch fits too
     clock.now += 2
-    assert budget.starts_no_more_trials() and budget.decision["final_estimate_s"] == pytest.approx(final, abs=0.1)
+    assert budget.starts_trials() and budget.decision is None and not budget.was_stopped("a")  # questions change nothing
+    assert budget.decide_no_more_trials() and not budget.starts_trials() and budget.decision["final_estimate_s"] == pytest.approx(final, abs=0.1)
     assert "no new trials" in budget.decision_text()
-    assert not budget.stops_trial("a")
+    assert not budget.decide_stop("a")
     clock.now += MEMBER_START_S  # now one more epoch of a trial in flight would eat into the final stage
-    assert budget.stops_trial("a") and budget.stopped == {"a"}
+    assert budget.decide_stop("a") and budget.stopped == {"a"}
     clock.now -= 10_000
-    assert budget.starts_no_more_trials()  # once decided, it stays decided
+    assert budget.decide_no_more_trials()  # once decided, it stays decided
 
 
 def test_a_resumed_session_continues_with_what_is_left_and_extend_gets_a_budget_of_its_own(tmp_path):

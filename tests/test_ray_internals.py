@@ -1,35 +1,30 @@
-"""Private attributes of Ray and Optuna that tune/ relies on (no public API gives them): each check fails naming
-what changed, so a new release that moves them is caught here, not in a user's search. pyproject.toml pins the
-releases known to work; when one of these fails after an upgrade, adapt the named code, then widen the pin."""
+"""What tune/ still takes from Ray beyond its public API (each check fails naming what changed, so a new release
+that moves it is caught here, not in a user's search): tune.cluster's ray._common.utils.get_ray_address_file
+(--address auto) and RetriesSinceProgress's Trial.run_metadata (failures counted since the last epoch). The
+searcher is on public interfaces only, checked here too. When one of these fails after an upgrade, adapt the named
+code."""
 
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import ray
 from ray._common import utils as ray_utils
-from ray.tune.search.optuna import OptunaSearch
 
 from tune import search
-from tune.spaces import load_space, validate
 
 
-def test_ray_optuna_searcher_keeps_the_attributes_journal_optuna_search_reads(tmp_path):
-    settings = search.SearchSettings(metric="val_auroc", num_samples=1, max_epochs=1, trial_scheduler="fifo",
-                                     cpus_per_trial=1, gpus_per_trial=0, workers_per_trial=1, max_concurrent=0, seed=0,
-                                     storage_path=str(tmp_path), journal_path=str(tmp_path / "j"), study_name="s")
-    space = load_space("smoke")
-    searcher = search.make_searcher(settings, space, validate(space))
-    searcher.suggest("t")
-    missing = [name for name in search.RAY_SEARCHER_INTERNALS if not hasattr(searcher, name)]
-    assert not missing, (f"Ray {ray.__version__}'s OptunaSearch no longer has {missing}: adapt "
-                         "tune.search.JournalOptunaSearch (and the ray pin in pyproject.toml)")
-    assert "t" in searcher._ot_trials and hasattr(searcher._ot_study, "tell"), (
-        f"Ray {ray.__version__}'s OptunaSearch keeps its trials or study differently: adapt tune.search.JournalOptunaSearch")
-    for hook in ("on_trial_result", "on_trial_complete"):
-        assert list(inspect.signature(getattr(OptunaSearch, hook)).parameters)[:2] == ["self", "trial_id"], (
-            f"Ray {ray.__version__} changed OptunaSearch.{hook}: adapt tune.search.JournalOptunaSearch")
+def test_the_searcher_and_its_wrappers_touch_no_private_attribute():
+    """tune.search's searcher is on the public interfaces of Ray's Searcher and Optuna's study and storage: no
+    attribute whose name starts with _ is read or written there, so no release can move it from under a search."""
+    source = inspect.getsource(search)
+    searchers = [inspect.getsource(c) for c in (search.JournalSearch, search.SearcherWrapper, search.StartupCap,
+                                                search.BudgetGate)]
+    private = sorted({m for text in searchers for m in re.findall(r"\.(_[A-Za-z]\w*)", text)})
+    assert not private, f"tune.search's searcher reads private attributes {private}: use a public interface"
+    assert "import _" not in source and "._common" not in source
 
 
 def test_ray_records_the_last_started_cluster_where_tune_cluster_looks():

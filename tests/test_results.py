@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from cxr.jsonio import read_json, write_json
-from tune.results import ExperimentPaths, TrialRecord, build_tables, leaderboard, load, trial_status, write_table
+from tune.results import (ExperimentPaths, TrialRecord, build_tables, leaderboard, load, make_trial_record, trial_status,
+                          write_table)
 
 
 def _epochs(aurocs, stopped_early=False):
@@ -26,6 +27,15 @@ def _records():
         TrialRecord("c", 3, {"lr": 1e-4, "epochs": 3}, _epochs([0.8, 0.9], stopped_early=True), None),
         TrialRecord("d", 4, {"lr": 1e-1, "epochs": 3}, pd.DataFrame(), "RuntimeError: boom"),
     ]
+
+
+def test_a_trial_the_budget_stopped_is_recorded_so_once_and_tabled_as_budget():
+    """--time-budget: whether the budget stopped a trial is set when its record is made; the tables read the record."""
+    records = [make_trial_record(f"trial_{i}_{trial_id}", {"epochs": 3}, _epochs([0.6, 0.7]), None, {"s"})
+               for i, trial_id in ((1, "s"), (2, "o"))]
+    assert [r.stopped_by_budget for r in records] == [True, False]
+    trials, _ = build_tables(records, "val_auroc")
+    assert dict(zip(trials["trial_id"], trials["status"])) == {"s": "budget", "o": "pruned"}
 
 
 def test_statuses_and_best_first():

@@ -7,10 +7,10 @@ from pathlib import Path
 import optuna
 import pytest
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import Searcher
+from ray.tune.search import SearchGenerator, Searcher
 
 from tune import search
-from tune.budget import Budget, activate
+from tune.budget import Budget
 from tune.spaces import load_space, validate
 
 
@@ -82,7 +82,8 @@ def test_the_journal_holds_each_trials_best_epoch_and_its_state(tmp_path):
     space = load_space("smoke")
     searcher = search.make_searcher(_settings(tmp_path), space, validate(space))
     runs = {"done": ([0.7, 0.5], {"epoch": 2}), "pruned": ([0.4, 0.6], {"epoch": 2, "config/epochs": 4}),
-            "patience": ([0.3, 0.2], {"epoch": 2, "config/epochs": 4, "stopped_early": True}), "failed": ([0.1], None)}
+            "patience": ([0.3, 0.2], {"epoch": 2, "config/epochs": 4, "stopped_early": True}), "failed": ([0.1], None),
+            "pruned_falling": ([0.6, 0.4], {"epoch": 2, "config/epochs": 4})}
     for trial_id, (values, last) in runs.items():
         searcher.suggest(trial_id)
         for step, value in enumerate(values, start=1):
@@ -92,7 +93,8 @@ def test_the_journal_holds_each_trials_best_epoch_and_its_state(tmp_path):
     study = optuna.load_study(study_name="x", storage=search.open_study_storage(tmp_path / "optuna.journal"))
     states = [(t.state.name, t.value, t.intermediate_values) for t in study.trials]
     assert states == [("COMPLETE", 0.7, {1: 0.7, 2: 0.5}), ("PRUNED", 0.6, {1: 0.4, 2: 0.6}),
-                      ("COMPLETE", 0.3, {1: 0.3, 2: 0.2}), ("FAIL", None, {1: 0.1})]
+                      ("COMPLETE", 0.3, {1: 0.3, 2: 0.2}), ("FAIL", None, {1: 0.1}),
+                      ("PRUNED", 0.6, {1: 0.6, 2: 0.4})]  # a pruned trial's value is its best epoch, not its last
 
 
 def test_a_restored_searcher_continues_its_trials_in_the_journal_and_its_snapshot_stays_small(tmp_path):
@@ -118,6 +120,23 @@ def test_a_restored_searcher_continues_its_trials_in_the_journal_and_its_snapsho
         restored.suggest(f"t{i}")
     restored.save(str(tmp_path / "later.pkl"))
     assert (tmp_path / "later.pkl").stat().st_size < snapshot + 40 * 60
+
+
+def test_the_wrapped_searcher_saves_and_restores_as_tune_does_it_every_epoch(tmp_path):
+    """Tune's SearchGenerator saves the innermost searcher and asks each wrapper for its state."""
+    space = load_space("smoke")
+    settings = _settings(tmp_path, num_samples=48)
+    searcher = SearchGenerator(search.make_searcher(settings, space, validate(space)))
+    assert isinstance(searcher.searcher, search.StartupCap)
+    assert searcher.searcher.suggest("t0") is not None
+    searcher.searcher.on_trial_result("t0", {"val_spec_at_recall": 0.5, "training_iteration": 1})
+    searcher.save_to_dir(str(tmp_path), session_str="s")
+    restored = SearchGenerator(search.make_searcher(settings, space, validate(space)))
+    restored.restore_from_dir(str(tmp_path))
+    restored.searcher.on_trial_complete("t0", {"val_spec_at_recall": 0.4, "training_iteration": 2, "epoch": 2,
+                                              "config/epochs": 2})
+    study = optuna.load_study(study_name="x", storage=search.open_study_storage(tmp_path / "optuna.journal"))
+    assert [(t.state.name, t.value, t.intermediate_values) for t in study.trials] == [("COMPLETE", 0.5, {1: 0.5, 2: 0.4})]
 
 
 def test_at_most_a_quarter_of_the_search_starts_before_tpe_can_steer(tmp_path):
@@ -146,6 +165,15 @@ def test_at_most_a_quarter_of_the_search_starts_before_tpe_can_steer(tmp_path):
     assert failing.suggest("t12") is not None  # nothing running: no wait (it would never end)
 
 
+def test_with_a_time_budget_the_cap_is_a_quarter_of_the_trials_that_fit_at_once(tmp_path):
+    """--time-budget makes --num-samples an upper bound (1000 by default): the cap plans with what can start at once,
+    not with 1000 (a quarter of which, 250, would cap nothing)."""
+    wide, narrow = (_settings(tmp_path, num_samples=1000, trials_at_once=n) for n in (64, 2))
+    assert search.startup_cap(search.planned_trials(wide)) == 16
+    assert search.startup_cap(search.planned_trials(narrow)) == search.STARTUP_TRIALS
+    assert search.planned_trials(_settings(tmp_path, num_samples=48)) == 48  # no budget: the search's own size
+
+
 @pytest.mark.parametrize("cap, until", [(10, "at most 8 start"), (None, "any number start")])
 def test_the_start_line_says_how_many_trials_start_before_tpe_steers_capped_or_not(tmp_path, monkeypatch, capsys, cap, until):
     """None is bench_scale.py --startup's ungated arm (the searcher as Ray's OptunaSearch runs it); no Ray starts."""
@@ -170,28 +198,47 @@ def test_a_trial_in_flight_when_the_budget_decides_stops_at_its_next_epoch_and_s
     boundary, and the journal keeps it COMPLETE with its best epoch (stopped by the clock, not judged weak)."""
     now = [0.0]
     budget = Budget(total_s=100, final_members=1, final_epochs=1, member_slots=1, clock=lambda: now[0])
-    activate("run", budget)
-    try:
-        space = load_space("smoke")
-        searcher = search.make_searcher(_settings(tmp_path, budget_key="run"), space, validate(space))
-        stopper = search.BudgetStopper("run")
-        for trial_id in ("a", "b"):
-            assert searcher.suggest(trial_id) is not None
+    space = load_space("smoke")
+    searcher = search.make_searcher(_settings(tmp_path), space, validate(space), budget=budget)
+    stopper = search.BudgetStopper(budget)
+    for trial_id in ("a", "b"):
+        assert searcher.suggest(trial_id) is not None
 
-        def epoch(trial_id: str, step: int, value: float, at: float) -> bool:
-            now[0] = at
-            result = {"val_spec_at_recall": value, "training_iteration": step, "epoch": step, "time_this_iter_s": 10.0,
-                      "config": {"epochs": 3}}
-            searcher.on_trial_result(trial_id, result)
-            return stopper(trial_id, result)
+    def epoch(trial_id: str, step: int, value: float, at: float) -> bool:
+        now[0] = at
+        result = {"val_spec_at_recall": value, "training_iteration": step, "epoch": step, "time_this_iter_s": 10.0,
+                  "config": {"epochs": 3}}
+        searcher.on_trial_result(trial_id, result)
+        return stopper(trial_id, result)
 
-        assert not epoch("a", 1, 0.6, 10) and not epoch("b", 1, 0.5, 11)  # 89 s left: the final stage needs 32.5 s
-        assert searcher.suggest("c") is not None
-        # 40 s left <= 32.5 s + a new trial's start and epoch: no new trials; one more epoch of "a" no longer fits
-        assert epoch("a", 2, 0.4, 60) and budget.stopped == {"a"}
-        assert searcher.suggest("d") is Searcher.FINISHED
-        searcher.on_trial_complete("a", {"val_spec_at_recall": 0.4, "epoch": 2, "config/epochs": 3})
-    finally:
-        activate("run", None)
+    assert not epoch("a", 1, 0.6, 10) and not epoch("b", 1, 0.5, 11)  # 89 s left: the final stage needs 32.5 s
+    assert searcher.suggest("c") is not None
+    # 40 s left <= 32.5 s + a new trial's start and epoch: no new trials; one more epoch of "a" no longer fits
+    assert epoch("a", 2, 0.4, 60) and budget.stopped == {"a"}
+    assert searcher.suggest("d") is Searcher.FINISHED
+    searcher.on_trial_complete("a", {"val_spec_at_recall": 0.4, "epoch": 2, "config/epochs": 3})
     study = optuna.load_study(study_name="x", storage=search.open_study_storage(tmp_path / "optuna.journal"))
     assert (study.trials[0].state.name, study.trials[0].value) == ("COMPLETE", 0.6)
+
+
+def test_a_resumed_session_s_searcher_and_stopper_get_its_budget_not_a_copy(tmp_path):
+    """Ray pickles the searcher and the stopper with the Tune experiment and unpickles them on --resume: the budget
+    they hold is then the one the resuming session opened (what it spent, what it decided), never a stale copy."""
+    import pickle
+
+    settings = dict(total_s=100, final_members=1, final_epochs=1, member_slots=1)
+    first = Budget(path=tmp_path / "budget.json", **settings)
+    first.open()
+    space = load_space("smoke")
+    pickled = pickle.dumps((search.make_searcher(_settings(tmp_path), space, validate(space), budget=first),
+                            search.BudgetStopper(first)))
+    first.close()
+    resumed = Budget(path=tmp_path / "budget.json", spent_before_s=90, **settings)
+    resumed.note_epoch(10)  # the final stage needs 32.5 s of the 10 s left
+    resumed.open()
+    try:
+        searcher, stopper = pickle.loads(pickled)
+    finally:
+        resumed.close()
+    assert searcher.budget is resumed and stopper.budget is resumed
+    assert searcher.suggest("a") is Searcher.FINISHED  # the resumed budget decides, not the first one

@@ -4,6 +4,10 @@ The whole command aims to end within the budget. The search stops starting trial
 rest needs: the final stage (K members of E epochs, in waves of the slots free for them, at the epoch time measured
 so far, plus a member's start-up) and the fixed finish (tables, assembly, report). A trial in flight stops at the first
 epoch boundary after which one more epoch would no longer fit; it is "budget"-stopped, its best epoch counts.
+
+One Budget per session, made and opened by the experiment and handed to what needs it (the searcher's gate, the
+stopper, the tracking callback, the final stage). Its questions (starts_trials, was_stopped, left, ...) change
+nothing; what changes it is named as an action (note_epoch, decide_no_more_trials, decide_stop, save).
 """
 
 from __future__ import annotations
@@ -91,8 +95,16 @@ class Budget:
         epoch = statistics.median(self.epoch_s)
         return next((e for e in range(planned, 0, -1) if self.final_estimate(e, epoch) <= self.left()), 1)
 
-    def starts_no_more_trials(self) -> bool:
-        """True from the moment the time left only covers the rest (a new trial's first epoch included)."""
+    def starts_trials(self) -> bool:
+        """Whether trials may still start (no decision yet). A question: nothing changes."""
+        return self.decision is None
+
+    def was_stopped(self, trial_id: str) -> bool:
+        return trial_id in self.stopped
+
+    def decide_no_more_trials(self) -> bool:
+        """Decides, once, that no trial starts any more when the time left only covers the rest (a new trial's first
+        epoch included); True from that decision on."""
         if self.decision is not None:
             return True
         final, epoch = self.final_estimate(), self.epoch_estimate()
@@ -105,8 +117,9 @@ class Budget:
                          "epoch_estimate_s": round(epoch, 2), "epochs_measured": len(self.epoch_s)}
         return True
 
-    def stops_trial(self, trial_id: str) -> bool:
-        """At an epoch boundary: stop this trial when one more epoch would eat into the rest's time."""
+    def decide_stop(self, trial_id: str) -> bool:
+        """At an epoch boundary: stop this trial (recorded in stopped) when one more epoch would eat into the rest's
+        time; True when it is stopped."""
         final, epoch = self.final_estimate(), self.epoch_estimate()
         if final is None or self.left() > final + epoch:
             return False
@@ -144,18 +157,35 @@ class Budget:
                    spending=saved.get("spending", {}), path=path, **settings)
 
 
-# The budget of the run this driver process is running, by experiment folder: the Tune stopper, the searcher and the
-# tracking callback are pickled with the Tune experiment (for --resume) and so hold only this key; the restored
-# ones find the budget of the session that restored them.
-_ACTIVE: dict[str, Budget] = {}
+    def open(self) -> None:
+        """Makes this the session's budget of its experiment (self.path): the searcher, stopper and callback that Ray
+        unpickles on --resume get it (__reduce__)."""
+        _OPEN[_key(self.path)] = self
+
+    def close(self) -> None:
+        _OPEN.pop(_key(self.path), None)
+
+    def __reduce__(self):
+        # Ray pickles the searcher, the stopper and the callbacks with the Tune experiment and unpickles them on
+        # --resume: they get the budget the resuming session opened, not a copy of the first session's
+        return session_budget, (_key(self.path),)
 
 
-def activate(key: str, budget: Budget | None) -> None:
-    if budget is None:
-        _ACTIVE.pop(key, None)
-    else:
-        _ACTIVE[key] = budget
+# The budgets open in this driver process, by budget.json path: read only when Ray unpickles what holds one.
+_OPEN: dict[str, Budget] = {}
 
 
-def active(key: str | None) -> Budget | None:
-    return _ACTIVE.get(key) if key else None
+def _key(path: Path) -> str:
+    return str(Path(path).resolve())
+
+
+def session_budget(path: str) -> Budget | None:
+    """The budget this session opened for budget.json at path (None: this session runs without one)."""
+    return _OPEN.get(path)
+
+
+def stopped_trials(path: Path) -> set[str]:
+    """The trials budget.json says the budget stopped (earlier sessions' and rounds')."""
+    from cxr.jsonio import read_json
+
+    return set(read_json(path).get("stopped", [])) if path.is_file() else set()

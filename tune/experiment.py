@@ -47,17 +47,17 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
         cluster.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial, experiment.workers_per_trial)
         budget = _budget(experiment, paths, checked.max_epochs, started, fresh=bool(extend))
         settings = dataclasses.replace(_settings(experiment, checked.max_epochs, paths), config_keys=checked.common_keys,
-                                       budget_key=_budget_key(paths) if budget else None)
+                                       trials_at_once=_trials_at_once(experiment, budget))
         cluster.check_storage(settings.storage_path)
         if not (resume or extend):
             _create(paths, experiment, data)
         if tracker:
             tracker = tracking.start_parent(tracker, paths, read_json(paths.run))
         data_ref, weight_refs = cluster.share(data), cluster.share_weights(weights)
-        callbacks = (tracking.TrialRunsCallback(tracker, settings.budget_key),) if tracker else ()
+        callbacks = (tracking.TrialRunsCallback(tracker, budget),) if tracker else ()
         search_started = budget.spent() if budget else 0.0
         records = _search(settings, paths, space, checked, data_ref, weight_refs, resume=resume, extend=extend,
-                          callbacks=callbacks)
+                          callbacks=callbacks, budget=budget)
         search_ended = budget.spent() if budget else 0.0
         if tracker:
             tracking.log_trials(tracker, records)
@@ -74,7 +74,7 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
         if unchanged:
             print(f"\nthe best trial is still {best['trial_id']}: final/ is kept as it is")
         else:
-            _final_stage(experiment, best, trials, data, data_ref, weight_refs, settings, paths)
+            _final_stage(experiment, best, trials, data, data_ref, weight_refs, settings, paths, budget)
         if budget:
             _account(budget, paths, search_ended - search_started, search_ended)
         report = write_report(paths.root)
@@ -90,13 +90,14 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
             tracking.finish(tracker, status)
         if budget:
             budget.save()
-            budget_module.activate(_budget_key(paths), None)
+            budget.close()
 
 
 def _budget(experiment: RunSettings, paths: ExperimentPaths, max_epochs: int, started: float | None,
             fresh: bool) -> budget_module.Budget | None:
     """--time-budget: this session's budget (after --resume: what is left of it; --extend: a budget of its own),
-    made the active one for the searcher, the stopper and the tracking callback."""
+    opened for the session: the experiment owns it and hands it to the searcher, the stopper and the tracking
+    callback."""
     if not experiment.time_budget:
         return None
     settings = dict(total_s=budget_module.parse_duration(experiment.time_budget), final_members=experiment.final_members,
@@ -104,12 +105,15 @@ def _budget(experiment: RunSettings, paths: ExperimentPaths, max_epochs: int, st
                     member_slots=cluster.trial_slots(experiment.cpus_per_trial, experiment.gpus_per_trial),
                     **({"started": started} if started is not None else {}))
     budget = budget_module.Budget.resumed(paths.budget, fresh=fresh, **settings)
-    budget_module.activate(_budget_key(paths), budget)
+    budget.open()
     return budget
 
 
-def _budget_key(paths: ExperimentPaths) -> str:
-    return str(paths.root.resolve())
+def _trials_at_once(experiment: RunSettings, budget: budget_module.Budget | None) -> int | None:
+    """--time-budget: the trials that fit at once (--max-concurrent, if lower), what the start-up cap plans with."""
+    if budget is None:
+        return None
+    return min(budget.member_slots, experiment.max_concurrent or budget.member_slots)
 
 
 def _account(budget: budget_module.Budget, paths: ExperimentPaths, search_s: float, search_ended: float) -> None:
@@ -141,7 +145,7 @@ def _track_final(tracker: tracking.Tracker, experiment: RunSettings, paths: Expe
 
 
 def _search(settings: search.SearchSettings, paths: ExperimentPaths, space, checked, data_ref, weight_refs, *,
-            resume: bool, extend: int, callbacks: tuple = ()) -> list:
+            resume: bool, extend: int, callbacks: tuple = (), budget: budget_module.Budget | None = None) -> list:
     """Run the one unfinished search (a new one, a resumed one or an --extend round) and read the finished ones
     back: records of every trial of the study. searches.json lists the rounds (Tune experiments) in order."""
     rounds = read_json(paths.searches) if paths.searches.exists() else []
@@ -155,35 +159,27 @@ def _search(settings: search.SearchSettings, paths: ExperimentPaths, space, chec
         rounds.append({"tune_dir": search.TUNE_DIR_NAME, "num_samples": settings.num_samples, "first_index": 1,
                        "finished": False})
     write_json(paths.searches, rounds)
+    stopped = budget.stopped if budget else budget_module.stopped_trials(paths.budget)  # earlier rounds' too
     records = []
     for i, r in enumerate(rounds):
         round_settings = dataclasses.replace(settings, tune_dir_name=r["tune_dir"], num_samples=r["num_samples"],
                                              first_index=r["first_index"], enqueue_baselines=i == 0)
         if r["finished"]:
-            records += search.finished_records(round_settings)
+            records += search.finished_records(round_settings, stopped)
             continue
         restart = resume and search.can_restore(round_settings)
         found = search.run_search(round_settings, space, checked, data_ref, weight_refs, resume=restart,
-                                  callbacks=callbacks)
+                                  callbacks=callbacks, budget=budget)
         search.drop_finished_checkpoints(round_settings, found)
         records += found
         r["finished"] = True
         write_json(paths.searches, rounds)
-    stopped = _stopped_by_budget(paths, settings.budget_key)
-    return [dataclasses.replace(r, stopped_by_budget=r.trial_id in stopped) for r in records]
-
-
-def _stopped_by_budget(paths: ExperimentPaths, key: str | None) -> set[str]:
-    budget = budget_module.active(key)
-    if budget is not None:
-        return budget.stopped
-    return set(read_json(paths.budget).get("stopped", [])) if paths.budget.is_file() else set()
+    return records
 
 
 def _final_stage(experiment: RunSettings, best: dict, trials: pd.DataFrame, data: CxrData, data_ref, weight_refs,
-                 settings: search.SearchSettings, paths: ExperimentPaths) -> None:
+                 settings: search.SearchSettings, paths: ExperimentPaths, budget: budget_module.Budget | None) -> None:
     epochs = experiment.final_epochs
-    budget = budget_module.active(settings.budget_key)
     if budget and not epochs:  # the user's own --final-epochs is kept whatever the budget says
         planned = planned_epochs(best["config"])
         epochs = budget.epochs_that_fit(planned)

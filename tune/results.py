@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,12 +100,16 @@ def error_text(error: BaseException, limit: int = 2000) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", f"{type(error).__name__}: {error}")[:limit]
 
 
-def make_trial_record(folder: str | Path, config: dict, epochs: pd.DataFrame, error: str | None) -> TrialRecord:
+def make_trial_record(folder: str | Path, config: dict, epochs: pd.DataFrame, error: str | None,
+                      stopped_by_budget: Collection[str] = ()) -> TrialRecord:
     """A trial's record from its folder (trial_folder_name: index and id), config, reported rows (an epoch Ray
-    trained twice counts once; the flattened config/<key> columns dropped) and error."""
+    trained twice counts once; the flattened config/<key> columns dropped), error and whether it is among the
+    trials --time-budget stopped: the one place a trial's budget status is recorded; the tables, MLflow and the
+    report read it from the record."""
     _, index, trial_id = Path(folder).name.split("_", 2)
     epochs = epochs.drop(columns=[c for c in epochs.columns if c.startswith("config/")])
-    return TrialRecord(trial_id, int(index), dict(config), one_row_per_epoch(epochs), error)
+    return TrialRecord(trial_id, int(index), dict(config), one_row_per_epoch(epochs), error,
+                       trial_id in stopped_by_budget)
 
 
 def build_tables(records: list[TrialRecord], metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -22,9 +22,8 @@ from ray.tune import Callback, CLIReporter
 from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
-from tune.budget import active
+from tune.budget import Budget
 from tune.cluster import COORDINATOR_CPU
 from tune.results import TrialRecord, error_text, make_trial_record, planned_epochs, trial_folder_name, trial_status
 from tune.settings import is_uri
@@ -56,31 +55,33 @@ class SearchSettings:
     enqueue_baselines: bool = True  # the space's BASELINES run first, once per study
     config_keys: frozenset[str] = frozenset()  # keys every trial's config has (the live table shows some of them)
     local_cluster: bool = True  # the run started its own Ray cluster (no --address)
-    budget_key: str | None = None  # --time-budget: the tune.budget.active key of this run's budget
+    trials_at_once: int | None = None  # --time-budget: the trials that fit at once (what the start-up cap plans with)
 
 
 def run_search(settings: SearchSettings, space: Space, checked: CheckedSpace, data_ref: ray.ObjectRef,
                weight_refs: dict[str, ray.ObjectRef], resume: bool, train_fn=train_trial,
-               callbacks: tuple[Callback, ...] = ()) -> list[TrialRecord]:
+               callbacks: tuple[Callback, ...] = (), budget: Budget | None = None) -> list[TrialRecord]:
     """Run (or resume) one Tune experiment; every trial's config, per-epoch metrics and error. train_fn(config,
     context) is what each trial runs (tune.trainable.train_trial; benchmarks/bench_scale.py hands in a stand-in
     that reports a synthetic learning curve, to measure everything but the training). callbacks: driver-side Tune
-    callbacks besides the product's own (tune.tracking's child runs)."""
+    callbacks besides the product's own (tune.tracking's child runs). budget: --time-budget's, which the searcher
+    and the stopper consult and the records read their status from."""
     context = TrialContext(data_ref, weight_refs, settings.workers_per_trial,
                            settings.cpus_per_trial, settings.gpus_per_trial, settings.storage_path)
     trainable = _trainable(context, settings, train_fn)
     if settings.first_index == 1 and not resume:
-        size = f"up to {settings.num_samples} trials in the time budget" if settings.budget_key else f"{settings.num_samples} trials"
-        cap = startup_cap(settings.num_samples)  # None: no cap (bench_scale.py's ungated arm)
+        size = f"up to {settings.num_samples} trials in the time budget" if budget else f"{settings.num_samples} trials"
+        cap = startup_cap(planned_trials(settings))  # None: no cap (bench_scale.py's ungated arm)
         until = "any number" if cap is None else f"at most {min(cap, settings.num_samples)}"
         print(f"search: {size}; TPE steers once {STARTUP_TRIALS} have finished, and until then "
               f"{until} start (baselines, then random)", flush=True)
     if resume:
         tuner = ray_tune.Tuner.restore(tune_dir(settings), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = ray_tune.Tuner(trainable, tune_config=_tune_config(settings, space, checked),
-                               run_config=_run_config(settings, callbacks))
-    return [_record(result) for result in tuner.fit()]
+        tuner = ray_tune.Tuner(trainable, tune_config=_tune_config(settings, space, checked, budget),
+                               run_config=_run_config(settings, callbacks, budget))
+    stopped = budget.stopped if budget else set()
+    return [_record(result, stopped=stopped) for result in tuner.fit()]
 
 
 def drop_finished_checkpoints(settings: SearchSettings, records: list[TrialRecord]) -> None:
@@ -99,11 +100,12 @@ def can_restore(settings: SearchSettings) -> bool:
     return ray_tune.Tuner.can_restore(tune_dir(settings))
 
 
-def finished_records(settings: SearchSettings) -> list[TrialRecord]:
-    """The trials of a finished Tune experiment, read back without running anything."""
+def finished_records(settings: SearchSettings, stopped: set[str]) -> list[TrialRecord]:
+    """The trials of a finished Tune experiment, read back without running anything (stopped: the trials the
+    budget stopped)."""
     analysis = ray_tune.ExperimentAnalysis(tune_dir(settings))
     configs = {Path(t.path).name: t.config for t in analysis.trials}  # ResultGrid drops errored trials' configs
-    return [_record(result, configs.get(Path(result.path).name)) for result in ray_tune.ResultGrid(analysis)]
+    return [_record(result, configs.get(Path(result.path).name), stopped) for result in ray_tune.ResultGrid(analysis)]
 
 
 def _trainable(context: TrialContext, settings: SearchSettings, train_fn):
@@ -117,115 +119,182 @@ def open_study_storage(journal_path: str | Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(journal_path)))
 
 
-# Ray's OptunaSearch keeps these as private attributes and no public API gives them: the Optuna trial asked for each
-# Ray trial, the study, and the Ray trials already told. tests/test_ray_internals.py fails naming them when a release
-# changes them (pyproject.toml pins the releases known to work).
-RAY_SEARCHER_INTERNALS = ("_ot_trials", "_ot_study", "_completed_trials", "_storage", "_sampler", "_study_name")
+class JournalSearch(Searcher):
+    """TPE on an Optuna study kept in a journal file, through Optuna's public ask/tell: each Ray trial is one asked
+    Optuna trial (its number kept here), every epoch an intermediate value, a trial's value its best epoch's metric
+    (what the leaderboard ranks), a trial the trial scheduler stopped PRUNED, one the budget stopped COMPLETE and an
+    errored one FAIL. Trials are addressed by number through the storage, so a restored searcher needs no Optuna
+    trial objects: the journal is the state, the snapshot only the map (save)."""
 
+    def __init__(self, space_fn, metric: str, sampler: optuna.samplers.BaseSampler, study_name: str,
+                 journal_path: str | Path, baselines: list[dict] = ()):
+        super().__init__(metric=metric, mode="max")
+        self.space_fn, self.sampler, self.study_name, self.journal_path = space_fn, sampler, study_name, str(journal_path)
+        self.numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+        self.told: set[str] = set()  # trials whose end the study has
+        self.best: dict[str, float] = {}
+        self.open_study(create=True)
+        for point in baselines:  # asked first, in order (Optuna's queue)
+            self.study.enqueue_trial(point)
 
-class JournalOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch with the study kept in a journal file. Ray tells Optuna the last epoch's value as
-    COMPLETE and never passes the epoch at which a trial is stopped through on_trial_result; here every epoch is an
-    intermediate value, a trial's value is its best epoch's metric (what the leaderboard ranks), a trial the
-    trial scheduler stopped is PRUNED and an errored one FAIL."""
-
-    def __init__(self, *args, study_name: str, journal_path: str | Path, startup_cap: int | None = None,
-                 budget_key: str | None = None, **kwargs):
-        storage = open_study_storage(journal_path)
-        super().__init__(*args, study_name=study_name, storage=storage, **kwargs)
-        self._journal, self._study_name, self._journal_path = storage, study_name, str(journal_path)
-        self._best: dict[str, float] = {}
-        self._startup_cap, self._steering = startup_cap, startup_cap is None
-        self._budget_key = budget_key
+    def open_study(self, create: bool = False) -> None:
+        # no pruner: ASHA (Ray's trial scheduler) decides which trials stop
+        self.storage = open_study_storage(self.journal_path)
+        options = dict(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
+                       pruner=optuna.pruners.NopPruner())
+        self.study = (optuna.create_study(direction="maximize", load_if_exists=True, **options) if create
+                      else optuna.load_study(**options))
 
     def suggest(self, trial_id: str) -> dict | None:
-        """Ray asks whenever a slot is free; on a wide cluster every slot would get a random trial while TPE waits
-        for STARTUP_TRIALS trials to finish (ray issue 52535). Until then at most startup_cap trials are handed out
-        (None: Ray asks again later), unless none is running (failed trials never open the gate)."""
-        if trial_id not in self._ot_trials:
-            if budget_allows_no_trials(self._budget_key):
-                return Searcher.FINISHED
-            if not self._steering and self._waits_for_startup():
-                return None
-        return super().suggest(trial_id)
-
-    def _waits_for_startup(self) -> bool:
-        trials = self._ot_study.get_trials(deepcopy=False)
-        finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-        self._steering = finished >= STARTUP_TRIALS  # from then on TPE steers every new trial
-        running = any(t.state == TrialState.RUNNING for t in trials)
-        return not self._steering and running and len(trials) >= self._startup_cap
+        trial = self.study.ask()
+        fixed = self.space_fn(trial) or {}
+        self.numbers[trial_id] = trial.number
+        return {**trial.params, **fixed}
 
     def save(self, checkpoint_path: str) -> None:
         """Ray snapshots the searcher with the experiment state after every trial checkpoint (CheckpointConfig
         num_to_keep=1), i.e. every epoch of every trial. The study lives in the journal, so the snapshot is plain
-        JSON: each Ray trial's Optuna trial number and what this searcher noted, not Ray's pickle of the Optuna
-        trials, which grew with every trial (BENCHMARKS.md, scale) and would be code to load."""
-        state = {"ot_trials": {trial_id: trial.number for trial_id, trial in self._ot_trials.items()},
-                 "completed": sorted(self._completed_trials), "best": self._best}
+        JSON: each Ray trial's Optuna trial number and what this searcher noted, not a pickle of the Optuna trials,
+        which grew with every trial (BENCHMARKS.md, scale) and would be code to load."""
+        state = {"trials": self.numbers, "told": sorted(self.told), "best": self.best}
         Path(checkpoint_path).write_text(json.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
         state = json.loads(Path(checkpoint_path).read_text())
-        self._journal = self._storage = open_study_storage(self._journal_path)
-        self._sampler.reseed_rng()  # no sampler state in the snapshot: fresh draws, not the first ones again
-        self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler,
-                                           pruner=optuna.pruners.NopPruner())  # Ray's own choice: ASHA prunes
-        study_id = self._journal.get_study_id_from_name(self._study_name)
-        self._ot_trials = {trial_id: optuna.trial.Trial(self._ot_study, self._journal.get_trial_id_from_study_id_trial_number(study_id, number))
-                           for trial_id, number in state["ot_trials"].items()}
-        self._completed_trials, self._best = set(state["completed"]), state["best"]
+        self.sampler.reseed_rng()  # no sampler state in the snapshot: fresh draws, not the first ones again
+        self.open_study()
+        self.numbers, self.told, self.best = state["trials"], set(state["told"]), state["best"]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._note(trial_id, result)
+        self.note(trial_id, result)
 
-    def _journal_id(self, trial: optuna.Trial) -> int:
-        study_id = self._journal.get_study_id_from_name(self._study_name)
-        return self._journal.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    def storage_id(self, trial_id: str) -> int:
+        study_id = self.storage.get_study_id_from_name(self.study_name)
+        return self.storage.get_trial_id_from_study_id_trial_number(study_id, self.numbers[trial_id])
 
-    def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
-        trial = self._ot_trials.get(trial_id)
-        return None if trial is None else self._journal.get_trial(self._journal_id(trial))
+    def stored(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
+        return self.storage.get_trial(self.storage_id(trial_id)) if trial_id in self.numbers else None
 
-    def _note(self, trial_id: str, result: dict) -> None:
-        value, step, stored = result.get(self.metric), result.get("training_iteration"), self._stored(trial_id)
+    def note(self, trial_id: str, result: dict) -> None:
+        value, step, stored = result.get(self.metric), result.get("training_iteration"), self.stored(trial_id)
         if value is None or step is None or math.isnan(value) or stored is None or stored.state.is_finished() or step in stored.intermediate_values:
             return
-        self._ot_trials[trial_id].report(value, step)
-        self._best[trial_id] = max(self._best.get(trial_id, -math.inf), value)
+        self.storage.set_trial_intermediate_value(self.storage_id(trial_id), step, value)
+        self.best[trial_id] = max(self.best.get(trial_id, -math.inf), value)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stored = self._stored(trial_id)
+        stored = self.stored(trial_id)
         # after --resume the journal may already hold the end of a trial that this restored searcher never saw
-        if trial_id in self._completed_trials or stored is None or stored.state.is_finished():
-            self._completed_trials.add(trial_id)
+        if trial_id in self.told or stored is None or stored.state.is_finished():
+            self.told.add(trial_id)
             return
         if result and not error:
-            self._note(trial_id, result)
-        trial, best = self._ot_trials[trial_id], self._best.get(trial_id)
-        budget = active(self._budget_key)
+            self.note(trial_id, result)
+        number, best = self.numbers[trial_id], self.best.get(trial_id)
         if error or best is None:
-            self._ot_study.tell(trial, None, state=TrialState.FAIL)
-        elif budget and trial_id in budget.stopped:
-            self._ot_study.tell(trial, best, state=TrialState.COMPLETE)  # stopped by the clock, not judged weak
+            self.study.tell(number, state=TrialState.FAIL)
         elif _status_of_last(result or {}) == "pruned":
-            # tell() would set a pruned trial's value to its last intermediate value, not its best
-            self._journal.set_trial_state_values(self._journal_id(trial), TrialState.PRUNED, [best])
+            # tell(state=PRUNED) would set the value to the last intermediate value, not the best one
+            self.storage.set_trial_state_values(self.storage_id(trial_id), TrialState.PRUNED, [best])
         else:
-            self._ot_study.tell(trial, best, state=TrialState.COMPLETE)
-        self._completed_trials.add(trial_id)
+            self.study.tell(number, best, state=TrialState.COMPLETE)
+        self.told.add(trial_id)
+
+
+class SearcherWrapper(Searcher):
+    """A searcher around another, as Ray's ConcurrencyLimiter wraps one: everything is passed on; subclasses
+    change what they gate. Ray's SearchGenerator saves and restores the innermost searcher (save/restore) and asks
+    each wrapper for its own state (get_state/set_state): the wrappers keep none, the study is their state."""
+
+    def __init__(self, searcher: Searcher):
+        self.searcher = searcher
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    @property
+    def study(self) -> optuna.Study:
+        return self.searcher.study
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        return self.searcher.suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    def get_state(self) -> dict:
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
+
+
+class StartupCap(SearcherWrapper):
+    """Ray asks whenever a slot is free; on a wide cluster every slot would get a random trial while TPE waits for
+    STARTUP_TRIALS trials to finish (ray issue 52535). Until then at most `cap` trials are handed out (None: Ray
+    asks again later), unless none is running (failed trials never open the gate). Whether TPE steers is read
+    from the study, so a restored searcher gates the same way."""
+
+    def __init__(self, searcher: Searcher, cap: int):
+        super().__init__(searcher)
+        self.cap, self.steering = cap, False
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if not self.steering and self.waits():
+            return None
+        return self.searcher.suggest(trial_id)
+
+    def waits(self) -> bool:
+        trials = self.study.get_trials(deepcopy=False)
+        finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        self.steering = finished >= STARTUP_TRIALS  # from then on TPE steers every new trial
+        running = any(t.state == TrialState.RUNNING for t in trials)
+        return not self.steering and running and len(trials) >= self.cap
+
+
+class BudgetGate(SearcherWrapper):
+    """--time-budget: no new trials once the budget has decided so, and a trial the budget stopped is told as
+    such (COMPLETE with its best epoch: stopped by the clock, not judged weak)."""
+
+    def __init__(self, searcher: Searcher, budget: Budget):
+        super().__init__(searcher)
+        self.budget = budget
+
+    def suggest(self, trial_id: str) -> dict | None:
+        return Searcher.FINISHED if self.budget and end_trial_starts(self.budget) else self.searcher.suggest(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if self.budget and self.budget.was_stopped(trial_id):
+            result = {**(result or {}), STOPPED_BY_BUDGET: True}
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+
+STOPPED_BY_BUDGET = "stopped_by_budget"  # BudgetGate's mark on the last result of a trial the budget stopped
 
 
 def _status_of_last(last: dict) -> str:
-    """tune.results.trial_status from a trial's last result. (Ray hands the searcher flattened results: the
-    config's keys arrive as config/<key>.)"""
+    """tune.results.trial_status from a trial's last result, or budget where BudgetGate marked it. (Ray hands the
+    searcher flattened results: the config's keys arrive as config/<key>.)"""
+    if last.get(STOPPED_BY_BUDGET):
+        return "budget"
     config = {k.removeprefix("config/"): v for k, v in last.items() if k.startswith("config/")} or last.get("config") or {}
     return trial_status(False, last.get("epoch", 0), planned_epochs(config), bool(last.get("stopped_early", False)))
 
 
-def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace) -> ray_tune.TuneConfig:
+def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace, budget: Budget | None) -> ray_tune.TuneConfig:
     name = functools.partial(_trial_name, first=settings.first_index)
-    return ray_tune.TuneConfig(metric=settings.metric, mode="max", search_alg=make_searcher(settings, space, checked),
+    return ray_tune.TuneConfig(metric=settings.metric, mode="max",
+                               search_alg=make_searcher(settings, space, checked, budget=budget),
                                scheduler=make_trial_scheduler(settings), num_samples=settings.num_samples,
                                max_concurrent_trials=settings.max_concurrent, trial_name_creator=name,
                                trial_dirname_creator=name,
@@ -251,20 +320,29 @@ def make_sampler(settings: SearchSettings) -> optuna.samplers.TPESampler:
 
 
 def make_searcher(settings: SearchSettings, space: Space, checked: CheckedSpace,
-                  sampler: optuna.samplers.BaseSampler | None = None) -> OptunaSearch:
-    """The product's searcher: TPE on the study kept in the experiment's journal file."""
+                  sampler: optuna.samplers.BaseSampler | None = None, budget: Budget | None = None) -> Searcher:
+    """The product's searcher: TPE on the study kept in the experiment's journal file, behind the start-up cap and,
+    with --time-budget, the budget's gate."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     baselines = checked.points_to_evaluate if settings.enqueue_baselines else []
-    return JournalOptunaSearch(space=space.fn, metric=settings.metric, mode="max", points_to_evaluate=baselines or None,
-                               sampler=sampler or make_sampler(settings), study_name=settings.study_name,
-                               journal_path=settings.journal_path, startup_cap=startup_cap(settings.num_samples),
-                               budget_key=settings.budget_key)
+    searcher = JournalSearch(space.fn, settings.metric, sampler or make_sampler(settings), settings.study_name,
+                             settings.journal_path, baselines)
+    cap = startup_cap(planned_trials(settings))
+    if cap is not None:
+        searcher = StartupCap(searcher, cap)
+    return BudgetGate(searcher, budget) if budget else searcher
+
+
+def planned_trials(settings: SearchSettings) -> int:
+    """The search's size the start-up cap is a share of: --num-samples; with --time-budget, where --num-samples only
+    bounds the search (MAX_TRIALS when not given), the trials that fit at once, so the cap binds on a wide cluster."""
+    return min(settings.num_samples, settings.trials_at_once or settings.num_samples)
 
 
 def startup_cap(num_samples: int) -> int:
-    """How many trials may start before STARTUP_TRIALS have finished and TPE can steer: a quarter of the search, at
-    least STARTUP_TRIALS. Concurrency beyond it waits (about one epoch under ASHA, which stops most trials at
-    the first rung) instead of filling every free slot with a random trial."""
+    """How many trials may start before STARTUP_TRIALS have finished and TPE can steer: a quarter of the search
+    (planned_trials), at least STARTUP_TRIALS. Concurrency beyond it waits (about one epoch under ASHA, which stops
+    most trials at the first rung) instead of filling every free slot with a random trial."""
     return max(STARTUP_TRIALS, num_samples // STARTUP_SHARE)
 
 
@@ -280,48 +358,46 @@ def _trial_name(trial, first: int = 1) -> str:
     return trial_folder_name(int(trial.experiment_tag.split("_", 1)[0]) + first - 1, trial.trial_id)
 
 
-def _run_config(settings: SearchSettings, callbacks: tuple[Callback, ...] = ()) -> ray_tune.RunConfig:
+def _run_config(settings: SearchSettings, callbacks: tuple[Callback, ...] = (),
+                budget: Budget | None = None) -> ray_tune.RunConfig:
     return ray_tune.RunConfig(
         name=settings.tune_dir_name,
         storage_path=settings.storage_path,
         checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
         failure_config=ray_tune.FailureConfig(max_failures=TRIAL_RETRIES),
         callbacks=[RetriesSinceProgress(), *callbacks],
-        stop=BudgetStopper(settings.budget_key) if settings.budget_key else None,
+        stop=BudgetStopper(budget) if budget else None,
         progress_reporter=make_reporter(settings.metric, settings.config_keys),
         verbose=1,
     )
 
 
-def budget_allows_no_trials(key: str | None) -> bool:
-    """--time-budget: True once the time left only covers the final stage (printed once, when it is decided)."""
-    budget = active(key)
-    if budget is None:
-        return False
-    decided = budget.decision is not None
-    if budget.starts_no_more_trials() and not decided:
+def end_trial_starts(budget: Budget) -> bool:
+    """--time-budget: decide whether trials may still start; True once the time left only covers the final stage
+    (printed and saved once, when it is decided)."""
+    if budget.starts_trials() and budget.decide_no_more_trials():
         print(budget.decision_text(), flush=True)
         budget.save()
-    return budget.decision is not None
+    return not budget.starts_trials()
 
 
 class BudgetStopper(Stopper):
     """--time-budget, at each epoch boundary: measure the epoch, decide whether trials may still start, and stop a
-    trial once one more epoch of it would no longer fit (tune.budget.Budget.stops_trial)."""
+    trial once one more epoch of it would no longer fit (tune.budget.Budget.decide_stop). (budget None: a --resume
+    without the budget this stopper was pickled with.)"""
 
-    def __init__(self, key: str):
-        self.key = key
+    def __init__(self, budget: Budget):
+        self.budget = budget
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        budget = active(self.key)
-        if budget is None:
+        if self.budget is None:
             return False
-        budget.note_epoch(result.get("time_this_iter_s"))
-        budget_allows_no_trials(self.key)
+        self.budget.note_epoch(result.get("time_this_iter_s"))
+        end_trial_starts(self.budget)
         planned = planned_epochs(result.get("config") or {})
-        if result.get("stopped_early") or result.get("epoch", 0) >= planned or not budget.stops_trial(trial_id):
+        if result.get("stopped_early") or result.get("epoch", 0) >= planned or not self.budget.decide_stop(trial_id):
             return False
-        budget.save()
+        self.budget.save()
         return True
 
     def stop_all(self) -> bool:
@@ -358,7 +434,7 @@ def tune_dir(settings: SearchSettings) -> str:
     return f"{settings.storage_path.rstrip('/')}/{settings.tune_dir_name}"
 
 
-def _record(result, config: dict | None = None) -> TrialRecord:
+def _record(result, config: dict | None = None, stopped: set[str] = frozenset()) -> TrialRecord:
     epochs = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
     error = None if result.error is None else error_text(result.error)
-    return make_trial_record(result.path, config or result.config, epochs, error)
+    return make_trial_record(result.path, config or result.config, epochs, error, stopped)

@@ -8,12 +8,12 @@ trial_id tag, so --resume and --extend never write a trial twice. Imported only 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from ray.tune import Callback
 
 from cxr.errors import InputError
 from cxr.jsonio import read_json, write_json
-from tune.budget import active
+from tune.budget import Budget
 from tune.results import ExperimentPaths, TrialRecord, make_trial_record, record_status
 
 MLFLOW_EXPERIMENT = "cxr-tune"  # every experiment of a tracking store is a parent run in this MLflow experiment
@@ -98,11 +98,11 @@ def log_trials(tracker: Tracker, records: list[TrialRecord]) -> int:
 class TrialRunsCallback(Callback):
     """Writes a trial's child run when it ends, from the driver (single-process and data-parallel trials alike,
     on any node): a driver killed later leaves the runs of the trials that ended before. Picklable (Ray keeps
-    the callbacks with the experiment for --resume): the client is made anew where it is needed, the budget
-    (whose stopped trials get the state budget) is looked up by its key."""
+    the callbacks with the experiment for --resume): the client is made anew where it is needed; the budget (whose
+    stopped trials get the state budget) unpickles as the resuming session's (tune.budget.Budget.__reduce__)."""
 
-    def __init__(self, tracker: Tracker, budget_key: str | None = None):
-        self.tracker, self.budget_key = tracker, budget_key
+    def __init__(self, tracker: Tracker, budget: Budget | None = None):
+        self.tracker, self.budget = tracker, budget
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._log(trial)
@@ -111,10 +111,7 @@ class TrialRunsCallback(Callback):
         self._log(trial, errored=True)
 
     def _log(self, trial, errored: bool = False) -> None:
-        record = _record_of(trial, errored)
-        budget = active(self.budget_key)
-        if budget is not None and record.trial_id in budget.stopped:
-            record = dataclasses.replace(record, stopped_by_budget=True)
+        record = _record_of(trial, errored, self.budget.stopped if self.budget else ())
         client = self.tracker.client()
         _log_trial(client, self.tracker, record, _children(client, self.tracker, record.trial_id).get(record.trial_id))
 
@@ -206,7 +203,7 @@ def _children(client, tracker: Tracker, trial_id: str | None = None) -> dict:
             return found
 
 
-def _record_of(trial, errored: bool) -> TrialRecord:
+def _record_of(trial, errored: bool, stopped_by_budget: Collection[str] = ()) -> TrialRecord:
     """What the driver has of a trial that just ended: its config, every epoch it reported (the trial's result.json,
     which holds the epochs before a --resume too) and its error's first line."""
     folder = Path(trial.local_path)
@@ -217,7 +214,7 @@ def _record_of(trial, errored: bool) -> TrialRecord:
         text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).is_file() else ""
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Failure # ")]
         error = lines[-1] if lines else "the trial failed"
-    return make_trial_record(folder, trial.config, epochs, error)
+    return make_trial_record(folder, trial.config, epochs, error, stopped_by_budget)
 
 
 def _version() -> str:

@@ -1,9 +1,13 @@
-"""JSON files the results and the model package are written as: atomic writes, NaN as null."""
+"""JSON files the results and the model package are written as (atomic writes, NaN as null), and folders written
+whole (complete or absent)."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +34,18 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
+
+
+@contextmanager
+def folder_in_place(target: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside target to write into; renamed to target when the block ends: a writer killed
+    or failing part-way leaves target absent, never half written (a leftover temporary folder is replaced)."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -157,13 +157,10 @@ def _check_out(source: Path, out: Path) -> None:
 def _write_folder(source: Path, out: Path, spec: dict, summary: dict) -> None:
     """Members copied byte for byte, model.json with the site's temperature and threshold, the model card with both
     operating points, recalibration.json/.html. Built beside out and renamed: complete or absent."""
-    from cxr.jsonio import write_json
+    from cxr.jsonio import folder_in_place, write_json
     from cxr.package import MODEL_FILE, load_model
 
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with folder_in_place(out) as tmp:
         for member in spec["members"]:
             shutil.copyfile(source / member["file"], tmp / member["file"])
         new = summary["new"]
@@ -179,10 +176,6 @@ def _write_folder(source: Path, out: Path, spec: dict, summary: dict) -> None:
         write_json(tmp / "recalibration.json", summary)
         (tmp / "recalibration.html").write_text(_html(summary))
         load_model(tmp)  # the folder this writes must load as any model folder does
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _card_section(summary: dict) -> str:

@@ -103,7 +103,7 @@ def _kill(driver: subprocess.Popen) -> None:
     driver.wait()
 
 
-def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeating_work(tmp_path, run_cli):
+def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeating_work(tmp_path, run_cli, run_module):
     """Kill, resume, kill, resume: finished trials never run again, the search does not run again once it has
     finished, and a fold member trained before the kill is kept as it was (not retrained). Then the fold ensemble
     itself: every out-of-fold prediction comes from the member that never saw that film (final/folds.parquet)."""
@@ -126,11 +126,14 @@ def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeati
     searched = {p: p.stat().st_mtime_ns for p in tune_dir.rglob("result.json")}
     assert len(trained) == 1 and not (tmp_path / "k" / "final" / "metrics.json").exists()
     assert all(_finished_trials(tune_dir, 2)[name] == lines for name, lines in finished.items()), "a finished trial ran again"
+    report = run_module("tune.report", str(tmp_path / "k"))  # the killed experiment reads meanwhile
+    assert report.returncode == 0 and "No final model yet" in (tmp_path / "k" / "report" / "report.html").read_text()
 
     proc = run_cli(*args, "--resume")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"({len(trained)} already trained)" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in searched} == searched, "the search ran again"
+    assert not list((tmp_path / "k").glob(".*.tmp")), "final/ is renamed into place whole"
     results = load(tmp_path / "k")
     assert len(results.trials) == 2 and results.trials["trial_id"].is_unique and results.test["k"] == 2
     final_seeds = [m["seed"] for m in results.test["members"]]

@@ -68,7 +68,7 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
         best = _best(trials, records, experiment.metric)
         write_json(paths.best, best)
         _print_leaderboard(trials, experiment.metric)
-        unchanged = extend and paths.metrics.exists() and previous and previous["trial_id"] == best["trial_id"]
+        unchanged = extend and paths.finished and previous and previous["trial_id"] == best["trial_id"]
         if extend:
             _archive(paths, ["report"] if unchanged else ["final", "report"])
         if unchanged:

@@ -38,7 +38,7 @@ def write_report(folder: str | Path) -> Path:
     if not paths.trials.is_file():
         raise InputError(f"{folder} has no trials table yet (trials.parquet): the search has not finished once")
     results, run = load(paths.root), read_json(paths.run)
-    finished = paths.model.is_file() and results.test is not None
+    finished = paths.finished
     out = paths.report
     out.mkdir(exist_ok=True)
     figures, sections = {}, []
@@ -55,7 +55,7 @@ def write_report(folder: str | Path) -> Path:
         sections += _final_sections(metrics, results.predictions, figure, plots)
         notes = metrics["warnings"]
     else:
-        notes = ["No final model yet (final/model.json): this report shows the data and the search only. Finish "
+        notes = ["No final model yet (no final/): this report shows the data and the search only. Finish "
                  "the experiment with `python -m tune.run --name <name> --resume`."]
     audit = _audit(paths, results.splits)
     sections.append(("Data audit", _audit_html(audit)))

@@ -38,6 +38,11 @@ class ExperimentPaths:
     budget = property(lambda self: self.root / "budget.json")  # --time-budget: spent so far, stopped trials
 
     @property
+    def finished(self) -> bool:
+        """final/ appears whole, by one rename (tune.final_stage.write_final): it marks the experiment finished."""
+        return self.final.is_dir()
+
+    @property
     def study_name(self) -> str:
         """The Optuna study keeps the name the experiment was created with, also in a renamed or copied folder."""
         return read_json(self.run)["name"] if self.run.is_file() else self.root.name

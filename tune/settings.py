@@ -108,9 +108,9 @@ def resolve(settings: RunSettings, resume: bool, extend: int) -> RunSettings:
         paths = ExperimentPaths(Path(settings.results_dir) / settings.name)
         if not paths.run.exists():
             raise InputError(f"no experiment '{settings.name}' in {settings.results_dir}: check --name and --results-dir")
-        if resume and paths.metrics.exists():
-            raise InputError(f"experiment '{settings.name}' is already complete ({paths.metrics}): add trials with --extend N or start a new --name")
-        if extend and not paths.metrics.exists():
+        if resume and paths.finished:
+            raise InputError(f"experiment '{settings.name}' is already complete ({paths.final}): add trials with --extend N or start a new --name")
+        if extend and not paths.finished:
             raise InputError(f"experiment '{settings.name}' is not finished: complete it with --resume before --extend")
         saved = {"final": "seeds"} | read_json(paths.run)  # versions before --final knew only seed members
         saved.pop(SPENT_KEY, None)

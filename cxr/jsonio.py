@@ -15,7 +15,7 @@ from typing import Any
 def write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_jsonable(value), indent=2, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(jsonable(value), indent=2, allow_nan=False) + "\n")
     tmp.replace(path)
 
 
@@ -23,12 +23,12 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """NaN is not JSON: write it as null."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):

@@ -83,7 +83,7 @@ def test_failing_trial_errors_and_killed_trial_workers_continue_from_their_check
     epochs = results.epochs[results.epochs["trial_id"].isin(trained["trial_id"])].groupby("trial_id")
     assert all(sorted(e["epoch"]) == [1, 2, 3, 4] for _, e in epochs), "an epoch was repeated or lost"
     assert max(e["pid"].nunique() for _, e in epochs) == 2, "no killed trial continued in a new process"
-    assert results.best["config"]["backbone"] == "test_efficientnet" and results.test["test"] is not None
+    assert results.best["config"]["backbone"] == "test_efficientnet" and results.metrics["test"] is not None
     study = optuna.load_study(study_name="f", storage=open_study_storage(tmp_path / "r" / "f" / "optuna.journal"))
     assert [t.state.name for t in study.trials].count("FAIL") == len(failed)
 
@@ -135,8 +135,8 @@ def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeati
     assert {p: p.stat().st_mtime_ns for p in searched} == searched, "the search ran again"
     assert not list((tmp_path / "k").glob(".*.tmp")), "final/ is renamed into place whole"
     results = load(tmp_path / "k")
-    assert len(results.trials) == 2 and results.trials["trial_id"].is_unique and results.test["k"] == 2
-    final_seeds = [m["seed"] for m in results.test["members"]]
+    assert len(results.trials) == 2 and results.trials["trial_id"].is_unique and results.metrics["k"] == 2
+    final_seeds = [m["seed"] for m in results.metrics["members"]]
     for name, weights in trained.items():  # the members trained before the kill are in final/ as they were
         i = final_seeds.index(int(name.removeprefix("seed-")))
         shipped = load_file(str(tmp_path / "k" / "final" / f"member-{i}.safetensors"))
@@ -162,7 +162,7 @@ def _assert_tracked_once(store: str, results) -> None:
 
 def _assert_out_of_fold(experiment: Path, results) -> None:
     folds, predictions = pd.read_parquet(experiment / "final" / "folds.parquet"), results.predictions
-    members = results.test["members"]
+    members = results.metrics["members"]
     assert len({m["seed"] for m in members}) == len(members) == 2 and [m["fold"] for m in members] == [0, 1]
     pool = folds[folds["split"].isin(["train", "val"])]
     assert set(pool["fold"]) == {0, 1} and (folds[folds["split"] == "test"]["fold"] == -1).all()

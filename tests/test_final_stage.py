@@ -25,7 +25,7 @@ def test_a_driver_killed_between_two_files_of_final_leaves_an_experiment_resume_
     folder = copy_experiment(demo)
     paths = ExperimentPaths(folder)
     # what the final stage had assembled when it began writing
-    model, metrics, card = load_model(paths.final), load(folder).test, paths.model_card.read_text()
+    model, metrics, card = load_model(paths.final), load(folder).metrics, paths.model_card.read_text()
     tables = {p: pd.read_parquet(p) for p in (paths.predictions, paths.history)}
     shutil.rmtree(paths.final)
     shutil.rmtree(paths.report)
@@ -49,7 +49,7 @@ def test_a_driver_killed_between_two_files_of_final_leaves_an_experiment_resume_
 
     monkeypatch.setattr(final_stage, "write_table", real_write_table)
     write_final(paths, model, metrics, tables, card)  # what --resume does once it has its members back
-    assert paths.finished and load(folder).test == metrics
+    assert paths.finished and load(folder).metrics == metrics
     assert sorted(p.name for p in paths.final.iterdir()) == sorted(p.name for p in (demo.folder / "final").iterdir())
     assert not list(folder.glob(".*tmp"))
     assert report.main([str(folder)]) == 0 and "Headline" in (paths.report / "report.html").read_text()

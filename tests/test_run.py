@@ -39,9 +39,9 @@ def test_demo_writes_every_result_file(demo):
         assert column in results.trials, column
     assert set(results.epochs["trial_id"]) == set(results.trials["trial_id"])
     assert results.epochs.groupby("trial_id").size().sum() == results.trials["epochs_run"].sum()
-    test = results.test["test"]
+    test = results.metrics["test"]
     assert test["tp"] + test["fn"] + test["tn"] + test["fp"] == (results.splits["split"] == "test").sum()
-    assert 0.0 <= results.test["threshold"] <= 1.0
+    assert 0.0 <= results.metrics["threshold"] <= 1.0
     for name in ("recall", "specificity", "ppv", "npv", "auroc"):
         low, high = test[f"{name}_ci95"]
         assert low <= test[name] <= high, name
@@ -91,7 +91,7 @@ def test_optuna_journal_matches_the_trials_table(demo):
 @pytest.mark.slow
 def test_final_stage_trains_new_seeds_and_keeps_every_member(demo):
     results = load(demo.folder)
-    metrics, model = results.test, json.loads((demo.folder / "final" / "model.json").read_text())
+    metrics, model = results.metrics, json.loads((demo.folder / "final" / "model.json").read_text())
     seeds = [m["seed"] for m in model["members"]]
     assert len(seeds) == 3 == len(set(seeds)) == metrics["k"]
     assert not set(seeds) & set(results.trials["seed"]), "a member repeats a (config, seed) a trial trained"
@@ -196,7 +196,7 @@ def test_extend_adds_trials_the_study_keeps_and_archives_the_previous_report_wit
     assert (folder / "report-1" / "report.html").is_file() and "Time budget" in (folder / "report" / "report.html").read_text()
     best_changed = after.best["trial_id"] != before.best["trial_id"]
     assert (folder / "final-1" / "model.json").is_file() == best_changed  # kept only when a new final/ replaced it
-    assert (folder / "final" / "model.json").is_file() and after.test is not None
+    assert (folder / "final" / "model.json").is_file() and after.metrics is not None
     assert _digest(demo.folder / "final") == _digest(folder / ("final-1" if best_changed else "final"))
 
 

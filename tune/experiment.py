@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.dataset import CxrData, load_dataset
+from cxr.final_metrics import FinalMetrics, read_metrics
 from cxr.errors import InputError
 from cxr.images import MAX_PIXELS, default_cache_dir
 from cxr.intervals import interval_text, value_text
@@ -132,7 +133,7 @@ def _account(budget: budget_module.Budget, paths: ExperimentPaths, search_s: flo
 
 
 def _track_final(tracker: tracking.Tracker, experiment: RunSettings, paths: ExperimentPaths, report: Path) -> None:
-    metrics = read_json(paths.metrics)
+    metrics = read_metrics(paths.metrics)
     tracking.log_final(tracker, paths, metrics, report)
     print(f"mlflow: parent run {tracker.parent_id} in {tracker.uri}")
     if experiment.register:
@@ -274,10 +275,10 @@ def _print_leaderboard(trials: pd.DataFrame, metric: str) -> None:
         print(top.to_string(index=False))
 
 
-def _print_final(metrics: dict) -> None:
+def _print_final(metrics: FinalMetrics) -> None:
     print(f"\ndecision threshold {metrics['threshold']:.4f} (calibrated probability, temperature "
           f"{metrics['temperature']:.2f}): {metrics['threshold_rule']}")
-    fit = metrics["fit_split"]
+    fit = metrics["threshold_chosen_on"]
     ensemble = metrics["ensemble"]["fit"]["auroc"]
     members = ", ".join(f"{m['fit']['auroc']:.4f}" for m in metrics["members"])
     scope = "members on their own folds" if fit == "oof" else "members"

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.ensemble import Member, assemble, member_seeds
+from cxr.final_metrics import write_metrics
 from cxr.model_card import render_model_card
 from cxr.package import FinalModel
 from cxr.splits import fold_roles, patient_folds
@@ -83,7 +84,7 @@ def write_final(paths: ExperimentPaths, model: FinalModel, metrics: dict, tables
             return tmp / path.relative_to(paths.final)
 
         model.save(tmp)
-        write_json(inside(paths.metrics), metrics)
+        write_metrics(inside(paths.metrics), metrics)
         for path, table in tables.items():
             write_table(inside(path), table)
         inside(paths.model_card).write_text(card)

@@ -13,7 +13,6 @@ from pathlib import Path
 from cxr.calibration import ECE_BINS
 from cxr.cli import cli_entry
 from cxr.errors import InputError
-from cxr.evaluation import fit_split_of
 from cxr.intervals import interval_text, value_text
 from cxr.metrics import RANKING, RATES
 from tune.settings import SPENT_KEY
@@ -50,7 +49,7 @@ def write_report(folder: str | Path) -> Path:
         figures[name] = base64.b64encode((out / f"{name}.png").read_bytes()).decode()
         return f'<img alt="{name}" src="data:image/png;base64,{figures[name]}">'
 
-    metrics = results.test if finished else None
+    metrics = results.metrics if finished else None
     if finished:
         sections += _final_sections(metrics, results.predictions, figure, plots)
         notes = metrics["warnings"]
@@ -73,7 +72,7 @@ def write_report(folder: str | Path) -> Path:
 
 def _final_sections(metrics: dict, predictions, figure, plots) -> list[tuple[str, str]]:
     sections = []
-    fit = fit_split_of(metrics)
+    fit = metrics["threshold_chosen_on"]
     scored = "test" if metrics["test"] is not None else fit
     sections.append(("Headline", _headline(metrics, scored)))
     sections.append(("ROC and precision-recall", figure("roc_pr", plots.roc_pr(predictions, metrics["threshold"]))
@@ -94,7 +93,7 @@ def _headline(metrics: dict, scored: str) -> str:
     m = metrics[scored]
     cells = "".join(f"<tr><td>{name}</td><td><b>{value_text(m[name])}</b></td><td>{interval_text(m.get(f'{name}_ci95'))}</td></tr>"
                     for name in (*RATES, *RANKING))
-    fit = fit_split_of(metrics)
+    fit = metrics["threshold_chosen_on"]
     note = "" if scored == "test" else f"<p class=warn>No test split: these are {fit} numbers ({fit} also chose the threshold).</p>"
     return (f"<p>Decision threshold <b>{metrics['threshold']:.4f}</b> on the calibrated probability "
             f"(temperature {metrics['temperature']:.3f}): {html.escape(metrics['threshold_rule'])}. "
@@ -120,7 +119,7 @@ def _rule_cost(metrics: dict) -> str:
     cost = metrics["rule_cost"]
     if not metrics["recall_confidence"]:
         return ""
-    fit = metrics["fit_split"]
+    fit = metrics["threshold_chosen_on"]
     return (f"<p>The confidence rule costs specificity: {fit} {cost[f'{fit}_specificity_point_rule']:.3f} (point rule) "
             f"&rarr; {cost[f'{fit}_specificity_chosen']:.3f}" + (f"; test {cost['test_specificity_point_rule']:.3f} "
             f"&rarr; {cost['test_specificity_chosen']:.3f}" if "test_specificity_chosen" in cost else "") + ".</p>")
@@ -133,16 +132,16 @@ def _calibration(metrics: dict) -> str:
 
 
 def _members(metrics: dict) -> str:
-    fit = fit_split_of(metrics)
+    fit = metrics["threshold_chosen_on"]
 
     def row(name, entry):
-        test, own = entry["test"] or {}, entry.get("fit") or entry["val"]  # "val": metrics.json of earlier versions
+        test, own = entry["test"] or {}, entry["fit"]
         return (f"<tr><td>{name}</td><td>{value_text(own['auroc'])}</td><td>{value_text(own['spec_at_recall'])}</td>"
                 f"<td>{value_text(test.get('auroc'))}</td><td>{value_text(test.get('recall'))}</td><td>{value_text(test.get('specificity'))}</td></tr>")
     body = "".join(row(f"member seed {m['seed']}" + ("" if m.get("fold") is None else f", fold {m['fold']}")
                        + f" (best epoch {m['best_epoch']})", m) for m in metrics["members"])
     tta = metrics["tta"]
-    plain, mirrored = (tta.get(f"fit_auroc_{k}", tta.get(f"val_auroc_{k}")) for k in ("plain", "tta"))
+    plain, mirrored = tta["fit_auroc_plain"], tta["fit_auroc_tta"]
     scope = "its own fold" if fit == "oof" else "val"
     return (f"<table><tr><th></th><th>{fit} AUROC</th><th>{fit} specificity at target recall</th><th>test AUROC</th>"
             f"<th>test recall</th><th>test specificity</th></tr>{body}{row('ensemble (mean)', metrics['ensemble'])}</table>"
@@ -220,6 +219,7 @@ def _audit_html(audit: dict) -> str:
 
 def _search(paths, results, run: dict, figure, plots, optuna, pd) -> tuple[dict, str]:
     from tune.results import leaderboard
+    from tune.search import open_study_storage
 
     metric = run["metric"]
     trials = results.trials
@@ -228,20 +228,15 @@ def _search(paths, results, run: dict, figure, plots, optuna, pd) -> tuple[dict,
              top.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, escape=True)]
     summary = {"trials": len(trials), "status": trials["status"].value_counts().to_dict(),
                "leaderboard": top.to_dict("records"), "importances": None}
-    if paths.journal.is_file():
-        from tune.search import open_study_storage
-
-        study = optuna.load_study(study_name=paths.study_name, storage=open_study_storage(paths.journal))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
-            parts.append("<h3>Optimisation history (Optuna)</h3>" + figure("optimisation_history", plots.optimisation_history(study)))
-            try:
-                summary["importances"] = optuna.importance.get_param_importances(study)
-                parts.append("<h3>Parameter importances (Optuna, fANOVA)</h3>" + figure("importances", plots.importances(study)))
-            except (RuntimeError, ValueError) as exc:
-                parts.append(f"<p>Parameter importances need more finished trials with varying parameters ({html.escape(str(exc))}).</p>")
-    else:
-        parts.append("<p>No optuna.journal in this experiment (written by older versions): no optimisation history.</p>")
+    study = optuna.load_study(study_name=paths.study_name, storage=open_study_storage(paths.journal))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+        parts.append("<h3>Optimisation history (Optuna)</h3>" + figure("optimisation_history", plots.optimisation_history(study)))
+        try:
+            summary["importances"] = optuna.importance.get_param_importances(study)
+            parts.append("<h3>Parameter importances (Optuna, fANOVA)</h3>" + figure("importances", plots.importances(study)))
+        except (RuntimeError, ValueError) as exc:
+            parts.append(f"<p>Parameter importances need more finished trials with varying parameters ({html.escape(str(exc))}).</p>")
     parts.append("<h3>Learning curves</h3>" + figure("learning_curves", plots.learning_curves(results.epochs, trials, metric)))
     return summary, "".join(parts)
 

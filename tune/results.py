@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.config import TrainConfig
+from cxr.final_metrics import FinalMetrics, read_metrics
 from cxr.jsonio import read_json
 
 # what the console and the report show of each trial, after its id, status and scores (keys a space may not search are skipped)
@@ -55,20 +56,19 @@ class Results:
     splits: pd.DataFrame
     predictions: pd.DataFrame | None
     best: dict
-    test: dict | None  # final/metrics.json: threshold and how it was chosen, val and test metrics with intervals, ...
+    metrics: FinalMetrics | None  # final/metrics.json: threshold and how it was chosen, metrics with intervals, ...
 
 
 def load(path: str | Path) -> Results:
     """Read an experiment folder written by tune.run."""
     p = ExperimentPaths(Path(path))
-    final = read_json(p.metrics) if p.metrics.exists() else None
     return Results(
         trials=pd.read_parquet(p.trials),
         epochs=pd.read_parquet(p.epochs),
         splits=pd.read_parquet(p.splits),
         predictions=pd.read_parquet(p.predictions) if p.predictions.exists() else None,
         best=read_json(p.best),
-        test=final,
+        metrics=read_metrics(p.metrics) if p.finished else None,
     )
 
 

@@ -128,7 +128,7 @@ def log_final(tracker: Tracker, paths: ExperimentPaths, metrics: dict, report: P
     client.log_artifact(tracker.parent_id, str(report), "report")
     client.log_artifact(tracker.parent_id, str(report.with_name("report.json")), "report")
     values = {"threshold": metrics["threshold"], "temperature": metrics["temperature"]}
-    for split in (metrics["fit_split"], "test"):
+    for split in (metrics["threshold_chosen_on"], "test"):
         for key, value in (metrics.get(split) or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 values[f"{split}_{key}"] = value

@@ -16,7 +16,7 @@ from cxr.models import pretrained_state
 from cxr.synthetic import make_synthetic
 from cxr.jsonio import read_json, write_json
 from tune import budget as budget_module
-from tune import cluster, search, tracking
+from tune import cluster, plan, search, tracking
 from tune.loopback import requested_address
 from tune.final_stage import FinalSettings, run_final_stage
 from tune.report import write_report
@@ -52,6 +52,7 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
         cluster.check_storage(settings.storage_path)
         if not (resume or extend):
             _create(paths, experiment, data)
+        plan.write_data_plan(paths, data)
         if tracker:
             tracker = tracking.start_parent(tracker, paths, read_json(paths.run))
         data_ref, weight_refs = cluster.share(data), cluster.share_weights(weights)
@@ -164,6 +165,7 @@ def _search(settings: search.SearchSettings, paths: ExperimentPaths, space, chec
             records += search.finished_records(round_settings)
             continue
         restart = resume and search.can_restore(round_settings)
+        plan.write_search_plan(paths, round_settings)
         found = search.run_search(round_settings, space, checked, data_ref, weight_refs, resume=restart,
                                   callbacks=callbacks)
         search.drop_finished_checkpoints(round_settings, found)

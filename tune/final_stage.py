@@ -23,6 +23,7 @@ from cxr.model_card import render_model_card
 from cxr.package import FinalModel
 from cxr.splits import fold_roles, patient_folds
 from cxr.jsonio import folder_in_place, read_json, write_json
+from tune.plan import add_to_plan
 from tune.results import ExperimentPaths, write_table
 from tune.search import SearchSettings
 from tune.trainable import member_task
@@ -48,6 +49,8 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     seeds = member_seeds(final.seed, final.members, taken)
     folds = patient_folds(data.manifest, final.members, final.seed) if final.kind == "folds" else None
     fold_of = dict(zip(seeds, range(len(seeds)))) if folds is not None else dict.fromkeys(seeds)
+    add_to_plan(paths, final={"kind": final.kind, "members": len(seeds), "seeds": seeds, "epochs": config.epochs,
+                              "trial_id": best["trial_id"], "recall_confidence": final.recall_confidence})
     members = _load_members(paths.members, seeds, fold_of)
     pending = [s for s in seeds if s not in members]
     what = f"{len(seeds)} member(s)" if folds is None else f"{len(seeds)} patient folds of train + val, one member each,"

@@ -62,9 +62,12 @@ def write_report(folder: str | Path) -> Path:
     sections.append(("The search", search_html))
     if run.get(SPENT_KEY):
         sections.append(("Time budget", _budget_html(run[SPENT_KEY], run.get("time_budget"))))
+    plan = read_json(paths.plan) if paths.plan.is_file() else None  # none until a search has been planned
+    if plan:
+        sections.append(("Plan", _plan_html(plan)))
     page = _page(paths.root.name, notes, sections)
     (out / "report.html").write_text(page)
-    write_json(out / "report.json", {"experiment": paths.root.name, "run": run, "best": results.best,
+    write_json(out / "report.json", {"experiment": paths.root.name, "run": run, "plan": plan, "best": results.best,
                                      "metrics": metrics, "audit": audit, "search": search,
                                      "figures": sorted(f"{n}.png" for n in figures)})
     return out / "report.html"
@@ -254,6 +257,19 @@ def _budget_html(spent: dict, asked: str | None) -> str:
                     f"{spent['final_estimate_error_s']:+.0f} s). {spent['trials_stopped_by_budget']} trial(s) were "
                     "stopped by the budget at an epoch boundary (status budget; their best epoch counts).</p>")
     return f"<p>--time-budget {html.escape(str(asked))}</p><table>{table}</table>{estimate}"
+
+
+def _plan_html(plan: dict) -> str:
+    """plan.json as one row per setting (its paths and library names come from the machine: escaped)."""
+    rows = "".join(f"<tr><th style='text-align:left'>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>"
+                   for key, value in _flat(plan))
+    return f"<p>What the run decided before its first trial, and the final stage's choices (plan.json).</p><table>{rows}</table>"
+
+
+def _flat(value, prefix: str = "") -> list[tuple[str, object]]:
+    if not isinstance(value, dict):
+        return [(prefix, value)]
+    return [row for key, inner in value.items() for row in _flat(inner, f"{prefix}.{key}" if prefix else str(key))]
 
 
 def _page(name: str, notes: list[str], sections: list[tuple[str, str]]) -> str:

@@ -26,6 +26,7 @@ class ExperimentPaths:
     best = property(lambda self: self.root / "best.json")
     journal = property(lambda self: self.root / "optuna.journal")
     searches = property(lambda self: self.root / "searches.json")
+    plan = property(lambda self: self.root / "plan.json")  # what the run decided (tune.plan)
     final = property(lambda self: self.root / "final")
     metrics = property(lambda self: self.root / "final" / "metrics.json")
     predictions = property(lambda self: self.root / "final" / "predictions.parquet")

@@ -231,15 +231,18 @@ def _search(paths, results, run: dict, figure, plots, optuna, pd) -> tuple[dict,
              top.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, escape=True)]
     summary = {"trials": len(trials), "status": trials["status"].value_counts().to_dict(),
                "leaderboard": top.to_dict("records"), "importances": None}
-    study = optuna.load_study(study_name=paths.study_name, storage=open_study_storage(paths.journal))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
-        parts.append("<h3>Optimisation history (Optuna)</h3>" + figure("optimisation_history", plots.optimisation_history(study)))
-        try:
-            summary["importances"] = optuna.importance.get_param_importances(study)
-            parts.append("<h3>Parameter importances (Optuna, fANOVA)</h3>" + figure("importances", plots.importances(study)))
-        except (RuntimeError, ValueError) as exc:
-            parts.append(f"<p>Parameter importances need more finished trials with varying parameters ({html.escape(str(exc))}).</p>")
+    if paths.journal.is_file():  # a folder assembled by hand (benchmarks/bench_data_scale.py) may have none
+        study = optuna.load_study(study_name=paths.study_name, storage=open_study_storage(paths.journal))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+            parts.append("<h3>Optimisation history (Optuna)</h3>" + figure("optimisation_history", plots.optimisation_history(study)))
+            try:
+                summary["importances"] = optuna.importance.get_param_importances(study)
+                parts.append("<h3>Parameter importances (Optuna, fANOVA)</h3>" + figure("importances", plots.importances(study)))
+            except (RuntimeError, ValueError) as exc:
+                parts.append(f"<p>Parameter importances need more finished trials with varying parameters ({html.escape(str(exc))}).</p>")
+    else:
+        parts.append("<p>No optuna.journal in this experiment: no optimisation history.</p>")
     parts.append("<h3>Learning curves</h3>" + figure("learning_curves", plots.learning_curves(results.epochs, trials, metric)))
     return summary, "".join(parts)
 

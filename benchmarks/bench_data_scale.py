@@ -343,18 +343,13 @@ def stage_evaluation(c: Collection):
     config, members, data = scored_members(c)
     shutil.rmtree(c.root / "final", ignore_errors=True)  # a failed run leaves none for the report
     yield
-    model, metrics, predictions, _ = assemble(config, members, data)
+    model, metrics, predictions, history = assemble(config, members, data)
     yield {"evaluated_films": len(predictions), "n_boot": metrics["n_boot"]}
-    write_final(c.root / "final", model, metrics, predictions)
+    from tune.final_stage import write_final  # as the final stage writes it (the stage's time is measured here)
+    from tune.results import ExperimentPaths
 
-
-def write_final(folder: Path, model, metrics: dict, predictions) -> None:
-    """final/ as tune.final_stage writes it (the parts the report reads)."""
-    from cxr.jsonio import write_json
-
-    model.save(folder)
-    write_json(folder / "metrics.json", metrics)
-    predictions.to_parquet(folder / "predictions.parquet", index=False)
+    paths = ExperimentPaths(c.root)
+    write_final(paths, model, metrics | {"final_stage_s": 0.0}, {paths.predictions: predictions, paths.history: history}, "")
 
 
 def experiment_folder(c: Collection) -> Path:

@@ -91,12 +91,12 @@ def recalibrate(folders: dict[str, Path], calibration: Path, target: float) -> d
 
 
 def strategy_table(folders: dict[str, Path]) -> None:
-    from cxr.jsonio import read_json
+    from cxr.final_metrics import read_metrics
 
     print("\n| final | pseudo-test AUROC | recall (target) | specificity | threshold | threshold 95 % interval (width) "
           "| final stage s |\n|---|---|---|---|---|---|---|")
     for s in STRATEGIES:
-        m = read_json(folders[s] / "final" / "metrics.json")
+        m = read_metrics(folders[s] / "final" / "metrics.json")
         t, (lo, hi) = m["test"], m["threshold_ci95"]
         print(f"| {s} | {t['auroc']:.4f} [{t['auroc_ci95'][0]:.3f}-{t['auroc_ci95'][1]:.3f}] | {t['recall']:.4f} "
               f"({m['target_recall']}) [{t['recall_ci95'][0]:.3f}-{t['recall_ci95'][1]:.3f}] | {t['specificity']:.4f} "

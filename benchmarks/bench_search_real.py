@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbest trial {best_id}: val AUROC {_fmt(row.get('best_val_auroc'))}  "
           f"val specificity at recall 0.98 {_fmt(row.get('best_val_spec_at_recall'))}  "
           f"(unfrozen_blocks {row.get('unfrozen_blocks')}, lr {row.get('lr'):.2e}, {row.get('scheduler')})")
-    if r.test is not None:
-        v = r.test["val"]
-        print(f"final retrain (threshold {r.test['threshold']:.4f} chosen on val for recall >= {r.test['target_recall']}): "
+    if r.metrics is not None:
+        v = r.metrics["val"]
+        print(f"final retrain (threshold {r.metrics['threshold']:.4f} chosen on val for recall >= {r.metrics['target_recall']}): "
               f"val recall {_fmt(v['recall'])} specificity {_fmt(v['specificity'])} ppv {_fmt(v['ppv'])} "
-              f"AUROC {_fmt(v['auroc'])} accuracy {_fmt(v['accuracy'])}; test: {r.test['test']}")
+              f"AUROC {_fmt(v['auroc'])} accuracy {_fmt(v['accuracy'])}; test: {r.metrics['test']}")
     else:
         print("final retrain: no final/metrics.json")
     trial_s = trials["time_s"].sum()

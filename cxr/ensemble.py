@@ -15,7 +15,7 @@ from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.engine import EpochCallback, fit, predict
 from cxr.calibration import apply_temperature
-from cxr.evaluation import FIT_SETS, calibrated, evaluate
+from cxr.evaluation import calibrated, evaluate
 from cxr.intervals import N_BOOT
 from cxr.metrics import compute_metrics, threshold_for_recall
 from cxr.models import create_model
@@ -121,7 +121,7 @@ def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, folds
     models = [_model(config, m) for m in members]
     model = FinalModel(config, models, [m.seed for m in members], metrics["threshold"], metrics["temperature"], tta["used"],
                        info={"threshold_rule": metrics["threshold_rule"], "target_recall": config.target_recall,
-                             "final": metrics["final"], "threshold_chosen_on": FIT_SETS[fit_split]})
+                             "final": metrics["final"], "threshold_chosen_on": fit_split})
     history = pd.concat([pd.DataFrame(m.history).assign(member=i, seed=m.seed, fold=m.fold) for i, m in enumerate(members)],
                         ignore_index=True)
     return model, metrics, predictions, history

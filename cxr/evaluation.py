@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.calibration import apply_temperature, calibration_summary, fit_temperature
+from cxr.final_metrics import CHOSEN_ON
 from cxr.intervals import (N_BOOT, bootstrap_thresholds, confident_threshold, exact_threshold, metrics_with_intervals,
                            percentile_interval, wilson_intervals)
 from cxr.metrics import compute_metrics, counts, rates, threshold_for_recall
@@ -15,26 +16,19 @@ from cxr.resamples import patient_bootstrap
 from cxr.subgroups import class_balance, recall_by_kind
 
 
-FIT_SETS = {"val": "val", "oof": "out-of-fold predictions of the pool (train + val)"}  # what chose the operating point
-
-
-def fit_split_of(metrics: dict) -> str:
-    """The split that chose metrics.json's operating point ("val" in metrics of versions before --final folds)."""
-    return metrics.get("fit_split", "val")
-
 
 def evaluate(predictions: pd.DataFrame, *, target_recall: float, recall_confidence: float | None = None,
              n_boot: int = N_BOOT, seed: int = 0, manifest: pd.DataFrame | None = None, fit_split: str = "val") -> dict:
     """predictions: path, patient, split (fit_split or test), label, probability_raw (uncalibrated). Temperature and
     threshold are fitted on the fit_split rows ("val", or "oof" for a fold ensemble); test is scored once. A
-    JSON-able dict whose fit_split and "test" keys hold the scored metrics."""
+    JSON-able dict whose fit_split and "test" keys hold the scored metrics (threshold_chosen_on: fit_split)."""
     fit, test = (predictions[predictions["split"] == s].reset_index(drop=True) for s in (fit_split, "test"))
     point = operating_point(fit["label"], fit["probability_raw"], fit["patient"], target_recall=target_recall,
-                            recall_confidence=recall_confidence, n_boot=n_boot, seed=seed, fitted_on=FIT_SETS[fit_split])
+                            recall_confidence=recall_confidence, n_boot=n_boot, seed=seed, fitted_on=CHOSEN_ON[fit_split])
     temperature, threshold, w_fit = point["temperature"], point["threshold"], point.pop("weights")
     q_fit = apply_temperature(fit["probability_raw"], temperature)
     out = {
-        **point, "fit_split": fit_split, "threshold_chosen_on": fit_split, "n_boot": n_boot, "bootstrap_seed": seed,
+        **point, "threshold_chosen_on": fit_split, "n_boot": n_boot, "bootstrap_seed": seed,
         "calibration": {fit_split: _calibration(fit, temperature)},
         fit_split: _scored(fit, q_fit, threshold, w_fit),
         "test": None, "test_at_0.5": None,
@@ -139,8 +133,8 @@ def _scored(frame: pd.DataFrame, probs: np.ndarray, threshold: float, weights: n
 
 def warnings(evaluation: dict) -> list[str]:
     """Plain-language cautions a reader must see next to the numbers."""
-    fit_split = evaluation["fit_split"]
-    notes = [f"The operating point was fitted on {FIT_SETS[fit_split]}: patients of the training pool "
+    fit_split = evaluation["threshold_chosen_on"]
+    notes = [f"The operating point was fitted on {CHOSEN_ON[fit_split]}: patients of the training pool "
              "(in-distribution); expect the test split and other hospitals to show lower specificity."]
     if fit_split == "oof":
         notes.append("Each out-of-fold score comes from one fold member, while test and new films get the mean of all "

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from cxr.config import TrainConfig
-from cxr.evaluation import FIT_SETS
+from cxr.final_metrics import CHOSEN_ON, FinalMetrics
 from cxr.intervals import interval_text
 
 
-def render_model_card(metrics: dict, config: TrainConfig, best: dict) -> str:
-    balance, fit = metrics["class_balance"], metrics["fit_split"]
-    chosen_on = "val" if fit == "val" else f"the {FIT_SETS[fit]}"
+def render_model_card(metrics: FinalMetrics, config: TrainConfig, best: dict) -> str:
+    balance, fit = metrics["class_balance"], metrics["threshold_chosen_on"]
+    chosen_on = "val" if fit == "val" else f"the {CHOSEN_ON[fit]}"
     members = (f"seeds {[m['seed'] for m in metrics['members']]}" if fit == "val" else
                f"one per patient fold of the pool, seeds {[m['seed'] for m in metrics['members']]}")
     lines = [

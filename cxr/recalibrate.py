@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cxr.cli import check_range, cli_entry
 from cxr.errors import InputError
+from cxr.final_metrics import CHOSEN_ON
 from cxr.images import MAX_PIXELS
 
 BATCH = 64  # films decoded and scored at a time
@@ -107,7 +108,7 @@ def recalibrate(model_dir: str | Path, data: str | Path, out: str | Path, *, tar
         "fewest_pneumonia_films_for_target": needed, "confidence_of_that_bound": CONFIDENCE,
         "old": {"threshold": model.threshold, "temperature": model.temperature,
                 "chosen_on": spec.get("threshold_chosen_on", "val"), "rule": spec.get("threshold_rule"), "site": old},
-        "new": {**point, "chosen_on": "the site's films", "site": new, "out_of_sample": expected},
+        "new": {**point, "chosen_on": "site", "site": new, "out_of_sample": expected},
         "caution": "The new threshold was fitted on these same site films: its site recall is in-sample; "
                    "out_of_sample is what the rule did on held-out site patients. Check it on further site films.",
     }
@@ -157,19 +158,16 @@ def _check_out(source: Path, out: Path) -> None:
 def _write_folder(source: Path, out: Path, spec: dict, summary: dict) -> None:
     """Members copied byte for byte, model.json with the site's temperature and threshold, the model card with both
     operating points, recalibration.json/.html. Built beside out and renamed: complete or absent."""
-    from cxr.jsonio import write_json
+    from cxr.jsonio import folder_in_place, write_json
     from cxr.package import MODEL_FILE, load_model
 
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with folder_in_place(out) as tmp:
         for member in spec["members"]:
             shutil.copyfile(source / member["file"], tmp / member["file"])
         new = summary["new"]
         write_json(tmp / MODEL_FILE, spec | {
             "temperature": new["temperature"], "threshold": new["threshold"], "threshold_rule": new["threshold_rule"],
-            "target_recall": new["target_recall"], "threshold_chosen_on": "the site's films",
+            "target_recall": new["target_recall"], "threshold_chosen_on": new["chosen_on"],
             "operating_points": [{"from": summary["old"]["chosen_on"], "threshold": summary["old"]["threshold"],
                                   "temperature": summary["old"]["temperature"]},
                                  {"from": f"site data {summary['site_data']}", "threshold": new["threshold"],
@@ -179,10 +177,6 @@ def _write_folder(source: Path, out: Path, spec: dict, summary: dict) -> None:
         write_json(tmp / "recalibration.json", summary)
         (tmp / "recalibration.html").write_text(_html(summary))
         load_model(tmp)  # the folder this writes must load as any model folder does
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _card_section(summary: dict) -> str:
@@ -192,7 +186,8 @@ def _card_section(summary: dict) -> str:
     expected = new["out_of_sample"]
     return "\n".join([
         "", "## Site operating point (cxr.recalibrate)",
-        f"- Shipped: threshold {old['threshold']:.4f}, temperature {old['temperature']:.3f}, chosen on {old['chosen_on']}.",
+        f"- Shipped: threshold {old['threshold']:.4f}, temperature {old['temperature']:.3f}, chosen on "
+        f"{CHOSEN_ON[old['chosen_on']]}.",
         f"- This folder: threshold {new['threshold']:.4f}, temperature {new['temperature']:.3f}, chosen on "
         f"{summary['films']} site films ({summary['patients']} patients, {summary['pneumonia_films']} pneumonia) from "
         f"{summary['site_data']} by the {new['rule']} rule: {new['threshold_rule']}.",
@@ -212,7 +207,7 @@ def _html(summary: dict) -> str:
     from cxr.intervals import interval_text, value_text
 
     esc = html.escape
-    rows = "".join(f"<tr><td>{name}</td><td>{p['threshold']:.4f}</td><td>{esc(str(p['chosen_on']))}</td>"
+    rows = "".join(f"<tr><td>{name}</td><td>{p['threshold']:.4f}</td><td>{esc(CHOSEN_ON[p['chosen_on']])}</td>"
                    f"<td>{value_text(p['site']['recall'])} [{interval_text(p['site']['recall_ci95'])}]</td>"
                    f"<td>{value_text(p['site']['specificity'])} [{interval_text(p['site']['specificity_ci95'])}]</td></tr>"
                    for name, p in (("shipped", summary["old"]), ("site", summary["new"])))

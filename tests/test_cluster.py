@@ -64,7 +64,7 @@ def test_node_local_storage_is_refused_then_a_search_losing_its_worker_node_lose
     assert len(results.trials) == 2 and (results.trials["status"] == "completed").all()
     first_nodes = results.epochs.sort_values("epoch").groupby("trial_id")["node_id"].first()
     assert first_nodes.nunique() == 2, "the two trials did not start on both nodes"
-    assert results.test is not None
+    assert results.metrics is not None
     moved = [g for _, g in results.epochs.groupby("trial_id") if g["node_id"].iloc[0] != head]
     assert len(moved) == 1 and list(moved[0]["epoch"]) == [1, 2, 3], "the lost trial repeated or skipped an epoch"
     assert moved[0]["node_id"].iloc[-1] != moved[0]["node_id"].iloc[0], "the lost trial did not move"

@@ -8,6 +8,7 @@ import pandas as pd
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.ensemble import Member, assemble, choose_tta, member_seeds
+from cxr.final_metrics import to_json
 from cxr.models import create_model
 
 
@@ -43,6 +44,7 @@ def test_assemble_follows_the_contract(synthetic_data: CxrData):
     assert metrics["k"] == 3 and [m["seed"] for m in metrics["members"]] == [100, 101, 102] == model.seeds
     assert metrics["tta"]["used"] == model.tta and "ensemble" in metrics
     assert sorted(history["member"].unique()) == [0, 1, 2] and model.threshold == metrics["threshold"]
+    assert to_json(metrics | {"final_stage_s": 1.0})["k"] == 3  # metrics.json's schema (final_stage_s: the stage's)
 
 
 def test_mirroring_is_chosen_only_when_val_gains():
@@ -88,8 +90,9 @@ def test_fold_ensemble_scores_each_pool_film_by_the_member_that_held_it_out(synt
     assert (oof[columns].notna().to_numpy().argmax(axis=1) == oof["fold"].to_numpy()).all()
     test = predictions[predictions["split"] == "test"]
     assert np.allclose(test["probability_raw"], test[columns].mean(axis=1)) and test[columns].notna().all().all()
-    assert metrics["fit_split"] == "oof" and metrics["final"] == "folds" and "oof" in metrics and "val" not in metrics
+    assert metrics["threshold_chosen_on"] == "oof" and metrics["final"] == "folds" and "oof" in metrics and "val" not in metrics
     assert [f["fold"] for f in metrics["folds"]["per_fold"]] == [0, 1, 2]
     assert sum(f["images"] for f in metrics["folds"]["per_fold"]) == len(oof)
     assert len(metrics["folds"]["test_single_members"]) == 3 and model.info["final"] == "folds"
     assert sorted(history["fold"].unique()) == [0, 1, 2]
+    assert to_json(metrics | {"final_stage_s": 1.0})["final"] == "folds"  # metrics.json's schema

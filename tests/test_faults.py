@@ -64,7 +64,7 @@ def _kill(driver: subprocess.Popen) -> None:
     driver.wait()
 
 
-def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeating_work(tmp_path, run_cli):
+def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeating_work(tmp_path, run_cli, run_module):
     """The first trial's worker process killed after its first epoch: it continues from its checkpoint in a new
     process. Then kill, resume, kill, resume: finished trials never run again, the search does not run again once it
     has finished, and a fold member trained before the kill is kept as it was (not retrained). Then the fold ensemble
@@ -95,16 +95,19 @@ def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeati
     searched = {p: p.stat().st_mtime_ns for p in tune_dir.rglob("result.json")}
     assert len(trained) == 1 and not (tmp_path / "k" / "final" / "metrics.json").exists()
     assert all(_finished_trials(tune_dir, 2)[name] == lines for name, lines in finished.items()), "a finished trial ran again"
+    report = run_module("tune.report", str(tmp_path / "k"))  # the killed experiment reads meanwhile
+    assert report.returncode == 0 and "No final model yet" in (tmp_path / "k" / "report" / "report.html").read_text()
 
     proc = run_cli(*args, "--resume")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"({len(trained)} already trained)" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in searched} == searched, "the search ran again"
+    assert not list((tmp_path / "k").glob(".*.tmp")), "final/ is renamed into place whole"
     results = load(tmp_path / "k")
-    assert len(results.trials) == 2 and results.trials["trial_id"].is_unique and results.test["k"] == 2
+    assert len(results.trials) == 2 and results.trials["trial_id"].is_unique and results.metrics["k"] == 2
     assert (results.trials["status"] == "completed").all() and (results.trials["epochs_run"] == 2).all()
     _assert_continued_in_a_new_process(results, killed)
-    final_seeds = [m["seed"] for m in results.test["members"]]
+    final_seeds = [m["seed"] for m in results.metrics["members"]]
     for name, weights in trained.items():  # the members trained before the kill are in final/ as they were
         i = final_seeds.index(int(name.removeprefix("seed-")))
         shipped = load_file(str(tmp_path / "k" / "final" / f"member-{i}.safetensors"))
@@ -137,7 +140,7 @@ def _assert_tracked_once(store: str, results) -> None:
 
 def _assert_out_of_fold(experiment: Path, results) -> None:
     folds, predictions = pd.read_parquet(experiment / "final" / "folds.parquet"), results.predictions
-    members = results.test["members"]
+    members = results.metrics["members"]
     assert len({m["seed"] for m in members}) == len(members) == 2 and [m["fold"] for m in members] == [0, 1]
     pool = folds[folds["split"].isin(["train", "val"])]
     assert set(pool["fold"]) == {0, 1} and (folds[folds["split"] == "test"]["fold"] == -1).all()

@@ -83,7 +83,7 @@ def test_load_round_trip(tmp_path):
     write_table(paths.splits, pd.DataFrame({"path": ["x"], "label": [1], "patient": ["p1"], "split": ["train"]}))
     write_json(paths.best, {"trial_id": "c"})
     results = load(tmp_path)
-    assert results.best == {"trial_id": "c"} and results.test is None and results.predictions is None
+    assert results.best == {"trial_id": "c"} and results.metrics is None and results.predictions is None
     pd.testing.assert_frame_equal(results.trials, trials)
 
 

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_writes_every_result_file(demo):
     for name in ["run.json", "splits.parquet", "trials.parquet", "epochs.parquet", "best.json", "optuna.journal",
                  "final/metrics.json", "final/predictions.parquet", "final/model.json", "final/member-0.safetensors",
-                 "final/history.parquet", "final/model_card.md"]:
+                 "final/history.parquet", "final/model_card.md", "plan.json"]:
         assert (demo.folder / name).is_file(), name
     results = load(demo.folder)
     assert len(results.trials) == 8 and results.trials["trial_id"].is_unique
@@ -39,9 +39,9 @@ def test_demo_writes_every_result_file(demo):
         assert column in results.trials, column
     assert set(results.epochs["trial_id"]) == set(results.trials["trial_id"])
     assert results.epochs.groupby("trial_id").size().sum() == results.trials["epochs_run"].sum()
-    test = results.test["test"]
+    test = results.metrics["test"]
     assert test["tp"] + test["fn"] + test["tn"] + test["fp"] == (results.splits["split"] == "test").sum()
-    assert 0.0 <= results.test["threshold"] <= 1.0
+    assert 0.0 <= results.metrics["threshold"] <= 1.0
     for name in ("recall", "specificity", "ppv", "npv", "auroc"):
         low, high = test[f"{name}_ci95"]
         assert low <= test[name] <= high, name
@@ -49,6 +49,23 @@ def test_demo_writes_every_result_file(demo):
     val = results.best["val"]  # all from the best epoch, so the confusion counts add up to the val split
     assert val["val_tp"] + val["val_fn"] + val["val_tn"] + val["val_fp"] == (results.splits["split"] == "val").sum()
     assert val["val_spec_at_recall"] == results.best["value"]
+    _assert_the_plan_holds_what_the_run_decided(json.loads((demo.folder / "plan.json").read_text()), results)
+
+
+def _assert_the_plan_holds_what_the_run_decided(plan: dict, results) -> None:
+    """plan.json: the start-up cap (8 trials: at least STARTUP_TRIALS, 10), the sampler, ASHA's rungs (2 epochs: after
+    the first), the members' seeds and the data's fingerprint."""
+    search, data = plan["search"], plan["data"]
+    assert search["startup_cap"] == 10 and search["num_samples"] == 8 and search["trials_at_once"] >= 1
+    assert search["sampler"]["class"] == "TPESampler" and search["sampler"]["n_startup_trials"] == 10
+    assert search["trial_scheduler"]["rungs"] == [1] and plan["versions"]["ray"] and plan["versions"]["optuna"]
+    assert plan["final"]["seeds"] == [m["seed"] for m in results.metrics["members"]]
+    splits = results.splits
+    assert data["films"] == len(splits) and data["patients"] == splits["patient"].nunique() and data["image_size"] == 64
+    for split, rows in splits.groupby("split"):
+        assert data["splits"][split]["films"] == len(rows), split
+        assert data["splits"][split]["pneumonia_share"] == pytest.approx(rows["label"].mean(), abs=1e-4), split
+    assert Path(data["decode_cache"]).is_file() and data["decode_cache"].endswith("-64px.npy")
 
 
 @pytest.mark.slow
@@ -91,7 +108,7 @@ def test_optuna_journal_matches_the_trials_table(demo):
 @pytest.mark.slow
 def test_final_stage_trains_new_seeds_and_keeps_every_member(demo):
     results = load(demo.folder)
-    metrics, model = results.test, json.loads((demo.folder / "final" / "model.json").read_text())
+    metrics, model = results.metrics, json.loads((demo.folder / "final" / "model.json").read_text())
     seeds = [m["seed"] for m in model["members"]]
     assert len(seeds) == 3 == len(set(seeds)) == metrics["k"]
     assert not set(seeds) & set(results.trials["seed"]), "a member repeats a (config, seed) a trial trained"
@@ -110,13 +127,13 @@ def test_final_stage_trains_new_seeds_and_keeps_every_member(demo):
 def test_report_has_every_section_and_is_self_contained(demo):
     page = (demo.folder / "report" / "report.html").read_text()
     for section in ["Read this first", "Headline", "ROC and precision-recall", "Confusion matrix", "Threshold sweep",
-                    "Calibration", "Members vs ensemble", "Subgroups", "Data audit", "The search", "Leaderboard",
+                    "Calibration", "Members vs ensemble", "Subgroups", "Data audit", "The search", "Leaderboard", "Plan",
                     "Optimisation history", "Parameter importances", "Learning curves"]:
         assert section in page, section
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) >= 8 and all(s.startswith("data:image/png;base64,") for s in sources)
     report = json.loads((demo.folder / "report" / "report.json").read_text())
-    assert {"metrics", "audit", "search", "best", "run", "figures"} <= set(report)
+    assert {"metrics", "audit", "search", "best", "run", "plan", "figures"} <= set(report)
     assert report["metrics"]["test"]["recall_ci95"] and report["search"]["trials"] == 8
     assert all((demo.folder / "report" / name).is_file() for name in report["figures"])
 
@@ -196,7 +213,7 @@ def test_extend_adds_trials_the_study_keeps_and_archives_the_previous_report_wit
     assert (folder / "report-1" / "report.html").is_file() and "Time budget" in (folder / "report" / "report.html").read_text()
     best_changed = after.best["trial_id"] != before.best["trial_id"]
     assert (folder / "final-1" / "model.json").is_file() == best_changed  # kept only when a new final/ replaced it
-    assert (folder / "final" / "model.json").is_file() and after.test is not None
+    assert (folder / "final" / "model.json").is_file() and after.metrics is not None
     assert _digest(demo.folder / "final") == _digest(folder / ("final-1" if best_changed else "final"))
 
 

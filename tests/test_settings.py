@@ -56,18 +56,6 @@ def test_an_existing_name_is_refused_and_resume_takes_the_saved_settings(tmp_pat
         _resolve(tmp_path, extend=2, name="x")
 
 
-def test_resume_reads_the_settings_of_earlier_versions(tmp_path):
-    saved = {**dataclasses.asdict(RunSettings()), "name": "old", "results_dir": str(tmp_path)}
-    saved["scheduler"] = saved.pop("trial_scheduler")  # run.json before the trial scheduler got its own name
-    saved["scheduler"] = "fifo"
-    saved["final_seeds"] = saved.pop("final_members") + 2  # before --final-members (and --final) existed
-    del saved["final"]
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "run.json").write_text(json.dumps(saved))
-    resumed = _resolve(tmp_path, resume=True, name="old")
-    assert (resumed.trial_scheduler, resumed.final_members, resumed.final) == ("fifo", 5, "seeds")
-
-
 @pytest.mark.parametrize("resume, extend, words", [(True, 2, "together"), (False, -1, "--extend -1"), (True, 0, "--name")])
 def test_resume_and_extend_are_checked(tmp_path, resume, extend, words):
     with pytest.raises(InputError, match=words):

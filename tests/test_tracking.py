@@ -47,7 +47,8 @@ def test_demo_has_one_parent_run_and_one_child_run_per_trial_with_its_state_and_
         assert [m.step for m in history] == list(range(1, row["epochs_run"] + 1))
     artifacts = {a.path for folder in ("final", "report") for a in client.list_artifacts(parent.info.run_id, folder)}
     assert {"final/model.json", "final/metrics.json", "report/report.html", "report/report.json"} <= artifacts
-    test = load(demo.folder).test["test"]
+    assert "plan.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    test = load(demo.folder).metrics["test"]
     assert parent.data.metrics["test_recall"] == pytest.approx(test["recall"])
     assert parent.data.metrics["test_recall_ci95_low"] == pytest.approx(test["recall_ci95"][0])
 

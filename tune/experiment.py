@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.dataset import CxrData, load_dataset
+from cxr.final_metrics import FinalMetrics, read_metrics
 from cxr.errors import InputError
 from cxr.images import MAX_PIXELS, default_cache_dir
 from cxr.intervals import interval_text, value_text
@@ -15,7 +16,7 @@ from cxr.models import pretrained_state
 from cxr.synthetic import make_synthetic
 from cxr.jsonio import read_json, write_json
 from tune import budget as budget_module
-from tune import cluster, search, tracking
+from tune import cluster, plan, search, tracking
 from tune.loopback import requested_address
 from tune.final_stage import FinalSettings, run_final_stage
 from tune.report import write_report
@@ -51,6 +52,7 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
         cluster.check_storage(settings.storage_path)
         if not (resume or extend):
             _create(paths, experiment, data)
+        plan.write_data_plan(paths, data)
         if tracker:
             tracker = tracking.start_parent(tracker, paths, read_json(paths.run))
         data_ref, weight_refs = cluster.share(data), cluster.share_weights(weights)
@@ -68,7 +70,7 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
         best = _best(trials, records, experiment.metric)
         write_json(paths.best, best)
         _print_leaderboard(trials, experiment.metric)
-        unchanged = extend and paths.metrics.exists() and previous and previous["trial_id"] == best["trial_id"]
+        unchanged = extend and paths.finished and previous and previous["trial_id"] == best["trial_id"]
         if extend:
             _archive(paths, ["report"] if unchanged else ["final", "report"])
         if unchanged:
@@ -136,7 +138,7 @@ def _account(budget: budget_module.Budget, paths: ExperimentPaths, search_s: flo
 
 
 def _track_final(tracker: tracking.Tracker, experiment: RunSettings, paths: ExperimentPaths, report: Path) -> None:
-    metrics = read_json(paths.metrics)
+    metrics = read_metrics(paths.metrics)
     tracking.log_final(tracker, paths, metrics, report)
     print(f"mlflow: parent run {tracker.parent_id} in {tracker.uri}")
     if experiment.register:
@@ -168,6 +170,7 @@ def _search(settings: search.SearchSettings, paths: ExperimentPaths, space, chec
             records += search.finished_records(round_settings, stopped)
             continue
         restart = resume and search.can_restore(round_settings)
+        plan.write_search_plan(paths, round_settings)
         found = search.run_search(round_settings, space, checked, data_ref, weight_refs, resume=restart,
                                   callbacks=callbacks, budget=budget)
         search.drop_finished_checkpoints(round_settings, found)
@@ -270,10 +273,10 @@ def _print_leaderboard(trials: pd.DataFrame, metric: str) -> None:
         print(top.to_string(index=False))
 
 
-def _print_final(metrics: dict) -> None:
+def _print_final(metrics: FinalMetrics) -> None:
     print(f"\ndecision threshold {metrics['threshold']:.4f} (calibrated probability, temperature "
           f"{metrics['temperature']:.2f}): {metrics['threshold_rule']}")
-    fit = metrics["fit_split"]
+    fit = metrics["threshold_chosen_on"]
     ensemble = metrics["ensemble"]["fit"]["auroc"]
     members = ", ".join(f"{m['fit']['auroc']:.4f}" for m in metrics["members"])
     scope = "members on their own folds" if fit == "oof" else "members"

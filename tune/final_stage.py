@@ -18,9 +18,12 @@ from safetensors.torch import load_file, save_file
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.ensemble import Member, assemble, member_seeds
+from cxr.final_metrics import write_metrics
 from cxr.model_card import render_model_card
+from cxr.package import FinalModel
 from cxr.splits import fold_roles, patient_folds
-from cxr.jsonio import read_json, write_json
+from cxr.jsonio import folder_in_place, read_json, write_json
+from tune.plan import add_to_plan
 from tune.results import ExperimentPaths, write_table
 from tune.search import SearchSettings
 from tune.trainable import member_task
@@ -46,6 +49,8 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     seeds = member_seeds(final.seed, final.members, taken)
     folds = patient_folds(data.manifest, final.members, final.seed) if final.kind == "folds" else None
     fold_of = dict(zip(seeds, range(len(seeds)))) if folds is not None else dict.fromkeys(seeds)
+    add_to_plan(paths, final={"kind": final.kind, "members": len(seeds), "seeds": seeds, "epochs": config.epochs,
+                              "trial_id": best["trial_id"], "recall_confidence": final.recall_confidence})
     members = _load_members(paths.members, seeds, fold_of)
     pending = [s for s in seeds if s not in members]
     what = f"{len(seeds)} member(s)" if folds is None else f"{len(seeds)} patient folds of train + val, one member each,"
@@ -65,15 +70,27 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     model, metrics, predictions, history = assemble(config, [members[s] for s in seeds], data, folds=folds,
                                                     recall_confidence=final.recall_confidence, seed=final.seed)
     metrics["final_stage_s"] = time.monotonic() - started  # this session's part when resumed
-    model.save(paths.final)
-    write_json(paths.metrics, metrics)
-    write_table(paths.predictions, predictions)
-    write_table(paths.history, history)
+    tables = {paths.predictions: predictions, paths.history: history}
     if folds is not None:
-        write_table(paths.folds, _fold_table(data, folds, roles))
-    paths.model_card.write_text(render_model_card(metrics, config, best))
+        tables[paths.folds] = _fold_table(data, folds, roles)
+    write_final(paths, model, metrics, tables, render_model_card(metrics, config, best))
     shutil.rmtree(paths.members)  # the package in final/ holds every member now
     return metrics
+
+
+def write_final(paths: ExperimentPaths, model: FinalModel, metrics: dict, tables: dict[Path, pd.DataFrame],
+                card: str) -> None:
+    """final/ built beside and renamed into place: its rename marks the experiment finished (ExperimentPaths.finished),
+    so a driver killed between two of its files leaves an experiment that --resume finishes and the report reads."""
+    with folder_in_place(paths.final) as tmp:
+        def inside(path: Path) -> Path:
+            return tmp / path.relative_to(paths.final)
+
+        model.save(tmp)
+        write_metrics(inside(paths.metrics), metrics)
+        for path, table in tables.items():
+            write_table(inside(path), table)
+        inside(paths.model_card).write_text(card)
 
 
 def _fold_table(data: CxrData, folds: np.ndarray, roles: dict[int, np.ndarray]) -> pd.DataFrame:
@@ -87,15 +104,11 @@ def _fold_table(data: CxrData, folds: np.ndarray, roles: dict[int, np.ndarray]) 
 
 
 def _save_member(folder: Path, member: Member) -> None:
-    target = folder / f"seed-{member.seed}"
-    tmp = folder / f".seed-{member.seed}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in member.state.items()}, str(tmp / "weights.safetensors"))
-    np.savez(tmp / "probabilities.npz", **member.probs)
-    write_table(tmp / "history.parquet", pd.DataFrame(member.history))
-    write_json(tmp / "member.json", {"seed": member.seed, "best_epoch": member.best_epoch, "fold": member.fold})
-    tmp.rename(target)  # complete or absent: a killed driver never leaves half a member
+    with folder_in_place(folder / f"seed-{member.seed}") as tmp:  # a killed driver never leaves half a member
+        save_file({k: v.contiguous() for k, v in member.state.items()}, str(tmp / "weights.safetensors"))
+        np.savez(tmp / "probabilities.npz", **member.probs)
+        write_table(tmp / "history.parquet", pd.DataFrame(member.history))
+        write_json(tmp / "member.json", {"seed": member.seed, "best_epoch": member.best_epoch, "fold": member.fold})
 
 
 def _load_members(folder: Path, seeds: list[int], fold_of: dict[int, int | None]) -> dict[int, Member]:

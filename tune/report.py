@@ -13,7 +13,6 @@ from pathlib import Path
 from cxr.calibration import ECE_BINS
 from cxr.cli import cli_entry
 from cxr.errors import InputError
-from cxr.evaluation import fit_split_of
 from cxr.intervals import interval_text, value_text
 from cxr.metrics import RANKING, RATES
 from tune.settings import SPENT_KEY
@@ -38,7 +37,7 @@ def write_report(folder: str | Path) -> Path:
     if not paths.trials.is_file():
         raise InputError(f"{folder} has no trials table yet (trials.parquet): the search has not finished once")
     results, run = load(paths.root), read_json(paths.run)
-    finished = paths.model.is_file() and results.test is not None
+    finished = paths.finished
     out = paths.report
     out.mkdir(exist_ok=True)
     figures, sections = {}, []
@@ -50,12 +49,12 @@ def write_report(folder: str | Path) -> Path:
         figures[name] = base64.b64encode((out / f"{name}.png").read_bytes()).decode()
         return f'<img alt="{name}" src="data:image/png;base64,{figures[name]}">'
 
-    metrics = results.test if finished else None
+    metrics = results.metrics if finished else None
     if finished:
         sections += _final_sections(metrics, results.predictions, figure, plots)
         notes = metrics["warnings"]
     else:
-        notes = ["No final model yet (final/model.json): this report shows the data and the search only. Finish "
+        notes = ["No final model yet (no final/): this report shows the data and the search only. Finish "
                  "the experiment with `python -m tune.run --name <name> --resume`."]
     audit = _audit(paths, results.splits)
     sections.append(("Data audit", _audit_html(audit)))
@@ -63,9 +62,12 @@ def write_report(folder: str | Path) -> Path:
     sections.append(("The search", search_html))
     if run.get(SPENT_KEY):
         sections.append(("Time budget", _budget_html(run[SPENT_KEY], run.get("time_budget"))))
+    plan = read_json(paths.plan) if paths.plan.is_file() else None  # none until a search has been planned
+    if plan:
+        sections.append(("Plan", _plan_html(plan)))
     page = _page(paths.root.name, notes, sections)
     (out / "report.html").write_text(page)
-    write_json(out / "report.json", {"experiment": paths.root.name, "run": run, "best": results.best,
+    write_json(out / "report.json", {"experiment": paths.root.name, "run": run, "plan": plan, "best": results.best,
                                      "metrics": metrics, "audit": audit, "search": search,
                                      "figures": sorted(f"{n}.png" for n in figures)})
     return out / "report.html"
@@ -73,7 +75,7 @@ def write_report(folder: str | Path) -> Path:
 
 def _final_sections(metrics: dict, predictions, figure, plots) -> list[tuple[str, str]]:
     sections = []
-    fit = fit_split_of(metrics)
+    fit = metrics["threshold_chosen_on"]
     scored = "test" if metrics["test"] is not None else fit
     sections.append(("Headline", _headline(metrics, scored)))
     sections.append(("ROC and precision-recall", figure("roc_pr", plots.roc_pr(predictions, metrics["threshold"]))
@@ -94,7 +96,7 @@ def _headline(metrics: dict, scored: str) -> str:
     m = metrics[scored]
     cells = "".join(f"<tr><td>{name}</td><td><b>{value_text(m[name])}</b></td><td>{interval_text(m.get(f'{name}_ci95'))}</td></tr>"
                     for name in (*RATES, *RANKING))
-    fit = fit_split_of(metrics)
+    fit = metrics["threshold_chosen_on"]
     note = "" if scored == "test" else f"<p class=warn>No test split: these are {fit} numbers ({fit} also chose the threshold).</p>"
     return (f"<p>Decision threshold <b>{metrics['threshold']:.4f}</b> on the calibrated probability "
             f"(temperature {metrics['temperature']:.3f}): {html.escape(metrics['threshold_rule'])}. "
@@ -120,7 +122,7 @@ def _rule_cost(metrics: dict) -> str:
     cost = metrics["rule_cost"]
     if not metrics["recall_confidence"]:
         return ""
-    fit = metrics["fit_split"]
+    fit = metrics["threshold_chosen_on"]
     return (f"<p>The confidence rule costs specificity: {fit} {cost[f'{fit}_specificity_point_rule']:.3f} (point rule) "
             f"&rarr; {cost[f'{fit}_specificity_chosen']:.3f}" + (f"; test {cost['test_specificity_point_rule']:.3f} "
             f"&rarr; {cost['test_specificity_chosen']:.3f}" if "test_specificity_chosen" in cost else "") + ".</p>")
@@ -133,16 +135,16 @@ def _calibration(metrics: dict) -> str:
 
 
 def _members(metrics: dict) -> str:
-    fit = fit_split_of(metrics)
+    fit = metrics["threshold_chosen_on"]
 
     def row(name, entry):
-        test, own = entry["test"] or {}, entry.get("fit") or entry["val"]  # "val": metrics.json of earlier versions
+        test, own = entry["test"] or {}, entry["fit"]
         return (f"<tr><td>{name}</td><td>{value_text(own['auroc'])}</td><td>{value_text(own['spec_at_recall'])}</td>"
                 f"<td>{value_text(test.get('auroc'))}</td><td>{value_text(test.get('recall'))}</td><td>{value_text(test.get('specificity'))}</td></tr>")
     body = "".join(row(f"member seed {m['seed']}" + ("" if m.get("fold") is None else f", fold {m['fold']}")
                        + f" (best epoch {m['best_epoch']})", m) for m in metrics["members"])
     tta = metrics["tta"]
-    plain, mirrored = (tta.get(f"fit_auroc_{k}", tta.get(f"val_auroc_{k}")) for k in ("plain", "tta"))
+    plain, mirrored = tta["fit_auroc_plain"], tta["fit_auroc_tta"]
     scope = "its own fold" if fit == "oof" else "val"
     return (f"<table><tr><th></th><th>{fit} AUROC</th><th>{fit} specificity at target recall</th><th>test AUROC</th>"
             f"<th>test recall</th><th>test specificity</th></tr>{body}{row('ensemble (mean)', metrics['ensemble'])}</table>"
@@ -220,6 +222,7 @@ def _audit_html(audit: dict) -> str:
 
 def _search(paths, results, run: dict, figure, plots, optuna, pd) -> tuple[dict, str]:
     from tune.results import leaderboard
+    from tune.search import open_study_storage
 
     metric = run["metric"]
     trials = results.trials
@@ -228,9 +231,7 @@ def _search(paths, results, run: dict, figure, plots, optuna, pd) -> tuple[dict,
              top.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, escape=True)]
     summary = {"trials": len(trials), "status": trials["status"].value_counts().to_dict(),
                "leaderboard": top.to_dict("records"), "importances": None}
-    if paths.journal.is_file():
-        from tune.search import open_study_storage
-
+    if paths.journal.is_file():  # a folder assembled by hand (benchmarks/bench_data_scale.py) may have none
         study = optuna.load_study(study_name=paths.study_name, storage=open_study_storage(paths.journal))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
@@ -241,7 +242,7 @@ def _search(paths, results, run: dict, figure, plots, optuna, pd) -> tuple[dict,
             except (RuntimeError, ValueError) as exc:
                 parts.append(f"<p>Parameter importances need more finished trials with varying parameters ({html.escape(str(exc))}).</p>")
     else:
-        parts.append("<p>No optuna.journal in this experiment (written by older versions): no optimisation history.</p>")
+        parts.append("<p>No optuna.journal in this experiment: no optimisation history.</p>")
     parts.append("<h3>Learning curves</h3>" + figure("learning_curves", plots.learning_curves(results.epochs, trials, metric)))
     return summary, "".join(parts)
 
@@ -259,6 +260,19 @@ def _budget_html(spent: dict, asked: str | None) -> str:
                     f"{spent['final_estimate_error_s']:+.0f} s). {spent['trials_stopped_by_budget']} trial(s) were "
                     "stopped by the budget at an epoch boundary (status budget; their best epoch counts).</p>")
     return f"<p>--time-budget {html.escape(str(asked))}</p><table>{table}</table>{estimate}"
+
+
+def _plan_html(plan: dict) -> str:
+    """plan.json as one row per setting (its paths and library names come from the machine: escaped)."""
+    rows = "".join(f"<tr><th style='text-align:left'>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>"
+                   for key, value in _flat(plan))
+    return f"<p>What the run decided before its first trial, and the final stage's choices (plan.json).</p><table>{rows}</table>"
+
+
+def _flat(value, prefix: str = "") -> list[tuple[str, object]]:
+    if not isinstance(value, dict):
+        return [(prefix, value)]
+    return [row for key, inner in value.items() for row in _flat(inner, f"{prefix}.{key}" if prefix else str(key))]
 
 
 def _page(name: str, notes: list[str], sections: list[tuple[str, str]]) -> str:

@@ -13,7 +13,6 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_curve  # noqa: E402
 
 from cxr.calibration import ECE_BINS, reliability_curve  # noqa: E402
-from cxr.evaluation import fit_split_of  # noqa: E402
 from cxr.metrics import rates  # noqa: E402
 
 LEARNING_CURVES_TOP = 20  # drawn one line each; the other trials as a band, so 1,000 trials stay readable
@@ -79,7 +78,7 @@ def reliability(predictions: pd.DataFrame):
 
 
 def members(metrics: dict):
-    fit = fit_split_of(metrics)
+    fit = metrics["threshold_chosen_on"]
     names = [f"seed {m['seed']}" if m.get("fold") is None else f"fold {m['fold']}" for m in metrics["members"]] + ["ensemble"]
     entries = metrics["members"] + [metrics["ensemble"]]
     fig, ax = plt.subplots(figsize=(7, 3.6))

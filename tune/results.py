@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.config import TrainConfig
+from cxr.final_metrics import FinalMetrics, read_metrics
 from cxr.jsonio import read_json
 
 # what the console and the report show of each trial, after its id, status and scores (keys a space may not search are skipped)
@@ -27,6 +28,7 @@ class ExperimentPaths:
     best = property(lambda self: self.root / "best.json")
     journal = property(lambda self: self.root / "optuna.journal")
     searches = property(lambda self: self.root / "searches.json")
+    plan = property(lambda self: self.root / "plan.json")  # what the run decided (tune.plan)
     final = property(lambda self: self.root / "final")
     metrics = property(lambda self: self.root / "final" / "metrics.json")
     predictions = property(lambda self: self.root / "final" / "predictions.parquet")
@@ -38,6 +40,11 @@ class ExperimentPaths:
     report = property(lambda self: self.root / "report")
     tracking = property(lambda self: self.root / "mlflow.json")  # --mlflow: the store and the parent run's id
     budget = property(lambda self: self.root / "budget.json")  # --time-budget: spent so far, stopped trials
+
+    @property
+    def finished(self) -> bool:
+        """final/ appears whole, by one rename (tune.final_stage.write_final): it marks the experiment finished."""
+        return self.final.is_dir()
 
     @property
     def study_name(self) -> str:
@@ -52,20 +59,19 @@ class Results:
     splits: pd.DataFrame
     predictions: pd.DataFrame | None
     best: dict
-    test: dict | None  # final/metrics.json: threshold and how it was chosen, val and test metrics with intervals, ...
+    metrics: FinalMetrics | None  # final/metrics.json: threshold and how it was chosen, metrics with intervals, ...
 
 
 def load(path: str | Path) -> Results:
     """Read an experiment folder written by tune.run."""
     p = ExperimentPaths(Path(path))
-    final = read_json(p.metrics) if p.metrics.exists() else None
     return Results(
         trials=pd.read_parquet(p.trials),
         epochs=pd.read_parquet(p.epochs),
         splits=pd.read_parquet(p.splits),
         predictions=pd.read_parquet(p.predictions) if p.predictions.exists() else None,
         best=read_json(p.best),
-        test=final,
+        metrics=read_metrics(p.metrics) if p.finished else None,
     )
 
 

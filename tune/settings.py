@@ -20,8 +20,6 @@ from tune.budget import MAX_TRIALS, parse_duration
 METRICS = tuple(m for m in MONITORS if m != "val_loss")
 TRIAL_SCHEDULERS = ("asha", "fifo")
 FINAL_KINDS = ("seeds", "folds")
-# run.json keys of earlier versions -> today's field names (--resume reads the saved settings)
-RENAMED_KEYS = {"scheduler": "trial_scheduler", "final_seeds": "final_members"}
 SPENT_KEY = "time_budget_spent"  # run.json: how a --time-budget run spent its time (not a setting)
 DEFAULT_TRIALS = 8
 
@@ -108,13 +106,13 @@ def resolve(settings: RunSettings, resume: bool, extend: int) -> RunSettings:
         paths = ExperimentPaths(Path(settings.results_dir) / settings.name)
         if not paths.run.exists():
             raise InputError(f"no experiment '{settings.name}' in {settings.results_dir}: check --name and --results-dir")
-        if resume and paths.metrics.exists():
-            raise InputError(f"experiment '{settings.name}' is already complete ({paths.metrics}): add trials with --extend N or start a new --name")
-        if extend and not paths.metrics.exists():
+        if resume and paths.finished:
+            raise InputError(f"experiment '{settings.name}' is already complete ({paths.final}): add trials with --extend N or start a new --name")
+        if extend and not paths.finished:
             raise InputError(f"experiment '{settings.name}' is not finished: complete it with --resume before --extend")
-        saved = {"final": "seeds"} | read_json(paths.run)  # versions before --final knew only seed members
+        saved = read_json(paths.run)
         saved.pop(SPENT_KEY, None)
-        saved = RunSettings(**{RENAMED_KEYS.get(k, k): v for k, v in saved.items()})
+        saved = RunSettings(**saved)
         # the folder is where it is now (copied or moved since), the rest is what the run was asked for; an --extend
         # round has a budget of its own (or none)
         budget = settings.time_budget if extend else saved.time_budget

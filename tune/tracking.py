@@ -117,15 +117,17 @@ class TrialRunsCallback(Callback):
 
 
 def log_final(tracker: Tracker, paths: ExperimentPaths, metrics: dict, report: Path) -> None:
-    """The final model on the parent run: final/ as an artifact, the report, the headline metrics with intervals."""
+    """The final model on the parent run: final/ as an artifact, the report, plan.json, the headline metrics with
+    intervals."""
     from mlflow.entities import Metric
 
     client, now = tracker.client(), int(time.time() * 1000)
     client.log_artifacts(tracker.parent_id, str(paths.final), "final")
     client.log_artifact(tracker.parent_id, str(report), "report")
     client.log_artifact(tracker.parent_id, str(report.with_name("report.json")), "report")
+    client.log_artifact(tracker.parent_id, str(paths.plan))  # what the run decided, the final stage's seeds included
     values = {"threshold": metrics["threshold"], "temperature": metrics["temperature"]}
-    for split in (metrics["fit_split"], "test"):
+    for split in (metrics["threshold_chosen_on"], "test"):
         for key, value in (metrics.get(split) or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 values[f"{split}_{key}"] = value

@@ -195,7 +195,7 @@ def summarise(runs):
 
 
 def print_table(summary) -> None:
-    from cxr.recalibrate import DEFAULT_RULE
+    from cxr.cli import DEFAULT_THRESHOLD_RULE as DEFAULT_RULE
 
     print()
     print_markdown([{"rule": r.rule, "pneumonia films": r.size,

@@ -91,7 +91,7 @@ def choose_tta(members: list[Member], data: CxrData, folds: np.ndarray | None = 
 
 
 def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, folds: np.ndarray | None = None,
-             recall_confidence: float | None = None, n_boot: int = N_BOOT,
+             recall_confidence: float | None = None, rule: str | None = None, n_boot: int = N_BOOT,
              seed: int = 0) -> tuple[FinalModel, dict, pd.DataFrame, pd.DataFrame]:
     """(the shippable model, metrics.json, predictions of the fit set and test rows, every member's history)."""
     fit_split = _fit_split(folds)
@@ -108,7 +108,7 @@ def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, folds
         predictions[member_columns[i]] = np.concatenate([fit_probs[i], member_probs(m, "test", tta["used"])])
     predictions["probability_raw"] = predictions[member_columns].mean(axis=1)  # skips NaN: one member out of fold
     metrics = evaluate(predictions, target_recall=config.target_recall, recall_confidence=recall_confidence,
-                       n_boot=n_boot, seed=seed, manifest=data.manifest, fit_split=fit_split)
+                       rule=rule, n_boot=n_boot, seed=seed, manifest=data.manifest, fit_split=fit_split)
     predictions["probability"] = calibrated(predictions, metrics)
     predictions["prediction"] = (predictions["probability"] >= metrics["threshold"]).astype(int)
     metrics["members"] = [{"seed": m.seed, "best_epoch": m.best_epoch, "fold": m.fold,

@@ -18,13 +18,16 @@ from cxr.subgroups import class_balance, recall_by_kind
 
 
 def evaluate(predictions: pd.DataFrame, *, target_recall: float, recall_confidence: float | None = None,
-             n_boot: int = N_BOOT, seed: int = 0, manifest: pd.DataFrame | None = None, fit_split: str = "val") -> dict:
+             rule: str | None = None, n_boot: int = N_BOOT, seed: int = 0, manifest: pd.DataFrame | None = None,
+             fit_split: str = "val") -> dict:
     """predictions: path, patient, split (fit_split or test), label, probability_raw (uncalibrated). Temperature and
-    threshold are fitted on the fit_split rows ("val", or "oof" for a fold ensemble); test is scored once. A
-    JSON-able dict whose fit_split and "test" keys hold the scored metrics (threshold_chosen_on: fit_split)."""
+    threshold (by rule: operating_point) are fitted on the fit_split rows ("val", or "oof" for a fold ensemble); test
+    is scored once. A JSON-able dict whose fit_split and "test" keys hold the scored metrics (threshold_chosen_on:
+    fit_split)."""
     fit, test = (predictions[predictions["split"] == s].reset_index(drop=True) for s in (fit_split, "test"))
     point = operating_point(fit["label"], fit["probability_raw"], fit["patient"], target_recall=target_recall,
-                            recall_confidence=recall_confidence, n_boot=n_boot, seed=seed, fitted_on=CHOSEN_ON[fit_split])
+                            recall_confidence=recall_confidence, rule=rule, n_boot=n_boot, seed=seed,
+                            fitted_on=CHOSEN_ON[fit_split])
     temperature, threshold, w_fit = point["temperature"], point["threshold"], point.pop("weights")
     q_fit = apply_temperature(fit["probability_raw"], temperature)
     out = {
@@ -52,7 +55,6 @@ def evaluate(predictions: pd.DataFrame, *, target_recall: float, recall_confiden
     return out
 
 
-THRESHOLD_RULES = ("point", "bootstrap", "exact")  # how a threshold is set on the calibrated probability
 DEFAULT_CONFIDENCE = 0.95  # of the bootstrap and exact rules when none is given
 CV_BOOT = N_BOOT // 4  # resamples of the bootstrap rule refitted in each cross-validation fold (15 fits, not one)
 

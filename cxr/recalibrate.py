@@ -14,17 +14,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from cxr.cli import check_range, cli_entry
+from cxr.cli import DEFAULT_THRESHOLD_RULE, THRESHOLD_RULES, check_range, cli_entry
 from cxr.errors import InputError
 from cxr.final_metrics import CHOSEN_ON
 from cxr.images import MAX_PIXELS
 
 BATCH = 64  # films decoded and scored at a time
 CONFIDENCE = 0.95  # of the exact binomial bound that sizes the site set, and the default rule's
-# distribution-free for films drawn alike; on 300 synthetic calibration sets of 200 pneumonia films it reached recall
-# 0.98 on further films from 98 % of them (median specificity 0.90), the bootstrap rule from 92 % (0.95), the point
-# rule from 44 % (0.98) (tests/test_intervals.py); the real-data coverage table is still to be measured
-DEFAULT_RULE = "exact"
 THRESHOLD_INTERVAL_LIMIT = 0.2  # a point-rule threshold interval wider than this (probability scale) is flagged
 
 
@@ -74,7 +70,7 @@ def raw_probabilities(model, paths: list[str], max_pixels: int):
 
 
 def recalibrate(model_dir: str | Path, data: str | Path, out: str | Path, *, target_recall: float,
-                rule: str = DEFAULT_RULE, recall_confidence: float | None = CONFIDENCE, max_pixels: int = MAX_PIXELS,
+                rule: str = DEFAULT_THRESHOLD_RULE, recall_confidence: float | None = CONFIDENCE, max_pixels: int = MAX_PIXELS,
                 n_boot: int | None = None, seed: int = 0, force: bool = False) -> dict:
     """Write the site's model folder to out; returns the recalibration summary (also out/recalibration.json). Before
     anything is written, the rule's out-of-sample recall on the site is estimated by cross-validation over its
@@ -228,14 +224,12 @@ def _html(summary: dict) -> str:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    from cxr.evaluation import THRESHOLD_RULES
-
     parser = argparse.ArgumentParser(prog="python -m cxr.recalibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model folder (final/ of a tune.run experiment)")
     parser.add_argument("--data", required=True, help="the site's labelled films: manifest or NORMAL/PNEUMONIA folder")
     parser.add_argument("--out", required=True, help="the new model folder (must not exist)")
     parser.add_argument("--target-recall", type=float, default=0.98)
-    parser.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default=DEFAULT_RULE,
+    parser.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default=DEFAULT_THRESHOLD_RULE,
                         help="exact (default): the highest threshold whose recall on the site's next films reaches the "
                         "target with --recall-confidence; bootstrap: its patient-bootstrap lower bound does; point: "
                         "the site films' own recall does (in-sample: out of sample it falls short about half the time)")

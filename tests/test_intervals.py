@@ -92,7 +92,7 @@ def test_the_shipped_site_rule_keeps_its_recall_on_further_films_and_the_point_r
     from scipy.stats import norm
 
     from cxr.evaluation import operating_point
-    from cxr.recalibrate import DEFAULT_RULE
+    from cxr.cli import DEFAULT_THRESHOLD_RULE as DEFAULT_RULE
 
     rng = np.random.default_rng(0)
     reached = {DEFAULT_RULE: [], "point": []}

@@ -42,6 +42,9 @@ def test_demo_writes_every_result_file(demo):
     test = results.metrics["test"]
     assert test["tp"] + test["fn"] + test["tn"] + test["fp"] == (results.splits["split"] == "test").sum()
     assert 0.0 <= results.metrics["threshold"] <= 1.0
+    # the product's default rule, the one that keeps recall on the next films (cxr.cli.DEFAULT_THRESHOLD_RULE)
+    assert results.metrics["rule"] == "exact" and results.metrics["recall_confidence"] == 0.95
+    assert results.metrics["out_of_sample"]["rule"] == "exact"
     for name in ("recall", "specificity", "ppv", "npv", "auroc"):
         low, high = test[f"{name}_ci95"]
         assert low <= test[name] <= high, name

@@ -15,6 +15,7 @@ import pandas as pd
 import ray
 from safetensors.torch import load_file, save_file
 
+from cxr.cli import DEFAULT_THRESHOLD_RULE
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.ensemble import Member, assemble, member_seeds
@@ -33,7 +34,8 @@ from tune.trainable import member_task
 class FinalSettings:
     members: int = 3  # K ensemble members (folds: K folds)
     epochs: int | None = None  # None: the best config's own epochs
-    recall_confidence: float | None = None  # None: the point rule
+    recall_confidence: float | None = None  # of the exact and bootstrap rules; None: cxr.evaluation's default
+    threshold_rule: str = DEFAULT_THRESHOLD_RULE
     seed: int = 0
     kind: str = "seeds"  # or "folds" (tune.settings.FINAL_KINDS)
     inner_fraction: float = 0.2  # folds: share of a member's training patients held out to choose its epoch
@@ -50,7 +52,8 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     folds = patient_folds(data.manifest, final.members, final.seed) if final.kind == "folds" else None
     fold_of = dict(zip(seeds, range(len(seeds)))) if folds is not None else dict.fromkeys(seeds)
     add_to_plan(paths, final={"kind": final.kind, "members": len(seeds), "seeds": seeds, "epochs": config.epochs,
-                              "trial_id": best["trial_id"], "recall_confidence": final.recall_confidence})
+                              "trial_id": best["trial_id"], "threshold_rule": final.threshold_rule,
+                              "recall_confidence": final.recall_confidence})
     members = _load_members(paths.members, seeds, fold_of)
     pending = [s for s in seeds if s not in members]
     what = f"{len(seeds)} member(s)" if folds is None else f"{len(seeds)} patient folds of train + val, one member each,"
@@ -68,7 +71,8 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
         members[member.seed] = member
         del running[done]
     model, metrics, predictions, history = assemble(config, [members[s] for s in seeds], data, folds=folds,
-                                                    recall_confidence=final.recall_confidence, seed=final.seed)
+                                                    recall_confidence=final.recall_confidence,
+                                                    rule=final.threshold_rule, seed=final.seed)
     metrics["final_stage_s"] = time.monotonic() - started  # this session's part when resumed
     tables = {paths.predictions: predictions, paths.history: history}
     if folds is not None:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr.cli import SHARED_RULES, range_problem
+from cxr.cli import DEFAULT_THRESHOLD_RULE, SHARED_RULES, THRESHOLD_RULES, range_problem
 from cxr.config import MONITORS
 from cxr.errors import InputError
 from tune.budget import MAX_TRIALS, parse_duration
@@ -81,9 +81,14 @@ class RunSettings:
                                "sqlite:///<results-dir>/mlflow.db", nargs="?", const="", metavar="URI")
     register: str | None = _flag(None, "with --mlflow: register the final model as a new version of this MLflow model",
                                  metavar="NAME")
-    recall_confidence: float | None = _flag(None, "choose the highest threshold whose one-sided C lower bound of val recall "
-                                            "(patient bootstrap) reaches --target-recall (e.g. 0.95); default: the point "
-                                            "estimate", metavar="C")
+    threshold_rule: str = _flag(DEFAULT_THRESHOLD_RULE, "how the threshold is fixed on val (or the out-of-fold films): "
+                                "exact: the highest whose recall on further films reaches --target-recall with "
+                                "--recall-confidence (the k-th lowest pneumonia score); bootstrap: the highest whose "
+                                "patient-bootstrap lower bound does; point: val's own recall does (in-sample: on real "
+                                "films it missed the target on the next films about half the time, BENCHMARKS.md)",
+                                choices=list(THRESHOLD_RULES))
+    recall_confidence: float | None = _flag(None, "confidence C of the exact and bootstrap threshold rules (default 0.95)",
+                                            metavar="C")
 
 
 def flag_name(field: dataclasses.Field) -> str:

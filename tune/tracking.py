@@ -31,7 +31,7 @@ RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "K
               "error": "FAILED"}
 PARENT_PARAMS = ("space", "backbones", "metric", "target_recall", "seed", "num_samples", "max_epochs", "image_size",
                  "trial_scheduler", "cpus_per_trial", "gpus_per_trial", "workers_per_trial", "max_concurrent",
-                 "val_fraction", "final", "final_members", "final_epochs", "recall_confidence", "time_budget")
+                 "val_fraction", "final", "final_members", "final_epochs", "threshold_rule", "recall_confidence", "time_budget")
 EPOCH_METRICS = ("lr", "time_this_iter_s")  # besides train_* and val_*
 
 

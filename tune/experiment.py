@@ -189,8 +189,8 @@ def _final_stage(experiment: RunSettings, best: dict, trials: pd.DataFrame, data
         if epochs < planned:
             print(f"time budget: {budget.left():.0f} s left: the final members train {epochs} epoch(s) instead of the "
                   f"best config's {planned} (what fits; --final-epochs sets them)", flush=True)
-    final = FinalSettings(experiment.final_members, epochs, experiment.recall_confidence, experiment.seed,
-                          kind=experiment.final, inner_fraction=experiment.val_fraction,
+    final = FinalSettings(members=experiment.final_members, epochs=epochs, recall_confidence=experiment.recall_confidence,
+                          seed=experiment.seed, kind=experiment.final, inner_fraction=experiment.val_fraction,
                           threshold_rule=experiment.threshold_rule)
     metrics = run_final_stage(best, trials, data, data_ref, weight_refs, settings, final, paths)
     _print_final(metrics)

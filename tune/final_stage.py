@@ -35,10 +35,10 @@ class FinalSettings:
     members: int = 3  # K ensemble members (folds: K folds)
     epochs: int | None = None  # None: the best config's own epochs
     recall_confidence: float | None = None  # of the exact and bootstrap rules; None: cxr.evaluation's default
-    threshold_rule: str = DEFAULT_THRESHOLD_RULE
     seed: int = 0
     kind: str = "seeds"  # or "folds" (tune.settings.FINAL_KINDS)
     inner_fraction: float = 0.2  # folds: share of a member's training patients held out to choose its epoch
+    threshold_rule: str = DEFAULT_THRESHOLD_RULE
 
 
 def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, weight_refs: dict,

@@ -1,6 +1,6 @@
 """python -m cxr.predict: a mixed folder with a corrupt file, DICOM included; Grad-CAM overlays keep the aspect; and
-end to end, a search on a CSV manifest of DICOM films from driver-side weights (one of its trials failing on every
-attempt) whose test predictions cxr.predict repeats exactly."""
+end to end, a search on a CSV manifest of DICOM films from driver-side weights whose test predictions cxr.predict
+repeats exactly."""
 
 from __future__ import annotations
 
@@ -116,40 +116,24 @@ def test_bad_arguments_exit_2(tmp_path, run_module):
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 
 
-# The first baseline draws a model only this driver knows (registered when the space file is imported): on the Ray
-# workers it does not exist, so that trial fails on every attempt; the other trains from the driver's frozen weights.
-FROZEN_PRETRAINED_SPACE_WITH_A_FAILING_BASELINE = """
-import timm
-from timm.models import register_model
-
-@register_model
-def cxr_fault_net(pretrained=False, **kwargs):
-    return timm.create_model('test_efficientnet', **kwargs)
-
-BASELINES = [{'backbone': 'cxr_fault_net', 'lr': 0.003}, {'backbone': 'test_efficientnet', 'lr': 0.003}]
-
+FROZEN_PRETRAINED_SPACE = """
 def space(trial):
-    trial.suggest_categorical('backbone', ['cxr_fault_net', 'test_efficientnet'])
     trial.suggest_float('lr', 1e-3, 1e-2, log=True)
-    return {'pretrained': True, 'unfrozen_blocks': 0, 'image_size': 32, 'epochs': 1}
+    return {'backbone': 'test_efficientnet', 'pretrained': True, 'unfrozen_blocks': 0, 'image_size': 32, 'epochs': 1}
 """
 
 
 @pytest.mark.slow
 def test_data_parallel_search_on_a_dicom_manifest_from_driver_weights_and_predictions_that_match(
         tmp_path, demo, run_cli, write_dicom):
-    """One run covers five paths: a CSV manifest without patient or split columns, films that are 16-bit
+    """One run covers four paths: a CSV manifest without patient or split columns, films that are 16-bit
     MONOCHROME1 DICOM, --weights-dir read once by the driver (trials start from exactly those weights: the frozen
-    stem is unchanged in the shipped model), a 2-process data-parallel trial (Ray Train, gloo) that reports what
-    a single-process trial of the demo reports, and a trial that fails on every attempt (an error row, a FAIL in the
-    journal, the search goes on). cxr.predict on the test films then equals the final stage."""
-    import optuna
+    stem is unchanged in the shipped model) and a 2-process data-parallel trial (Ray Train, gloo) that reports what
+    a single-process trial of the demo reports. cxr.predict on the test films then equals the final stage."""
     import timm
     from safetensors.torch import load_file, save_file
 
     from cxr.synthetic import make_synthetic
-    from tune.results import load
-    from tune.search import open_study_storage
 
     source = make_synthetic(tmp_path / "jpeg", n_patients=60, size=48)
     rows = []
@@ -163,12 +147,11 @@ def test_data_parallel_search_on_a_dicom_manifest_from_driver_weights_and_predic
     weights.mkdir()
     torch.manual_seed(123)
     reference = timm.create_model("test_efficientnet").state_dict()
-    for backbone in ("test_efficientnet", "cxr_fault_net"):  # the driver reads both; no worker can build the second
-        save_file(reference, str(weights / f"{backbone}.safetensors"))
-    (tmp_path / "frozen.py").write_text(FROZEN_PRETRAINED_SPACE_WITH_A_FAILING_BASELINE)
+    save_file(reference, str(weights / "test_efficientnet.safetensors"))
+    (tmp_path / "frozen.py").write_text(FROZEN_PRETRAINED_SPACE)
 
     proc = run_cli("--data-dir", str(tmp_path / "films.csv"), "--space", str(tmp_path / "frozen.py"), "--weights-dir",
-                   str(weights), "--num-samples", "2", "--trial-scheduler", "fifo", "--final-members", "1",
+                   str(weights), "--num-samples", "1", "--trial-scheduler", "fifo", "--final-members", "1",
                    "--workers-per-trial", "2", "--cpus-per-trial", "0.5",
                    "--results-dir", str(tmp_path / "r"), "--name", "dcm")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -176,15 +159,7 @@ def test_data_parallel_search_on_a_dicom_manifest_from_driver_weights_and_predic
     folder = tmp_path / "r" / "dcm"
     splits = pd.read_parquet(folder / "splits.parquet")
     assert set(splits["split"]) == {"train", "val", "test"} and len(splits) == len(rows)
-    results = load(folder)
-    failing = results.trials["backbone"] == "cxr_fault_net"
-    failed, trained = results.trials[failing], results.trials[~failing]
-    assert len(failed) == 1 and (failed["status"] == "error").all() and failed["error"].str.contains("InputError").all(), failed["error"].tolist()
-    study = optuna.load_study(study_name="dcm", storage=open_study_storage(folder / "optuna.journal"))
-    assert [t.state.name for t in study.trials].count("FAIL") == len(failed)
-    assert results.best["config"]["backbone"] == "test_efficientnet"
-    [trial] = trained.to_dict("records")
-    epochs = results.epochs[results.epochs["trial_id"] == trial["trial_id"]]
+    trial, epochs = pd.read_parquet(folder / "trials.parquet").iloc[0], pd.read_parquet(folder / "epochs.parquet")
     assert (trial["status"], trial["epochs_run"]) == ("completed", 1) and list(epochs["epoch"]) == [1]
     single = pd.read_parquet(demo.folder / "epochs.parquet")
     metric_columns = sorted(c for c in single.columns if c.startswith(("val_", "train_")) or c in ("epoch", "lr", "best_epoch"))

@@ -33,3 +33,7 @@ def test_the_search_plan_holds_the_cap_the_slots_the_sampler_and_asha_s_rungs():
     assert plan["sampler"]["multivariate"] is True and plan["sampler"]["constant_liar"] is True
     assert plan["trial_scheduler"]["rungs"] == [1, 3, 9] and plan["trial_scheduler"]["reduction_factor"] == 3
     assert search_plan(dataclasses.replace(SETTINGS, trial_scheduler="fifo"), slots=8)["trial_scheduler"]["rungs"] == []
+    # --time-budget: --num-samples is only a bound (1000), the searcher caps at a quarter of the trials that fit at
+    # once; the plan says the cap the searcher applies
+    budgeted = dataclasses.replace(SETTINGS, num_samples=1000, trials_at_once=64)
+    assert search_plan(budgeted, slots=64)["startup_cap"] == search.startup_cap(search.planned_trials(budgeted)) == 16

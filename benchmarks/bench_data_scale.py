@@ -44,7 +44,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -56,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from common import OUT, REPO, print_markdown
+from common import OUT, REPO, machine, print_markdown
 from cpuload import ForeignLoad, wait_for_quiet
 
 STAGES = {  # name: what the stage measures (the product's own calls)
@@ -620,15 +619,6 @@ def prepare(args, steps: list[tuple[int, str]]) -> dict[int, float]:
         c.write(site=n in network, predict_cap=args.predict_cap)
         seconds[n] = time.perf_counter() - start
     return seconds
-
-
-def machine() -> str:
-    from importlib.metadata import version
-
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    libraries = ", ".join(f"{name} {version(name)}" for name in ("torch", "ray", "numpy", "pandas", "pillow"))
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, {memory:.0f} GiB, Python {platform.python_version()}, "
-            f"{libraries}; load average at the end {os.getloadavg()[0]:.2f}")
 
 
 def _number(value: float, digits: int = 1) -> str:

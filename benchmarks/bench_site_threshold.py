@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_DATA, DEFAULT_WEIGHTS, OUT, cache_dir, patient_subset, print_markdown
+from common import DEFAULT_DATA, DEFAULT_WEIGHTS, OUT, cache_dir, machine, patient_subset, print_markdown
 
 FOLDER = OUT / "site-threshold"
 RULES = ("exact", "bootstrap", "point")
@@ -248,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(runs)
         runs.to_parquet(args.folder / "sets.parquet", index=False)
         summary.to_csv(args.folder / "coverage.csv", index=False)
-        from bench_data_scale import machine
 
         print(f"\nmachine: {machine()}; torch on 1 thread; {time.perf_counter() - started:.0f} s in all, "
               f"{time.perf_counter() - fitting:.0f} s of it fitting the rules ({n_boot} bootstrap resamples); "

@@ -1,5 +1,5 @@
 """What the benchmarks share: where the repository, its outputs and the shared data and weights are, the decode
-cache, a patient-grouped share of a data set, and the markdown table they print.
+cache, a patient-grouped share of a data set, the machine line and the markdown table they print.
 
 A script imports it as `from common import ...`, as it imports cpuload: benchmarks/ is sys.path[0] when it runs as
 `python benchmarks/<script>.py`, and pytest puts benchmarks/ on the path as well (pyproject.toml), so a test can import
@@ -9,6 +9,7 @@ a script as `benchmarks.<script>`.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 from pathlib import Path
 
@@ -65,3 +66,13 @@ def print_markdown(rows: list[dict]) -> None:
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for row in rows:
         print("| " + " | ".join(str(row.get(key, "")) for key in keys) + " |")
+
+
+def machine() -> str:
+    """The machine line a benchmark prints beside its table."""
+    from importlib.metadata import version
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    libraries = ", ".join(f"{name} {version(name)}" for name in ("torch", "ray", "numpy", "pandas", "pillow"))
+    return (f"{platform.machine()}, {os.cpu_count()} CPUs, {memory:.0f} GiB, Python {platform.python_version()}, "
+            f"{libraries}; load average at the end {os.getloadavg()[0]:.2f}")

@@ -7,12 +7,12 @@ model). Each trial is a stand-in (train_fn=standin_trial) that reports a learnin
 synthetic response surface of the config (a few milliseconds per epoch, a checkpoint per epoch as the real
 trainable writes, no torch). The bare arms run ray.tune.Tuner on the same stand-in with random search and no
 journal, under the same ASHA (and FIFO, for reference), with the same resources and process reuse. Every (arm, size)
-runs in its own subprocess, so its peak RSS is its own; all arms of one invocation run on the same machine, back
-to back. Its other questions: how many trials start before TPE can steer, with and without the start-up cap
+runs in its own subprocess, so its peak RSS is its own (--smoke: both arms in one); all arms of one invocation run on
+the same machine, back to back. Its other questions: how many trials start before TPE can steer, with and without the start-up cap
 (--startup, on Ray; --simulate, an event simulation), and what the searcher snapshot costs (--snapshot).
 
     python benchmarks/bench_scale.py --sizes 100 1000      # the table in BENCHMARKS.md
-    python benchmarks/bench_scale.py --smoke               # 21 trials, product and bare ASHA (a test runs it)
+    python benchmarks/bench_scale.py --smoke               # 21 trials, product and bare ASHA in one process (a test)
     python benchmarks/bench_scale.py --startup 8 32 64     # trials started before TPE steers, C trials at once
     python benchmarks/bench_scale.py --simulate 8 32 64    # the same question without Ray processes
     python benchmarks/bench_scale.py --snapshot 100 1000   # the searcher snapshot at N finished trials
@@ -89,13 +89,13 @@ def _random_space(epochs: int) -> dict:
             "batch_size": ray_tune.choice([16, 32, 64]), "augment": ray_tune.uniform(0.0, 1.0), "epochs": epochs}
 
 
-def run_arm(arm: str, trials: int, root: Path) -> dict:
-    """One arm in this process: the measurements as a dict."""
+def run_arms(arms: list[str], trials: int, root: Path) -> list[dict]:
+    """Arms in this process, one Ray start for all: the measurements as dicts."""
     import ray
 
     ray.init(address="local", num_cpus=CPUS, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
-        return _product(trials, root) if arm == "product" else _bare(arm, trials, root)
+        return [{"arm": arm, **(_product(trials, root) if arm == "product" else _bare(arm, trials, root))} for arm in arms]
     finally:
         ray.shutdown()
 
@@ -319,22 +319,23 @@ def _ray_style_save(searcher, path: str) -> None:
     Path(path).write_bytes(pickle.dumps({"trials": searcher.study.get_trials(deepcopy=False), "study": searcher.study}))
 
 
-def measure(arm: str, trials: int, out_dir: Path) -> dict:
-    """The arm in a subprocess of its own (its own peak RSS, its own Ray)."""
+def measure(arms: list[str], trials: int, out_dir: Path) -> list[dict]:
+    """The arms in a subprocess of their own (one arm: its own peak RSS, its own Ray)."""
     with tempfile.TemporaryDirectory(dir=out_dir) as root:
         out = Path(root) / "result.json"
-        log = out_dir / f"{arm}-{trials}.log"
+        log = out_dir / f"{'+'.join(arms)}-{trials}.log"
         with log.open("w") as sink:
-            subprocess.run([sys.executable, __file__, "--arm", arm, "--trials", str(trials), "--root", root],
+            subprocess.run([sys.executable, __file__, "--arm", *arms, "--trials", str(trials), "--root", root],
                            cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, check=True,
                            env={**os.environ, "RAY_AIR_NEW_OUTPUT": "0", "PYTHONPATH": str(REPO)})
-        result = json.loads(out.read_text())
-        if "report" in result:  # keep the report (a screenshot of it is the readability check)
-            kept = out_dir / f"report-{trials}"
-            shutil.rmtree(kept, ignore_errors=True)
-            Path(result["report"]).parent.rename(kept)
-            result["report"] = str(kept / "report.html")
-        return result
+        results = json.loads(out.read_text())
+        for result in results:
+            if "report" in result:  # keep the report (a screenshot of it is the readability check)
+                kept = out_dir / f"report-{trials}"
+                shutil.rmtree(kept, ignore_errors=True)
+                Path(result["report"]).parent.rename(kept)
+                result["report"] = str(kept / "report.html")
+        return results
 
 
 def print_table(results: list[dict]) -> None:
@@ -363,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    p.add_argument("--smoke", action="store_true", help=f"{SMOKE_TRIALS} trials, product and bare ASHA")
+    p.add_argument("--smoke", action="store_true", help=f"{SMOKE_TRIALS} trials, product and bare ASHA in one process "
+                   "(the second arm's peak RSS is the larger of the two)")
     p.add_argument("--startup", type=int, nargs="+", metavar="C",
                    help="instead: how many trials start before TPE steers with C trials at once (e.g. 8 32 64)")
     p.add_argument("--simulate", type=int, nargs="+", metavar="C",
@@ -372,17 +374,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshot", type=int, nargs="+", metavar="N",
                    help="instead: time the searcher snapshot at N finished trials, product vs Ray's own")
     p.add_argument("--out", default=str(SCALE_OUT), help="folder for the logs, results.json and the kept reports")
-    p.add_argument("--arm", choices=(*ARMS, "startup", "startup-ungated"), help=argparse.SUPPRESS)  # one arm in this process (measure() runs it)
+    p.add_argument("--arm", nargs="+", choices=(*ARMS, "startup", "startup-ungated"), help=argparse.SUPPRESS)  # arms in this process (measure() runs them)
     p.add_argument("--trials", type=int, help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.arm in ("startup", "startup-ungated"):
-        result = {"arm": args.arm, **startup(args.trials, Path(args.root), gated=args.arm == "startup")}
-        Path(args.root, "result.json").write_text(json.dumps(result))
+    if args.arm and args.arm[0].startswith("startup"):
+        results = [{"arm": arm, **startup(args.trials, Path(args.root), gated=arm == "startup")} for arm in args.arm]
+        Path(args.root, "result.json").write_text(json.dumps(results))
         return 0
     if args.arm:
-        result = {"arm": args.arm, **run_arm(args.arm, args.trials, Path(args.root))}
-        Path(args.root, "result.json").write_text(json.dumps(result))
+        Path(args.root, "result.json").write_text(json.dumps(run_arms(args.arm, args.trials, Path(args.root))))
         return 0
     out = Path(args.out).resolve()  # Ray wants an absolute storage path
     out.mkdir(parents=True, exist_ok=True)
@@ -410,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for c in args.startup:  # each needs c worker processes at once
             for arm in ("startup-ungated", "startup"):
-                rows.append(measure(arm, c, out))
+                rows += measure([arm], c, out)
                 (out / "startup.json").write_text(json.dumps(rows, indent=1))
         print("\n| trials at once | trials | start-up cap | started before TPE could steer | wall s | best | top-5 mean |"
               "\n|---|---|---|---|---|---|---|")
@@ -419,11 +420,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {r['concurrency']} | {r['trials']} | {cap} | {r['random_before_tpe']} | {r['wall_s']:.0f} | "
                   f"{r['best']:.3f} | {r['top5_mean']:.3f} |")
         return 0
-    sizes, arms = ([SMOKE_TRIALS], ["product", "bare-asha"]) if args.smoke else (args.sizes, args.arms)
+    # the smoke checks the plumbing: both arms in one process (one Python and Ray start-up instead of two)
+    sizes, groups = ([SMOKE_TRIALS], [["product", "bare-asha"]]) if args.smoke else (args.sizes, [[a] for a in args.arms])
     results = []
     for n in sizes:
-        for arm in arms:
-            results.append(measure(arm, n, out))
+        for arms in groups:
+            results += measure(arms, n, out)
             (out / "results.json").write_text(json.dumps(results, indent=1))  # a stopped run keeps what it measured
     print_table(results)
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -1,17 +1,20 @@
 """How close to its --time-budget does a whole `python -m tune.run` command end, and where did the budget go?
 
     python benchmarks/bench_time_budget.py --repeats 3                       # the demo: 75 s, --num-samples 50
+    python benchmarks/bench_time_budget.py --repeats 3 --conditions quiet busy  # also with one core kept busy
     python benchmarks/bench_time_budget.py --real ../shared/data/kermany224 --budget 30m -- --final-members 2 --final-epochs 2
 
 The real run: `--space cpu --backbones tf_efficientnet_lite0 --weights-dir ../shared/weights` on the given folder.
 Arguments after `--` go to tune.run as they are. Prints, per run, the wall time of the command and its ratio to the
-budget, the trials run and their states, and run.json's time_budget_spent (search, final stage, start-up, the final
-stage's estimate).
+budget, the trials run and their states, run.json's time_budget_spent (search, final stage, start-up, the final
+stage's estimate) and the cores other processes took meanwhile. Condition "busy" keeps one core busy with a spinning
+process for the whole command (another user of a shared machine); the rounds of the conditions interleave.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -19,17 +22,31 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_WEIGHTS, REPO, print_markdown
+from common import DEFAULT_WEIGHTS, REPO, machine, print_markdown
+from cpuload import ForeignLoad
+
+SPIN = "while True: pass"
 
 
-def run_once(args: list[str], work: Path, budget: str) -> dict:
+@contextlib.contextmanager
+def one_core_busy():
+    """A process spinning on one core while the block runs: yields its pid."""
+    spinner = subprocess.Popen([sys.executable, "-c", SPIN])
+    try:
+        yield spinner.pid
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def run_once(args: list[str], work: Path, budget: str, foreign: tuple[int, ...] = ()) -> dict:
     import pandas as pd
 
     from tune.budget import parse_duration
 
     command = [sys.executable, "-m", "tune.run", *args, "--time-budget", budget, "--results-dir", str(work), "--name", "b"]
     started = time.monotonic()
-    with open(work / "run.log", "w") as log:
+    with open(work / "run.log", "w") as log, ForeignLoad(foreign) as others:
         code = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
     wall = time.monotonic() - started
     if code != 0:
@@ -40,7 +57,7 @@ def run_once(args: list[str], work: Path, budget: str) -> dict:
             "trials": len(trials), "states": ", ".join(f"{k} {v}" for k, v in trials["status"].value_counts().items()),
             "search s": spent["search_s"], "final stage s": spent["final_stage_s"],
             "final estimate s": spent.get("final_estimate_s"), "start-up s": spent["other_s"],
-            "final model": (work / "b" / "final" / "model.json").is_file()}
+            "final model": (work / "b" / "final" / "model.json").is_file(), "other processes' cores": round(others.cores, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--budget", default="75s")
     p.add_argument("--real", metavar="DATA_DIR", help="the real-data run on this folder instead of the demo")
+    p.add_argument("--conditions", nargs="+", choices=("quiet", "busy"), default=["quiet"],
+                   help="busy: one core kept busy by a spinning process during each run")
     args = p.parse_args(argv)
     if args.real:
         base = ["--space", "cpu", "--backbones", "tf_efficientnet_lite0", "--weights-dir", str(DEFAULT_WEIGHTS),
@@ -59,10 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         base = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "50"]
     rows = []
     for _ in range(args.repeats):
-        with tempfile.TemporaryDirectory(prefix="bench-budget-") as work:
-            cache = [] if args.real else ["--cache-dir", str(Path(work) / "cache")]  # real films: the usual cache
-            rows.append(run_once([*base, *extra, *cache], Path(work), args.budget))
+        for condition in args.conditions:
+            with tempfile.TemporaryDirectory(prefix="bench-budget-") as work, \
+                    one_core_busy() if condition == "busy" else contextlib.nullcontext() as spinner:
+                cache = [] if args.real else ["--cache-dir", str(Path(work) / "cache")]  # real films: the usual cache
+                foreign = (spinner,) if spinner else ()
+                rows.append({"condition": condition, **run_once([*base, *extra, *cache], Path(work), args.budget, foreign)})
+            print(rows[-1], flush=True)
     print_markdown(rows)
+    print(f"\nmachine: {machine()}")
     return 0
 
 

@@ -15,7 +15,8 @@ class ForeignLoad:
 
     TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-    def __init__(self):
+    def __init__(self, foreign: tuple[int, ...] = ()):
+        self.foreign = set(foreign)  # pids of our children that stand in for other users (their CPU counts as theirs)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.cores = float("nan")
@@ -58,7 +59,8 @@ class ForeignLoad:
         tree, frontier = {os.getpid()}, [os.getpid()]
         while frontier:
             parent = frontier.pop()
-            kids = [pid for pid, (ppid, _, _) in procs.items() if ppid == parent and pid not in tree]
+            kids = [pid for pid, (ppid, _, _) in procs.items()
+                    if ppid == parent and pid not in tree and pid not in self.foreign]
             tree.update(kids)
             frontier += kids
         for pid in tree:

@@ -30,13 +30,13 @@ def test_trials_stop_starting_when_what_is_left_is_what_the_final_stage_needs():
     clock = FakeClock()
     budget = Budget(total_s=600, final_members=3, final_epochs=4, member_slots=2, clock=clock)
     assert budget.final_estimate() is None and not budget.decide_no_more_trials()  # nothing measured: go on
-    for seconds in (10, 10, 10, 12, 30):  # epochs measured so far: the 90th percentile plans the rest
+    for seconds in (10, 10, 10, 12, 30):  # epochs measured so far: the members at the median, one more at the p90
         budget.note_epoch(seconds)
-    epoch = budget.epoch_estimate()
-    assert 12 < epoch <= 30
-    final = 2 * (MEMBER_START_S + 4 * epoch) + 3 * SCORING_EPOCHS * epoch + FINISH_S  # 3 members, 2 at once: 2 waves
+    epoch, bound = budget.epoch_estimate(), budget.next_epoch_bound()
+    assert epoch == 10 and 12 < bound <= 30
+    final = MEMBER_START_S + 2 * 4 * epoch + 3 * SCORING_EPOCHS * epoch + FINISH_S  # 3 members, 2 at once: 2 waves
     assert budget.final_estimate() == pytest.approx(final)
-    clock.now += 600 - final - MEMBER_START_S - epoch - 1  # a new trial's first epoch still fits
+    clock.now += 600 - final - MEMBER_START_S - bound - 1  # a new trial's first epoch still fits
     assert not budget.decide_no_more_trials() and budget.decision is None
     assert not budget.decide_stop("a")  # in flight: one more epoch fits too
     clock.now += 2
@@ -48,6 +48,19 @@ def test_trials_stop_starting_when_what_is_left_is_what_the_final_stage_needs():
     assert budget.decide_stop("a") and budget.stopped == {"a"}
     clock.now -= 10_000
     assert budget.decide_no_more_trials()  # once decided, it stays decided
+
+
+def test_the_first_wave_starts_processes_as_long_as_the_search_s_first_trial_waited_for_its_first_epoch():
+    clock = FakeClock()
+    budget = Budget(total_s=600, final_members=3, final_epochs=2, member_slots=1, clock=clock)
+    clock.now += 30  # imports, data, Ray
+    budget.note_search_start()
+    clock.now += 12 + 10  # the first trial's process start, then its first epoch of 10 s
+    budget.note_epoch(10)
+    clock.now += 50
+    budget.note_epoch(10)  # later epochs measure nothing more
+    assert budget.start_up_s == pytest.approx(12)
+    assert budget.final_estimate() == pytest.approx(12 + 3 * 2 * 10 + 3 * SCORING_EPOCHS * 10 + FINISH_S)  # 3 waves, one start
 
 
 def test_a_resumed_session_continues_with_what_is_left_and_extend_gets_a_budget_of_its_own(tmp_path):
@@ -69,8 +82,8 @@ def test_when_the_final_stage_does_not_fit_its_members_get_the_epochs_that_do():
     budget = Budget(total_s=100, final_members=1, final_epochs=4, member_slots=1, clock=clock)
     assert budget.epochs_that_fit(4) == 4  # nothing measured: as planned
     budget.note_epoch(10)
-    assert budget.epochs_that_fit(4) == 4  # 5 + 40 + 2.5 + 15 s fit in 100
-    clock.now += 50
-    assert budget.epochs_that_fit(4) == 2  # 50 s left: 5 + 20 + 2.5 + 15
-    clock.now += 40
+    assert budget.epochs_that_fit(4) == 4  # 5 + 40 + 2.5 + 5 s fit in 100
+    clock.now += 60
+    assert budget.epochs_that_fit(4) == 2  # 40 s left: 5 + 20 + 2.5 + 5
+    clock.now += 30
     assert budget.epochs_that_fit(4) == 1  # nothing fits: one epoch, never none

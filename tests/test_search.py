@@ -211,10 +211,10 @@ def test_a_trial_in_flight_when_the_budget_decides_stops_at_its_next_epoch_and_s
         searcher.on_trial_result(trial_id, result)
         return stopper(trial_id, result)
 
-    assert not epoch("a", 1, 0.6, 10) and not epoch("b", 1, 0.5, 11)  # 89 s left: the final stage needs 32.5 s
+    assert not epoch("a", 1, 0.6, 10) and not epoch("b", 1, 0.5, 11)  # 89 s left: the final stage needs 22.5 s
     assert searcher.suggest("c") is not None
-    # 40 s left <= 32.5 s + a new trial's start and epoch: no new trials; one more epoch of "a" no longer fits
-    assert epoch("a", 2, 0.4, 60) and budget.stopped == {"a"}
+    # 30 s left <= 22.5 s + a new trial's start and epoch: no new trials; one more epoch of "a" no longer fits
+    assert epoch("a", 2, 0.4, 70) and budget.stopped == {"a"}
     assert searcher.suggest("d") is Searcher.FINISHED
     searcher.on_trial_complete("a", {"val_spec_at_recall": 0.4, "epoch": 2, "config/epochs": 3})
     study = optuna.load_study(study_name="x", storage=search.open_study_storage(tmp_path / "optuna.journal"))

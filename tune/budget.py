@@ -2,7 +2,8 @@
 
 The whole command aims to end within the budget. The search stops starting trials once the time left is what the
 rest needs: the final stage (K members of E epochs, in waves of the slots free for them, at the epoch time measured
-so far, plus a member's start-up) and the fixed finish (tables, assembly, report). A trial in flight stops at the first
+so far, plus the start-up of the first wave's processes, measured on the search's first trial) and the fixed finish
+(the report, Ray's shutdown). A trial in flight stops at the first
 epoch boundary after which one more epoch would no longer fit; it is "budget"-stopped, its best epoch counts.
 
 One Budget per session, made and opened by the experiment and handed to what needs it (the searcher's gate, the
@@ -21,9 +22,9 @@ from pathlib import Path
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # calibrated on the demo (BENCHMARKS.md, time budget): the rest of a run beyond its members' epochs
-MEMBER_START_S = 5.0  # a final member's process start and data fetch
-SCORING_EPOCHS = 0.25  # each member scores val and test, mirrored: about a quarter of a training epoch's work
-FINISH_S = 15.0  # calibration, bootstrap intervals, tables, the report, Ray's shutdown
+MEMBER_START_S = 5.0  # a process start and data fetch, until the search's first trial has measured one
+SCORING_EPOCHS = 0.25  # each member scores val and test, mirrored, then calibration, intervals and tables
+FINISH_S = 5.0  # the report and Ray's shutdown
 MAX_TRIALS = 1000  # --num-samples when a budget is given without it ("as many as fit")
 
 
@@ -50,11 +51,14 @@ class Budget:
     clock: callable = time.monotonic
     started: float = field(default=None)
     epoch_s: list[float] = field(default_factory=list)
+    search_started_s: float | None = None  # spent() when this session's search started
+    start_up_s: float | None = None  # the first trial's wait for its first epoch, less the epoch: a process start
     stopped: set[str] = field(default_factory=set)  # trials stopped by the budget
     decision: dict | None = None  # when and why the search stopped starting trials
     path: Path | None = None  # budget.json of the experiment (what --resume continues from)
     spending: dict = field(default_factory=dict)  # search_s, final_stage_s, ... of the sessions so far
     _p90: float | None = field(default=None, repr=False)
+    _median: float | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.started is None:
@@ -66,34 +70,46 @@ class Budget:
     def left(self) -> float:
         return self.total_s - self.spent()
 
+    def note_search_start(self) -> None:
+        self.search_started_s = self.spent()
+
     def note_epoch(self, seconds: float) -> None:
         """Every epoch of every trial (the stopper's hot path): the planning estimate is updated here, once."""
         if seconds and seconds > 0:
+            if self.start_up_s is None and self.search_started_s is not None:
+                self.start_up_s = max(0.0, self.spent() - self.search_started_s - seconds)
             self.epoch_s.append(float(seconds))
             many = len(self.epoch_s) >= 2
             self._p90 = statistics.quantiles(self.epoch_s, n=10, method="inclusive")[-1] if many else self.epoch_s[0]
+            self._median = statistics.median(self.epoch_s)
 
     def epoch_estimate(self) -> float | None:
-        """The epoch time the rest is planned with: the 90th percentile of the epochs measured so far."""
+        """The members' epoch time the final stage is planned with: the median of the epochs measured so far (the
+        members train one config; the search's slowest configs would overstate it)."""
+        return self._median
+
+    def next_epoch_bound(self) -> float | None:
+        """What one more epoch of some trial may take: the 90th percentile of the epochs measured so far."""
         return self._p90
 
     def final_estimate(self, epochs: int | None = None, epoch: float | None = None) -> float | None:
         """The final stage's seconds with `epochs` per member (default: the planned ones) of `epoch` seconds
-        (default: the planning estimate)."""
+        (default: the planning estimate). Only the first wave starts processes: later waves reuse them (Ray keeps a
+        finished task's worker for the next task)."""
         epoch = epoch or self.epoch_estimate()
         if epoch is None:
             return None
         waves = math.ceil(self.final_members / max(1, self.member_slots))
         per_member = self.final_epochs if epochs is None else epochs
-        return waves * (MEMBER_START_S + per_member * epoch) + self.final_members * SCORING_EPOCHS * epoch + FINISH_S
+        start = MEMBER_START_S if self.start_up_s is None else self.start_up_s
+        return start + waves * per_member * epoch + self.final_members * SCORING_EPOCHS * epoch + FINISH_S
 
     def epochs_that_fit(self, planned: int) -> int:
         """When the search is over: the most epochs per member (at most planned, at least 1) whose final stage fits in
-        the time left at the median epoch time (the planning estimate is the pessimistic 90th percentile)."""
+        the time left."""
         if not self.epoch_s:
             return planned
-        epoch = statistics.median(self.epoch_s)
-        return next((e for e in range(planned, 0, -1) if self.final_estimate(e, epoch) <= self.left()), 1)
+        return next((e for e in range(planned, 0, -1) if self.final_estimate(e) <= self.left()), 1)
 
     def starts_trials(self) -> bool:
         """Whether trials may still start (no decision yet). A question: nothing changes."""
@@ -107,21 +123,20 @@ class Budget:
         epoch included); True from that decision on."""
         if self.decision is not None:
             return True
-        final, epoch = self.final_estimate(), self.epoch_estimate()
-        left = self.left()
+        final, left = self.final_estimate(), self.left()
         if final is None:
             return left <= 0
-        if left > final + MEMBER_START_S + epoch:
+        if left > final + MEMBER_START_S + self.next_epoch_bound():
             return False
         self.decision = {"at_s": round(self.spent(), 1), "left_s": round(left, 1), "final_estimate_s": round(final, 1),
-                         "epoch_estimate_s": round(epoch, 2), "epochs_measured": len(self.epoch_s)}
+                         "epoch_estimate_s": round(self.epoch_estimate(), 2), "epochs_measured": len(self.epoch_s)}
         return True
 
     def decide_stop(self, trial_id: str) -> bool:
         """At an epoch boundary: stop this trial (recorded in stopped) when one more epoch would eat into the rest's
         time; True when it is stopped."""
-        final, epoch = self.final_estimate(), self.epoch_estimate()
-        if final is None or self.left() > final + epoch:
+        final = self.final_estimate()
+        if final is None or self.left() > final + self.next_epoch_bound():
             return False
         self.stopped.add(trial_id)
         return True

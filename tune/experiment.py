@@ -57,7 +57,8 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
             tracker = tracking.start_parent(tracker, paths, read_json(paths.run))
         data_ref, weight_refs = cluster.share(data), cluster.share_weights(weights)
         callbacks = (tracking.TrialRunsCallback(tracker, budget),) if tracker else ()
-        search_started = budget.spent() if budget else 0.0
+        if budget:
+            budget.note_search_start()
         records = _search(settings, paths, space, checked, data_ref, weight_refs, resume=resume, extend=extend,
                           callbacks=callbacks, budget=budget)
         search_ended = budget.spent() if budget else 0.0
@@ -78,7 +79,7 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
         else:
             _final_stage(experiment, best, trials, data, data_ref, weight_refs, settings, paths, budget)
         if budget:
-            _account(budget, paths, search_ended - search_started, search_ended)
+            _account(budget, paths, search_ended)
         report = write_report(paths.root)
         print(f"report: {report}")
         if tracker:
@@ -118,10 +119,10 @@ def _trials_at_once(experiment: RunSettings, budget: budget_module.Budget | None
     return min(budget.member_slots, experiment.max_concurrent or budget.member_slots)
 
 
-def _account(budget: budget_module.Budget, paths: ExperimentPaths, search_s: float, search_ended: float) -> None:
+def _account(budget: budget_module.Budget, paths: ExperimentPaths, search_ended: float) -> None:
     """How the budget was spent (added up over --resume sessions), into budget.json and run.json before the report."""
     spending, rest = budget.spending, budget.spent() - search_ended
-    spending["search_s"] = round(spending.get("search_s", 0.0) + search_s, 1)
+    spending["search_s"] = round(spending.get("search_s", 0.0) + search_ended - budget.search_started_s, 1)
     spending["final_stage_s"] = round(spending.get("final_stage_s", 0.0) + rest, 1)  # members, assembly, tables
     spending["total_s"] = round(budget.spent(), 1)
     spending["other_s"] = round(spending["total_s"] - spending["search_s"] - spending["final_stage_s"], 1)

@@ -19,7 +19,7 @@ as the product calls it and prints one JSON row: wall time, peak RSS (ru_maxrss,
 its worker processes (pool workers: VmHWM sampled from /proc; the Ray trial task: measured in the task against its
 own baseline) and the CPU other users of the machine took meanwhile. A process runs under an address-space limit
 (--memory-limit-gib; not the Ray hand-off, whose object store is mapped): an allocation above it is a MemoryError
-row (stage failed: MemoryError), and the run goes on. --smoke runs a size's stages in one process (its numbers
+row (stage failed: MemoryError), and the run goes on. --smoke runs every stage at both sizes in one process (its numbers
 check the plumbing; they are not the stages' costs). epoch and scoring run torch on one thread, as a trial or final
 member does (Ray sets OMP_NUM_THREADS to --cpus-per-trial, 1 by default); recalibrate and predict on torch's default,
 as their CLIs do.
@@ -575,18 +575,19 @@ def run_stages_here(args) -> int:
     if "handoff" not in args.stage and args.memory_limit_gib:
         limit = int(args.memory_limit_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    for stage in args.stage:
-        print(ROW + json.dumps(measure(stage, Collection(args.work, args.films)), default=float), flush=True)
+    for films in args.films:
+        for stage in args.stage:
+            print(ROW + json.dumps(measure(stage, Collection(args.work, films)), default=float), flush=True)
     return 0
 
 
 # --- the parent: collections, one process per stage, the tables ------------------------------------------------------
 
-def run_stages(stages: list[str], films: int, args) -> list[dict]:
-    """Stages in one fresh Python process (the full run: one stage each; --smoke: a size's stages together); a
+def run_stages(stages: list[str], films: list[int], args) -> list[dict]:
+    """Stages at sizes in one fresh Python process (the full run: one stage at one size; --smoke: all of them); a
     stage whose row never came (the process was killed, ran out of memory or time) is a row with the reason."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--stage", ",".join(stages), "--films", str(films),
-               "--work", str(args.work), "--memory-limit-gib", str(args.memory_limit_gib)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--stage", ",".join(stages),
+               "--films", ",".join(map(str, films)), "--work", str(args.work), "--memory-limit-gib", str(args.memory_limit_gib)]
     start = time.perf_counter()
     try:
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=args.stage_timeout)
@@ -595,7 +596,8 @@ def run_stages(stages: list[str], films: int, args) -> list[dict]:
         stdout, reason = exc.stdout.decode() if exc.stdout else "", f"timed out after {args.stage_timeout:.0f} s"
     process_s = time.perf_counter() - start  # the process: start-up, imports, inputs, the stage, its outputs
     rows = [json.loads(line[len(ROW):]) for line in stdout.splitlines() if line.startswith(ROW)]
-    rows += [{"stage": s, "films": films, "wall_s": math.nan, "error": reason} for s in stages[len(rows):]]
+    wanted = [(n, s) for n in films for s in stages]
+    rows += [{"stage": s, "films": n, "wall_s": math.nan, "error": reason} for n, s in wanted[len(rows):]]
     return [row | {"process_s": process_s} for row in rows]
 
 
@@ -721,7 +723,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=60.0, help="seconds to wait at most, before each stage, "
                         "for other users to take under 0.3 of a core (--smoke: 0)")
     parser.add_argument("--stage", type=lambda v: v.split(","), help=argparse.SUPPRESS)  # stages, in this process
-    parser.add_argument("--films", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--films", type=lambda v: [int(n) for n in v.split(",")], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown:
@@ -750,17 +752,16 @@ def run_all(args) -> int:
     for n, seconds in prepare(args, steps).items():
         print(f"{n:,} films: manifests in {seconds:.1f} s", flush=True)
     rows = []
-    # the full run: a fresh process per stage; --smoke: one per size (imports once: it checks the plumbing, its
+    # the full run: a fresh process per stage; --smoke: one for all (imports once: it checks the plumbing, its
     # numbers are not the stages' costs)
-    groups = [(n, [s]) for n, s in steps] if not args.smoke else [
-        (n, [s for m, s in steps if m == n]) for n in sorted({n for n, _ in steps})]
+    groups = [([n], [s]) for n, s in steps] if not args.smoke else [(sorted({n for n, _ in steps}), list(args.stages))]
     # rounds interleaved, so a slow spell of the shared machine does not fall on one size only
     for repeat, (films, stages) in ((r, g) for r in range(args.repeats) for g in groups):
         if args.quiet_wait:
             wait_for_quiet(args.quiet_wait)  # the machine is shared: torch's threads stall behind other users' work
         for row in run_stages(stages, films, args):
             done = row.get("error") or f"{row['wall_s']:.2f} s (process {row['process_s']:.1f} s)"
-            print(f"{row['stage']} at {films:,} films: {done}", flush=True)
+            print(f"{row['stage']} at {row['films']:,} films: {done}", flush=True)
             rows.append(row | {"repeat": repeat})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_parquet(args.out, index=False)

@@ -6,7 +6,7 @@
 
 The real run: `--space cpu --backbones tf_efficientnet_lite0 --weights-dir ../shared/weights` on the given folder.
 Arguments after `--` go to tune.run as they are. Prints, per run, the wall time of the command and its ratio to the
-budget, the trials run and their states, run.json's time_budget_spent (search, final stage, start-up, the final
+budget, the trials run and their states, budget.json's spending (search, final stage, start-up, the final
 stage's estimate) and the cores other processes took meanwhile. Condition "busy" keeps one core busy with a spinning
 process for the whole command (another user of a shared machine); the rounds of the conditions interleave.
 """
@@ -51,7 +51,7 @@ def run_once(args: list[str], work: Path, budget: str, foreign: tuple[int, ...] 
     wall = time.monotonic() - started
     if code != 0:
         raise SystemExit(f"tune.run exited {code}: see {work / 'run.log'}")
-    spent = json.loads((work / "b" / "run.json").read_text())["time_budget_spent"]
+    spent = json.loads((work / "b" / "budget.json").read_text())["spending"]
     trials = pd.read_parquet(work / "b" / "trials.parquet")
     return {"budget s": parse_duration(budget), "wall s": round(wall, 1), "x budget": round(wall / parse_duration(budget), 3),
             "trials": len(trials), "states": ", ".join(f"{k} {v}" for k, v in trials["status"].value_counts().items()),

@@ -208,7 +208,7 @@ def test_extend_adds_trials_the_study_keeps_and_archives_the_previous_report_wit
     assert [t.number for t in study.trials] == list(range(n)) and all(t.state.is_finished() for t in study.trials)
     states = {t.number + 1: t.state.name for t in study.trials}
     stopped = after.trials[after.trials["status"] == "budget"]
-    spent = json.loads((folder / "run.json").read_text())["time_budget_spent"]
+    spent = json.loads((folder / "budget.json").read_text())["spending"]
     assert len(stopped) == spent["trials_stopped_by_budget"]
     assert all(states[i] == "COMPLETE" for i in stopped["trial_index"])  # stopped by the clock, not judged weak
     parts = spent["search_s"] + spent["final_stage_s"] + spent["other_s"]

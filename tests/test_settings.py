@@ -60,3 +60,28 @@ def test_an_existing_name_is_refused_and_resume_takes_the_saved_settings(tmp_pat
 def test_resume_and_extend_are_checked(tmp_path, resume, extend, words):
     with pytest.raises(InputError, match=words):
         _resolve(tmp_path, resume=resume, extend=extend)
+
+
+def test_the_search_and_final_settings_take_every_flag_they_share_with_the_run_from_it():
+    """fed_into is the one place RunSettings feeds the parts of a run: every field a part gets is a field of that
+    part, and each part's field either comes from a flag or is one the experiment derives (named here)."""
+    from tune.budget import Budget
+    from tune.final_stage import FinalSettings
+    from tune.search import SearchSettings
+    from tune.settings import RUN_PARAMETERS, fed_into
+
+    run = RunSettings(final_members=5, val_fraction=0.3, final="folds", seed=7, cpus_per_trial=0.5)
+    derived = {"search": {"max_epochs", "storage_path", "journal_path", "study_name", "local_cluster"},
+               "final": set(), "budget": {"total_s", "final_epochs", "member_slots"}}
+    for part, cls in (("search", SearchSettings), ("final", FinalSettings), ("budget", Budget)):
+        given = fed_into(part, run)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(given) <= set(fields), part
+        required = {n for n, f in fields.items() if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        assert required <= set(given) | derived[part], (part, required - set(given) - derived[part])
+    assert set(fed_into("final", run)) == {f.name for f in dataclasses.fields(FinalSettings)}  # all from flags
+    final = FinalSettings(**fed_into("final", run))
+    assert (final.n_members, final.inner_fraction, final.kind, final.seed) == (5, 0.3, "folds", 7)
+    assert fed_into("search", run)["cpus_per_trial"] == 0.5 and fed_into("budget", run) == {"final_members": 5}
+    assert "results_dir" not in RUN_PARAMETERS and {"final_members", "time_budget", "seed"} <= set(RUN_PARAMETERS)

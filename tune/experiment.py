@@ -21,7 +21,7 @@ from tune.loopback import requested_address
 from tune.final_stage import FinalSettings, run_final_stage
 from tune.report import write_report
 from tune.results import ExperimentPaths, build_tables, leaderboard, planned_epochs, write_table
-from tune.settings import SPENT_KEY, RunSettings
+from tune.settings import RunSettings, fed_into
 from tune.spaces import load_space, validate
 
 CONSOLE_LEADERBOARD_ROWS = 10
@@ -103,7 +103,7 @@ def _budget(experiment: RunSettings, paths: ExperimentPaths, max_epochs: int, st
     callback."""
     if not experiment.time_budget:
         return None
-    settings = dict(total_s=budget_module.parse_duration(experiment.time_budget), final_members=experiment.final_members,
+    settings = dict(**fed_into("budget", experiment), total_s=budget_module.parse_duration(experiment.time_budget),
                     final_epochs=experiment.final_epochs or max_epochs,
                     member_slots=cluster.trial_slots(experiment.cpus_per_trial, experiment.gpus_per_trial),
                     **({"started": started} if started is not None else {}))
@@ -120,7 +120,7 @@ def _trials_at_once(experiment: RunSettings, budget: budget_module.Budget | None
 
 
 def _account(budget: budget_module.Budget, paths: ExperimentPaths, search_ended: float) -> None:
-    """How the budget was spent (added up over --resume sessions), into budget.json and run.json before the report."""
+    """How the budget was spent (added up over --resume sessions), into budget.json before the report."""
     spending, rest = budget.spending, budget.spent() - search_ended
     spending["search_s"] = round(spending.get("search_s", 0.0) + search_ended - budget.search_started_s, 1)
     spending["final_stage_s"] = round(spending.get("final_stage_s", 0.0) + rest, 1)  # members, assembly, tables
@@ -132,7 +132,6 @@ def _account(budget: budget_module.Budget, paths: ExperimentPaths, search_ended:
         spending["final_estimate_error_s"] = round(rest - budget.decision["final_estimate_s"], 1)
     spending["trials_stopped_by_budget"] = len(budget.stopped)
     budget.save()
-    write_json(paths.run, read_json(paths.run) | {SPENT_KEY: spending})
     off = f", estimated {spending['final_estimate_s']:.0f} s" if "final_estimate_s" in spending else ""
     print(f"time budget: {spending['total_s']:.0f} s of {budget.total_s:.0f} s so far: search {spending['search_s']:.0f} s, "
           f"final stage {spending['final_stage_s']:.0f} s{off}, start-up {spending['other_s']:.0f} s", flush=True)
@@ -190,9 +189,7 @@ def _final_stage(experiment: RunSettings, best: dict, trials: pd.DataFrame, data
         if epochs < planned:
             print(f"time budget: {budget.left():.0f} s left: the final members train {epochs} epoch(s) instead of the "
                   f"best config's {planned} (what fits; --final-epochs sets them)", flush=True)
-    final = FinalSettings(members=experiment.final_members, epochs=epochs, recall_confidence=experiment.recall_confidence,
-                          seed=experiment.seed, kind=experiment.final, inner_fraction=experiment.val_fraction,
-                          threshold_rule=experiment.threshold_rule)
+    final = dataclasses.replace(FinalSettings(**fed_into("final", experiment)), epochs=epochs)
     metrics = run_final_stage(best, trials, data, data_ref, weight_refs, settings, final, paths)
     _print_final(metrics)
 
@@ -242,13 +239,9 @@ def _load_data(experiment: RunSettings, image_size: int) -> CxrData:
 
 def _settings(experiment: RunSettings, max_epochs: int, paths: ExperimentPaths) -> search.SearchSettings:
     storage = f"{experiment.storage_path.rstrip('/')}/{experiment.name}" if experiment.storage_path else str(paths.root.resolve())
-    return search.SearchSettings(
-        metric=experiment.metric, num_samples=experiment.num_samples, max_epochs=max_epochs,
-        trial_scheduler=experiment.trial_scheduler, cpus_per_trial=experiment.cpus_per_trial,
-        gpus_per_trial=experiment.gpus_per_trial, workers_per_trial=experiment.workers_per_trial, max_concurrent=experiment.max_concurrent, seed=experiment.seed,
-        storage_path=storage, journal_path=str(paths.journal), study_name=paths.study_name,
-        local_cluster=requested_address(experiment.address) is None,
-    )
+    return search.SearchSettings(**fed_into("search", experiment), max_epochs=max_epochs, storage_path=storage,
+                                 journal_path=str(paths.journal), study_name=paths.study_name,
+                                 local_cluster=requested_address(experiment.address) is None)
 
 
 def _create(paths: ExperimentPaths, experiment: RunSettings, data: CxrData) -> None:

@@ -32,7 +32,7 @@ from tune.trainable import member_task
 
 @dataclass(frozen=True)
 class FinalSettings:
-    members: int = 3  # K ensemble members (folds: K folds)
+    n_members: int = 3  # K ensemble members (folds: K folds)
     epochs: int | None = None  # None: the best config's own epochs
     recall_confidence: float | None = None  # of the exact and bootstrap rules; None: cxr.evaluation's default
     seed: int = 0
@@ -48,8 +48,8 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     if final.epochs:
         config = config.replace(epochs=final.epochs)
     taken = {int(s) for s in trials["seed"].dropna()} if "seed" in trials else set()
-    seeds = member_seeds(final.seed, final.members, taken)
-    folds = patient_folds(data.manifest, final.members, final.seed) if final.kind == "folds" else None
+    seeds = member_seeds(final.seed, final.n_members, taken)
+    folds = patient_folds(data.manifest, final.n_members, final.seed) if final.kind == "folds" else None
     fold_of = dict(zip(seeds, range(len(seeds)))) if folds is not None else dict.fromkeys(seeds)
     add_to_plan(paths, final={"kind": final.kind, "members": len(seeds), "seeds": seeds, "epochs": config.epochs,
                               "trial_id": best["trial_id"], "threshold_rule": final.threshold_rule,
@@ -61,7 +61,7 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
           f"{seeds}" + (f" ({len(seeds) - len(pending)} already trained)" if len(pending) < len(seeds) else ""), flush=True)
     task = member_task.options(num_cpus=search.cpus_per_trial, num_gpus=search.gpus_per_trial)
     roles = {} if folds is None else {k: fold_roles(data.manifest, folds, k, final.inner_fraction, final.seed)
-                                      for k in range(final.members)}  # what each member is sent, and what is saved
+                                      for k in range(final.n_members)}  # what each member is sent, and what is saved
     running = {task.remote(config.replace(seed=s), data_ref, weight_refs, fold_of[s], roles.get(fold_of[s])): s
                for s in pending}
     while running:

@@ -15,7 +15,6 @@ from cxr.cli import cli_entry
 from cxr.errors import InputError
 from cxr.intervals import interval_text, value_text
 from cxr.metrics import RANKING, RATES
-from tune.settings import SPENT_KEY
 
 REPORT_LEADERBOARD_ROWS = 15
 
@@ -60,8 +59,9 @@ def write_report(folder: str | Path) -> Path:
     sections.append(("Data audit", _audit_html(audit)))
     search, search_html = _search(paths, results, run, figure, plots, optuna, pd)
     sections.append(("The search", search_html))
-    if run.get(SPENT_KEY):
-        sections.append(("Time budget", _budget_html(run[SPENT_KEY], run.get("time_budget"))))
+    spent = read_json(paths.budget).get("spending") if paths.budget.is_file() else None
+    if spent:
+        sections.append(("Time budget", _budget_html(spent, run.get("time_budget"))))
     plan = read_json(paths.plan) if paths.plan.is_file() else None  # none until a search has been planned
     if plan:
         sections.append(("Plan", _plan_html(plan)))

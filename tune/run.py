@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         meta = dict(field.metadata)
         target = data if meta.pop("group", None) == "data" else p
         names = [flag_name(field), *meta.pop("aliases", [])]
-        meta.pop("flag", None), meta.pop("config_key", None)
+        for key in ("flag", "config_key", "into", "place"):
+            meta.pop(key, None)
         if "action" not in meta:
             meta["type"] = next(t for t in typing.get_args(_HINTS[field.name]) or (_HINTS[field.name],) if t is not type(None))
         target.add_argument(*names, dest=field.name, default=field.default, **meta)

@@ -20,13 +20,14 @@ from tune.budget import MAX_TRIALS, parse_duration
 METRICS = tuple(m for m in MONITORS if m != "val_loss")
 TRIAL_SCHEDULERS = ("asha", "fifo")
 FINAL_KINDS = ("seeds", "folds")
-SPENT_KEY = "time_budget_spent"  # run.json: how a --time-budget run spent its time (not a setting)
 DEFAULT_TRIALS = 8
 
 
-def _flag(default, help: str, **argparse: object):
-    """A RunSettings field and its command-line flag (--<field-name> unless argparse names another)."""
-    return dataclasses.field(default=default, metadata={"help": help, **argparse})
+def _flag(default, help: str, into: tuple[str, ...] | dict[str, str] = (), place: bool = False, **argparse: object):
+    """A RunSettings field and its command-line flag (--<field-name> unless argparse names another). into: the parts
+    of the run it sets ("search", "final", "budget"), under its own name or {part: name there}; place: where things
+    are on this machine, not how the run runs (not logged as a parameter of the run)."""
+    return dataclasses.field(default=default, metadata={"help": help, "into": into, "place": place, **argparse})
 
 
 @dataclass(frozen=True)
@@ -39,56 +40,77 @@ class RunSettings:
                                  "or a CSV/parquet manifest (path, label[, patient, split])", group="data")
     dataset: str | None = _flag(None, "use a generated CXR-like data set (made once in the cache folder)",
                                 choices=["synthetic"], group="data")
-    num_samples: int | None = _flag(None, "number of trials (default 8; with --time-budget an upper bound, default: as "
+    num_samples: int | None = _flag(None, into=("search",), help="number of trials (default 8; with --time-budget an upper bound, default: as "
                                     "many as fit, at most 1000)")
     time_budget: str | None = _flag(None, "the whole command aims to end within this (e.g. 45m, 2h, 90s): trials stop "
                                     "starting when what is left is what the final stage needs", metavar="DURATION")
     max_epochs: int | None = _flag(None, "epoch budget per trial (ASHA's max_t); default: the space's epochs",
                                    config_key="epochs")
     image_size: int | None = _flag(None, "override the space's image size (e.g. small for a CPU check)", config_key="image_size")
-    metric: str = _flag("val_spec_at_recall", "trial score to maximise; val_spec_at_recall = val specificity at the "
+    metric: str = _flag("val_spec_at_recall", into=("search",), help="trial score to maximise; val_spec_at_recall = val specificity at the "
                         "threshold reaching --target-recall", choices=list(METRICS))
     target_recall: float = _flag(0.98, "pneumonia recall the decision threshold must reach on val", config_key="target_recall")
-    trial_scheduler: str = _flag("asha", "asha stops weak trials early; fifo runs all to the end (not the LR schedule: "
+    trial_scheduler: str = _flag("asha", into=("search",), help="asha stops weak trials early; fifo runs all to the end (not the LR schedule: "
                                  "that is the config key 'scheduler')", choices=list(TRIAL_SCHEDULERS),
                                  aliases=["--scheduler"])
-    cpus_per_trial: float = _flag(1.0, "CPUs reserved per trial")
-    gpus_per_trial: float = _flag(0.0, "GPUs per trial; fractions pack trials on one GPU (0.25 = four per GPU)")
-    workers_per_trial: int = _flag(1, "data-parallel processes per trial (Ray Train, NCCL on GPUs, gloo on CPU); "
+    cpus_per_trial: float = _flag(1.0, "CPUs reserved per trial", into=("search",))
+    gpus_per_trial: float = _flag(0.0, "GPUs per trial; fractions pack trials on one GPU (0.25 = four per GPU)",
+                                  into=("search",))
+    workers_per_trial: int = _flag(1, into=("search",), help="data-parallel processes per trial (Ray Train, NCCL on GPUs, gloo on CPU); "
                                    "--cpus/--gpus-per-trial are then per worker")
-    max_concurrent: int = _flag(0, "trials running at once (0: as many as resources allow)")
-    results_dir: str = _flag("results", "experiment folders are created here")
-    name: str | None = _flag(None, "experiment name (default: <space>-<timestamp>); an existing name needs --resume")
-    seed: int = _flag(0, "seed of the sampler, the train/val split and training", config_key="seed")
-    val_fraction: float = _flag(0.2, "share of train patients held out for validation")
-    weights_dir: str | None = _flag(None, "folder of <backbone>.safetensors files used instead of the timm hub")
+    max_concurrent: int = _flag(0, "trials running at once (0: as many as resources allow)", into=("search",))
+    results_dir: str = _flag("results", "experiment folders are created here", place=True)
+    name: str | None = _flag(None, "experiment name (default: <space>-<timestamp>); an existing name needs --resume",
+                             place=True)
+    seed: int = _flag(0, "seed of the sampler, the train/val split and training", config_key="seed",
+                      into=("search", "final"))
+    val_fraction: float = _flag(0.2, "share of train patients held out for validation",
+                                into={"final": "inner_fraction"})
+    weights_dir: str | None = _flag(None, "folder of <backbone>.safetensors files used instead of the timm hub",
+                                    place=True)
     pretrained: bool = _flag(True, "train from random initialisation", flag="--no-pretrained", action="store_false")
-    cache_dir: str | None = _flag(None, "decoded-image cache (default: $CXR_CACHE_DIR or ~/.cache/cxr)")
+    cache_dir: str | None = _flag(None, "decoded-image cache (default: $CXR_CACHE_DIR or ~/.cache/cxr)", place=True)
     max_pixels: int | None = _flag(None, "a film whose header claims more pixels stops the run, unread (default: "
                                    "cxr.images.MAX_PIXELS, 60 million)")
-    address: str | None = _flag(None, "join an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one")
-    storage_path: str | None = _flag(None, "where Ray Tune keeps trials and checkpoints (local path, NFS, s3://, gs://); "
+    address: str | None = _flag(None, place=True, help="join an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one")
+    storage_path: str | None = _flag(None, place=True, help="where Ray Tune keeps trials and checkpoints (local path, NFS, s3://, gs://); "
                                      "default: the experiment folder")
-    final: str = _flag("seeds", "final model: seeds = K members of the best config with new seeds on train, operating "
+    final: str = _flag("seeds", into={"final": "kind"}, help="final model: seeds = K members of the best config with new seeds on train, operating "
                        "point fitted on val; folds = one member per patient fold of train + val, operating point fitted "
                        "on their out-of-fold predictions", choices=list(FINAL_KINDS))
-    final_members: int = _flag(3, "ensemble members K of the final model, trained in parallel (folds: K folds)",
+    final_members: int = _flag(3, into={"final": "n_members", "budget": "final_members"}, help="ensemble members K of the final model, trained in parallel (folds: K folds)",
                                aliases=["--final-seeds"], metavar="K")
     final_epochs: int | None = _flag(None, "epochs of each final member (default: the best config's)", metavar="N",
+                                     into={"final": "epochs"},
                                      config_key="epochs")
-    mlflow: str | None = _flag(None, "track the experiment in MLflow: a parent run, a child run per trial, the final "
+    mlflow: str | None = _flag(None, place=True, help="track the experiment in MLflow: a parent run, a child run per trial, the final "
                                "model (pip install -e \".[mlflow]\"); URI default: $MLFLOW_TRACKING_URI, else "
                                "sqlite:///<results-dir>/mlflow.db", nargs="?", const="", metavar="URI")
-    register: str | None = _flag(None, "with --mlflow: register the final model as a new version of this MLflow model",
+    register: str | None = _flag(None, place=True, help="with --mlflow: register the final model as a new version of this MLflow model",
                                  metavar="NAME")
-    threshold_rule: str = _flag(DEFAULT_THRESHOLD_RULE, "how the threshold is fixed on val (or the out-of-fold films): "
+    threshold_rule: str = _flag(DEFAULT_THRESHOLD_RULE, into=("final",), help="how the threshold is fixed on val (or the out-of-fold films): "
                                 "exact: the highest whose recall on further films reaches --target-recall with "
                                 "--recall-confidence (the k-th lowest pneumonia score); bootstrap: the highest whose "
                                 "patient-bootstrap lower bound does; point: val's own recall does (in-sample: on real "
                                 "films it missed the target on the next films about half the time, BENCHMARKS.md)",
                                 choices=list(THRESHOLD_RULES))
-    recall_confidence: float | None = _flag(None, "confidence C of the exact and bootstrap threshold rules (default 0.95)",
+    recall_confidence: float | None = _flag(None, into=("final",), help="confidence C of the exact and bootstrap threshold rules (default 0.95)",
                                             metavar="C")
+
+
+def fed_into(part: str, settings: RunSettings) -> dict:
+    """What the run's settings give `part` of the run ("search", "final", "budget"), by the names it has there: the
+    one place sub-settings are derived from RunSettings."""
+    given = {}
+    for f in dataclasses.fields(RunSettings):
+        into = f.metadata["into"]
+        if part in into:
+            given[into[part] if isinstance(into, dict) else f.name] = getattr(settings, f.name)
+    return given
+
+
+# what a run is (its parameters in MLflow), not where its files and services are on this machine
+RUN_PARAMETERS = tuple(f.name for f in dataclasses.fields(RunSettings) if not f.metadata["place"])
 
 
 def flag_name(field: dataclasses.Field) -> str:
@@ -115,9 +137,7 @@ def resolve(settings: RunSettings, resume: bool, extend: int) -> RunSettings:
             raise InputError(f"experiment '{settings.name}' is already complete ({paths.final}): add trials with --extend N or start a new --name")
         if extend and not paths.finished:
             raise InputError(f"experiment '{settings.name}' is not finished: complete it with --resume before --extend")
-        saved = read_json(paths.run)
-        saved.pop(SPENT_KEY, None)
-        saved = RunSettings(**saved)
+        saved = RunSettings(**read_json(paths.run))
         # the folder is where it is now (copied or moved since), the rest is what the run was asked for; an --extend
         # round has a budget of its own (or none)
         budget = settings.time_budget if extend else saved.time_budget

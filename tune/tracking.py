@@ -24,14 +24,12 @@ from cxr.errors import InputError
 from cxr.jsonio import read_json, write_json
 from tune.budget import Budget
 from tune.results import ExperimentPaths, TrialRecord, make_trial_record, record_status
+from tune.settings import RUN_PARAMETERS
 
 MLFLOW_EXPERIMENT = "cxr-tune"  # every experiment of a tracking store is a parent run in this MLflow experiment
 # a trial's end state -> the MLflow run status (the tag "state" keeps the state itself)
 RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "pruned": "KILLED", "budget": "KILLED",
               "error": "FAILED"}
-PARENT_PARAMS = ("space", "backbones", "metric", "target_recall", "seed", "num_samples", "max_epochs", "image_size",
-                 "trial_scheduler", "cpus_per_trial", "gpus_per_trial", "workers_per_trial", "max_concurrent",
-                 "val_fraction", "final", "final_members", "final_epochs", "threshold_rule", "recall_confidence", "time_budget")
 EPOCH_METRICS = ("lr", "time_this_iter_s")  # besides train_* and val_*
 
 
@@ -82,7 +80,7 @@ def start_parent(tracker: Tracker, paths: ExperimentPaths, run: dict) -> Tracker
     parent = client.create_run(tracker.experiment_id, run_name=paths.root.name, tags=tags).info.run_id
     from mlflow.entities import Param
 
-    client.log_batch(parent, params=[Param(k, str(run.get(k))) for k in PARENT_PARAMS if k in run])
+    client.log_batch(parent, params=[Param(k, str(run.get(k))) for k in RUN_PARAMETERS if k in run])
     write_json(paths.tracking, {"uri": tracker.uri, "experiment_id": tracker.experiment_id, "parent_id": parent})
     return Tracker(tracker.uri, tracker.experiment_id, parent)
 

@@ -9,7 +9,6 @@ decoded; the source folder is never written to, and an existing --out is refused
 from __future__ import annotations
 
 import argparse
-import html
 import shutil
 import sys
 from pathlib import Path
@@ -154,6 +153,7 @@ def _check_out(source: Path, out: Path) -> None:
 def _write_folder(source: Path, out: Path, spec: dict, summary: dict) -> None:
     """Members copied byte for byte, model.json with the site's temperature and threshold, the model card with both
     operating points, recalibration.json/.html. Built beside out and renamed: complete or absent."""
+    from cxr.html_page import render_page
     from cxr.jsonio import folder_in_place, write_json
     from cxr.package import MODEL_FILE, load_model
 
@@ -171,7 +171,8 @@ def _write_folder(source: Path, out: Path, spec: dict, summary: dict) -> None:
         card = source / "model_card.md"
         (tmp / "model_card.md").write_text((card.read_text() if card.is_file() else "# Model card\n") + _card_section(summary))
         write_json(tmp / "recalibration.json", summary)
-        (tmp / "recalibration.html").write_text(_html(summary))
+        (tmp / "recalibration.html").write_text(render_page("cxr", "recalibration.html.j2", summary=summary,
+                                                            chosen_on=CHOSEN_ON))
         load_model(tmp)  # the folder this writes must load as any model folder does
 
 
@@ -197,29 +198,6 @@ def _card_section(summary: dict) -> str:
         f"- The rule's cost: in-sample specificity {new['site']['specificity']:.3f} against "
         f"{summary['point_rule_specificity']:.3f} at the point rule's threshold {new['threshold_point']:.4f}.",
         *[f"- Note: {note}" for note in summary["notes"]], f"- {summary['caution']}", ""])
-
-
-def _html(summary: dict) -> str:
-    from cxr.intervals import interval_text, value_text
-
-    esc = html.escape
-    rows = "".join(f"<tr><td>{name}</td><td>{p['threshold']:.4f}</td><td>{esc(CHOSEN_ON[p['chosen_on']])}</td>"
-                   f"<td>{value_text(p['site']['recall'])} [{interval_text(p['site']['recall_ci95'])}]</td>"
-                   f"<td>{value_text(p['site']['specificity'])} [{interval_text(p['site']['specificity_ci95'])}]</td></tr>"
-                   for name, p in (("shipped", summary["old"]), ("site", summary["new"])))
-    expected = summary["new"]["out_of_sample"]
-    notes = "".join(f"<li>{esc(n)}</li>" for n in summary["notes"])
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>site recalibration</title></head><body>"
-            f"<h1>Site operating point</h1><p>{summary['films']} films of {summary['patients']} patients from "
-            f"{esc(summary['site_data'])}; {summary['pneumonia_films']} pneumonia films (at least "
-            f"{summary['fewest_pneumonia_films_for_target']} are needed for target recall "
-            f"{summary['new']['target_recall']} at {summary['confidence_of_that_bound']:.0%}, exact binomial).</p>"
-            "<table border=1><tr><th>threshold</th><th>value</th><th>chosen on</th><th>site recall (95 % interval by "
-            f"patient, in-sample)</th><th>site specificity</th></tr>{rows}</table>"
-            f"<p>Expected on the site's next films (cross-validated over its patients, {esc(expected['rule'])} rule): "
-            f"recall {value_text(expected['recall'])} [{interval_text(expected['recall_wilson95'])}], specificity "
-            f"{value_text(expected['specificity'])} [{interval_text(expected['specificity_wilson95'])}].</p>"
-            f"<ul>{notes}</ul><p>{esc(summary['new']['threshold_rule'])}. {esc(summary['caution'])}</p></body></html>")
 
 
 @cli_entry

@@ -109,6 +109,19 @@ def test_a_cross_validated_shortfall_is_refused_unless_forced_and_then_stated(tm
     assert "written anyway (--force)" in (tmp_path / "forced" / "model_card.md").read_text()
 
 
+def test_a_hostile_site_path_is_escaped_in_recalibration_html(tmp_path, final_model_folder, site):
+    manifest, _, _ = site
+    hostile = tmp_path / "<script>alert(1)</script>"  # folders "<script>alert(1)<" and "script>": whole in the path
+    hostile.parent.mkdir()
+    shutil.move(manifest.parent, hostile)  # the manifest's paths are relative to it: the films move with it
+    out = tmp_path / "site-model"
+    # --force: whatever the rule's cross-validated recall on these films, the page is written and read here
+    assert main(["--model", str(final_model_folder), "--data", str(hostile / "site.csv"), "--target-recall",
+                 str(TARGET), "--out", str(out), "--force"]) == 0
+    page = (out / "recalibration.html").read_text()
+    assert "<script" not in page and page.count("&lt;script&gt;alert(1)&lt;/script&gt;/site.csv") == 1
+
+
 def test_too_few_pneumonia_films_is_refused_naming_how_many_are_needed(tmp_path, final_model_folder, site, capsys,
                                                                       assert_input_error):
     manifest, _, labels = site

@@ -357,7 +357,7 @@ def experiment_folder(c: Collection) -> Path:
     import pandas as pd
 
     from cxr.jsonio import write_json
-    from tune.results import ExperimentPaths, TrialRecord, build_tables, write_table
+    from tune.results import ExperimentPaths, TrialRecord, create_tables, write_table
 
     for stage, made in ((stage_audit, c.root / "audit.json"), (stage_evaluation, c.root / "final")):
         if not made.exists():
@@ -373,7 +373,7 @@ def experiment_folder(c: Collection) -> Path:
     records = [TrialRecord(f"t{i}", i, {"lr": 10.0**-i}, pd.DataFrame(
         {"epoch": [1, 2], "time_total_s": [1.0, 2.0], metric: [0.5, 0.5 + i / 10], "val_auroc": [0.8, 0.9]}), None)
         for i in (1, 2, 3)]
-    trials, epochs = build_tables(records, metric)
+    trials, epochs = create_tables(records, metric)
     write_table(paths.trials, trials)
     write_table(paths.epochs, epochs)
     write_json(paths.best, {"trial_id": trials["trial_id"].iloc[0], "metric": metric, "config": {}})

@@ -63,8 +63,8 @@ def main() -> None:
         print(f"| {name} | {seconds:.1f} | {len(members[name])} | {3600 * len(members[name]) / seconds:.1f} |")
     print(f"wall time ratio (K=2 parallel / single retrain): {timings[parallel] / timings[single]:.2f}; "
           f"members per unit time: {2 * timings[single] / timings[parallel]:.2f}x")
-    aurocs = [m["fit"]["auroc"] for m in metrics["members"]]
-    print(f"val AUROC: members {', '.join(f'{a:.4f}' for a in aurocs)}; ensemble {metrics['ensemble']['fit']['auroc']:.4f} "
+    aurocs = [m["chosen"]["auroc"] for m in metrics["members"]]
+    print(f"val AUROC: members {', '.join(f'{a:.4f}' for a in aurocs)}; ensemble {metrics['ensemble']['chosen']['auroc']:.4f} "
           f"(mirroring {'used' if metrics['tta']['used'] else 'not used'})")
 
 

@@ -1,7 +1,7 @@
 """What does the product's driver cost over bare Ray Tune at 100 and 1,000 trials, with the training taken out?
 
 Everything but the training: the product arm runs tune.search.run_search (its Optuna searcher with the journal, ASHA,
-its live reporter, per-epoch checkpoints) on the `full` space, then builds the tables (tune.results.build_tables),
+its live reporter, per-epoch checkpoints) on the `full` space, then builds the tables (tune.results.create_tables),
 writes best.json and renders the report's data and search sections (tune.report.write_report: there is no final
 model). Each trial is a stand-in (train_fn=standin_trial) that reports a learning curve drawn from a seeded
 synthetic response surface of the config (a few milliseconds per epoch, a checkpoint per epoch as the real
@@ -108,7 +108,7 @@ def _product(trials: int, root: Path) -> dict:
     from cxr.splits import MANIFEST_COLUMNS
     from tune import search
     from tune.report import write_report
-    from tune.results import ExperimentPaths, build_tables, write_table
+    from tune.results import ExperimentPaths, create_tables, write_table
     from tune.spaces import load_space, validate
 
     paths = ExperimentPaths(root / "scale")
@@ -124,7 +124,7 @@ def _product(trials: int, root: Path) -> dict:
     records = search.run_search(settings, space, checked, ray.put(None), {}, resume=False, train_fn=standin_trial)
     wall = time.monotonic() - started
     started = time.monotonic()
-    trials_table, epochs = build_tables(records, METRIC)
+    trials_table, epochs = create_tables(records, METRIC)
     write_table(paths.trials, trials_table)
     write_table(paths.epochs, epochs)
     tables_s = time.monotonic() - started
@@ -245,10 +245,10 @@ def simulate_startup(concurrency: int, root: Path, gated: bool, seed: int = 0, p
         metric=METRIC, num_samples=per_slot * concurrency, max_epochs=EPOCHS, trial_scheduler="asha", cpus_per_trial=1,
         gpus_per_trial=0, workers_per_trial=1, max_concurrent=concurrency, seed=seed, storage_path=str(root),
         journal_path=str(root / f"sim-{concurrency}-{gated}.journal"), study_name="sim")
-    searcher = search.JournalSearch(space.fn, METRIC, search.make_sampler(settings), "sim", settings.journal_path)
+    searcher = search.JournalSearch(space.fn, METRIC, search.create_sampler(settings), "sim", settings.journal_path)
     if gated:
         searcher = search.StartupCap(searcher, search.startup_cap(settings.num_samples))
-    scheduler = search.make_trial_scheduler(settings)
+    scheduler = search.create_trial_scheduler(settings)
     scheduler.set_search_properties(METRIC, "max")
     rng = np.random.default_rng(seed)
     events, started, finished, random, idle, now, running, configs = [], 0, 0, 0, 0.0, 0.0, 0, {}
@@ -294,7 +294,7 @@ def snapshot(trials: int, root: Path, repeats: int = 20) -> dict:
         metric=METRIC, num_samples=trials, max_epochs=EPOCHS, trial_scheduler="asha", cpus_per_trial=1,
         gpus_per_trial=0, workers_per_trial=1, max_concurrent=0, seed=0, storage_path=str(root),
         journal_path=str(root / "optuna.journal"), study_name="snapshot")
-    searcher = search.make_searcher(settings, space, validate(space, seed=0),
+    searcher = search.create_searcher(settings, space, validate(space, seed=0),
                                     sampler=search.optuna.samplers.RandomSampler(seed=0))  # fast to fill
     for i in range(trials):
         config = searcher.suggest(f"t{i}")

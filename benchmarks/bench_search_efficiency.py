@@ -2,7 +2,7 @@
 
 Methods, same space (search_spaces/cpu.py narrowed to one backbone, no baselines so that no method starts from the
 hand-picked reference) and the same budget of trial-epochs, three seeds each:
-  product   Ray Tune with tune.search's own make_searcher (Optuna TPE) and make_trial_scheduler (ASHA)
+  product   Ray Tune with tune.search's own create_searcher (Optuna TPE) and create_trial_scheduler (ASHA)
   ray       Ray Tune defaults: random search (Optuna's RandomSampler over the same define-by-run space) and FIFO
   optuna    Optuna alone: TPESampler() + HyperbandPruner(), the study driven by Optuna, cxr.engine.fit in this process
 Ray runs 2 trials at once with 1 CPU each; Optuna alone runs 1 trial with 2 torch threads (the same 2 cores).
@@ -36,7 +36,7 @@ from cxr.config import TrainConfig
 from cxr.dataset import load_dataset
 from cxr.engine import fit
 from cxr.models import pretrained_state
-from cxr.synthetic import make_synthetic
+from cxr.synthetic import create_synthetic
 from tune import cluster, search
 from tune.spaces import Space, load_space, sample, validate
 from tune.trainable import TrialContext, train_trial
@@ -72,8 +72,8 @@ def run_ray(method: str, space: Space, data_ref, weight_refs, seed: int, args, s
     trainable = ray_tune.with_resources(ray_tune.with_parameters(train_trial, context=context), {"cpu": 1})
     tuner = ray_tune.Tuner(
         trainable,
-        tune_config=ray_tune.TuneConfig(metric=METRIC, mode="max", search_alg=search.make_searcher(settings, space, checked, sampler),
-                                        scheduler=search.make_trial_scheduler(settings), num_samples=args.budget,
+        tune_config=ray_tune.TuneConfig(metric=METRIC, mode="max", search_alg=search.create_searcher(settings, space, checked, sampler),
+                                        scheduler=search.create_trial_scheduler(settings), num_samples=args.budget,
                                         reuse_actors=search.reuse_processes(settings)),  # as the product runs trials
         run_config=ray_tune.RunConfig(name=f"{method}-{seed}", storage_path=str(storage), stop=BudgetStopper(args.budget),
                                       checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1), verbose=0),
@@ -182,7 +182,7 @@ def _step(grid: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def load_data(args):
     cache = Path(tempfile.mkdtemp()) if args.smoke else None
     if args.smoke:
-        root = make_synthetic(cache / "synthetic", n_patients=120, size=48, seed=0)
+        root = create_synthetic(cache / "synthetic", n_patients=120, size=48, seed=0)
     else:
         root = subset_folder(Path(args.data_dir), args.subset)
     return load_dataset(root, image_size=args.image_size, val_fraction=0.25, seed=0, cache_dir=cache)

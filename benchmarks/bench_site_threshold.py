@@ -232,9 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="site-threshold-") if args.smoke else contextlib.nullcontext() as tmp:
         args.train, args.folder, args.cache = TRAIN, FOLDER, cache_dir()
         if args.smoke:
-            from cxr.synthetic import make_synthetic
+            from cxr.synthetic import create_synthetic
 
-            args.data_dir = make_synthetic(Path(tmp) / "data", n_patients=400, size=48, seed=args.seed)
+            args.data_dir = create_synthetic(Path(tmp) / "data", n_patients=400, size=48, seed=args.seed)
             args.train, args.folder, args.cache = SMOKE_TRAIN, Path(tmp), Path(tmp) / "cache"
             args.sizes, args.sets, args.epochs, args.n_boot = list(SMOKE_SIZES), 20, 1, args.n_boot or 100
         from cxr.intervals import N_BOOT

@@ -50,7 +50,7 @@ def run_once(args: list[str], work: Path, budget: str, foreign: tuple[int, ...] 
         code = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
     wall = time.monotonic() - started
     if code != 0:
-        raise SystemExit(f"tune.run exited {code}: see {work / 'run.log'}")
+        raise SystemExit(f"tune.run exited {code}; the end of its log:\n{(work / 'run.log').read_text()[-3000:]}")
     spent = json.loads((work / "b" / "budget.json").read_text())["spending"]
     trials = pd.read_parquet(work / "b" / "trials.parquet")
     return {"budget s": parse_duration(budget), "wall s": round(wall, 1), "x budget": round(wall / parse_duration(budget), 3),

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def build_augmentation(strength: float, hflip: bool) -> nn.Module:
+def create_augmentation(strength: float, hflip: bool) -> nn.Module:
     """Strength 1 = rotation up to 20 degrees, zoom up to 1.4x (crops down to ~50 % of the area),
     shift up to 10 %, brightness and contrast +-20 %; 0 = identity."""
     if strength <= 0:
@@ -48,7 +48,7 @@ class BatchPipeline(nn.Module):
     def __init__(self, size: int, mean: tuple, std: tuple, strength: float = 0.0, hflip: bool = True):
         super().__init__()
         self.size = size
-        self.augment = build_augmentation(strength, hflip)
+        self.augment = create_augmentation(strength, hflip)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 

@@ -21,7 +21,7 @@ from cxr.dataset import CxrData
 from cxr.errors import InputError
 from cxr.metrics import compute_metrics
 from cxr.models import CxrNet, create_model, data_config
-from cxr.schedules import build_lr_scheduler, build_optimizer
+from cxr.schedules import create_lr_scheduler, create_optimizer
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # on_epoch_end(epoch, metrics, save_checkpoint): save_checkpoint(folder) writes the resumable state there
@@ -92,13 +92,13 @@ class _Run:
         labels = self.labels[self.train_idx]
         pos_weight = config.pos_weight or (labels == 0).sum() / max(1, (labels == 1).sum())
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight), device=device))
-        self.optimizer = build_optimizer(self.model, config)
+        self.optimizer = create_optimizer(self.model, config)
         # validation, the best state and prediction use the weight average when it is on
         self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True) if config.ema_decay > 0 else None
         self.eval_model = self.ema.module if self.ema is not None else self.model
         self.steps = 0
         self.steps_per_epoch = len(self.train_idx) // config.batch_size + (len(self.train_idx) % config.batch_size > 1)
-        self.scheduler = build_lr_scheduler(self.optimizer, config, max(1, self.steps_per_epoch))
+        self.scheduler = create_lr_scheduler(self.optimizer, config, max(1, self.steps_per_epoch))
         self.sampler = torch.Generator().manual_seed(config.seed)
         self.epoch, self.history, self.stopped = 0, [], False
         self.best_value, self.best_epoch, self.bad_epochs = math.nan, 0, 0

@@ -1,7 +1,7 @@
 """The ensemble of the final model: K members of the best config, combined by mean probability, with test-time
-mirroring only if the fit set prefers it, then calibrated and thresholded by cxr.evaluation. The members are either
-trained with new seeds on train (the fit set is val) or one per patient fold of the pool (train + val), each scoring
-the fold it never saw (the fit set is those out-of-fold predictions, about 5x val)."""
+mirroring only if the films that choose the threshold prefer it, then calibrated and thresholded by cxr.evaluation. The members are either
+trained with new seeds on train (those films are val) or one per patient fold of the pool (train + val), each scoring
+the fold it never saw (those films are the out-of-fold predictions, about 5x val)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def member_probs(member: Member, split: str, tta: bool) -> np.ndarray:
 
 
 def fit_columns(members: list[Member], data: CxrData, folds: np.ndarray | None, tta: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of the fit set, (K, rows) member probabilities on it): val for seed members; for fold members the pool,
+    """(rows that choose the threshold, (K, rows) member probabilities on it): val for seed members; for fold members the pool,
     each row scored by the one member that held its fold out (NaN for the others)."""
     if folds is None:
         return data.indices("val"), np.stack([member_probs(m, "val", tta) for m in members])
@@ -75,32 +75,32 @@ def fit_columns(members: list[Member], data: CxrData, folds: np.ndarray | None, 
     return rows, columns
 
 
-def _fit_split(folds: np.ndarray | None) -> str:
+def _chosen_on(folds: np.ndarray | None) -> str:
     return "val" if folds is None else "oof"
 
 
 def choose_tta(members: list[Member], data: CxrData, folds: np.ndarray | None = None) -> dict:
-    """Mirroring is used only if it raises the ensemble's AUROC on the fit set (ties keep the cheaper plain pass)."""
+    """Mirroring is used only if it raises the ensemble's AUROC on the films that choose the threshold (ties keep the cheaper plain pass)."""
     rows, plain = fit_columns(members, data, folds, tta=False)
     _, mirrored = fit_columns(members, data, folds, tta=True)
     labels = data.labels[rows]
     auroc_plain = compute_metrics(labels, np.nanmean(plain, axis=0))["auroc"]
     auroc_tta = compute_metrics(labels, np.nanmean(mirrored, axis=0))["auroc"]
-    return {"used": bool(auroc_tta > auroc_plain), "rule": f"used if it raises the ensemble's {_fit_split(folds)} AUROC",
-            "fit_auroc_plain": auroc_plain, "fit_auroc_tta": auroc_tta}
+    return {"used": bool(auroc_tta > auroc_plain), "rule": f"used if it raises the ensemble's {_chosen_on(folds)} AUROC",
+            "chosen_auroc_plain": auroc_plain, "chosen_auroc_tta": auroc_tta}
 
 
 def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, folds: np.ndarray | None = None,
              recall_confidence: float | None = None, rule: str | None = None, n_boot: int = N_BOOT,
              seed: int = 0) -> tuple[FinalModel, dict, pd.DataFrame, pd.DataFrame]:
-    """(the shippable model, metrics.json, predictions of the fit set and test rows, every member's history)."""
-    fit_split = _fit_split(folds)
+    """(the shippable model, metrics.json, predictions of the threshold's films and test rows, every member's history)."""
+    chosen_on = _chosen_on(folds)
     tta = choose_tta(members, data, folds)
     fit_rows, fit_probs = fit_columns(members, data, folds, tta["used"])
     test_rows = data.indices("test")
     rows = np.concatenate([fit_rows, test_rows])
     predictions = data.manifest.iloc[rows][["path", "patient", "split", "label"]].reset_index(drop=True)
-    predictions["split"] = [fit_split] * len(fit_rows) + ["test"] * len(test_rows)
+    predictions["split"] = [chosen_on] * len(fit_rows) + ["test"] * len(test_rows)
     if folds is not None:
         predictions["fold"] = folds[rows]
     member_columns = [f"prob_member_{i}" for i in range(len(members))]
@@ -108,20 +108,20 @@ def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, folds
         predictions[member_columns[i]] = np.concatenate([fit_probs[i], member_probs(m, "test", tta["used"])])
     predictions["probability_raw"] = predictions[member_columns].mean(axis=1)  # skips NaN: one member out of fold
     metrics = evaluate(predictions, target_recall=config.target_recall, recall_confidence=recall_confidence,
-                       rule=rule, n_boot=n_boot, seed=seed, manifest=data.manifest, fit_split=fit_split)
+                       rule=rule, n_boot=n_boot, seed=seed, manifest=data.manifest, chosen_on=chosen_on)
     predictions["probability"] = calibrated(predictions, metrics)
     predictions["prediction"] = (predictions["probability"] >= metrics["threshold"]).astype(int)
     metrics["members"] = [{"seed": m.seed, "best_epoch": m.best_epoch, "fold": m.fold,
-                           **_own_threshold(predictions, c, config.target_recall, fit_split)}
+                           **_own_threshold(predictions, c, config.target_recall, chosen_on)}
                           for m, c in zip(members, member_columns)]
-    metrics["ensemble"] = _own_threshold(predictions, "probability_raw", config.target_recall, fit_split)
+    metrics["ensemble"] = _own_threshold(predictions, "probability_raw", config.target_recall, chosen_on)
     if folds is not None:
         metrics["folds"] = fold_summary(predictions, metrics, member_columns)
     metrics.update(tta=tta, k=len(members), final_epochs=config.epochs, final="seeds" if folds is None else "folds")
     models = [_model(config, m) for m in members]
     model = FinalModel(config, models, [m.seed for m in members], metrics["threshold"], metrics["temperature"], tta["used"],
                        info={"threshold_rule": metrics["threshold_rule"], "target_recall": config.target_recall,
-                             "final": metrics["final"], "threshold_chosen_on": fit_split})
+                             "final": metrics["final"], "threshold_chosen_on": chosen_on})
     history = pd.concat([pd.DataFrame(m.history).assign(member=i, seed=m.seed, fold=m.fold) for i, m in enumerate(members)],
                         ignore_index=True)
     return model, metrics, predictions, history
@@ -147,13 +147,13 @@ def fold_summary(predictions: pd.DataFrame, metrics: dict, member_columns: list[
     return {"per_fold": per_fold, "spread": spread, "test_single_members": single}
 
 
-def _own_threshold(predictions: pd.DataFrame, column: str, target_recall: float, fit_split: str = "val") -> dict:
-    """Fit-set and test metrics of one probability column at the threshold its fit rows pick for it (uncalibrated);
-    a fold member's fit rows are its own fold."""
-    fit = predictions[(predictions["split"] == fit_split) & predictions[column].notna()]
+def _own_threshold(predictions: pd.DataFrame, column: str, target_recall: float, chosen_on: str = "val") -> dict:
+    """Metrics of one probability column on the films that choose its threshold and on test, at the threshold those
+    films pick for it (uncalibrated); a fold member's are its own fold."""
+    chosen = predictions[(predictions["split"] == chosen_on) & predictions[column].notna()]
     test = predictions[predictions["split"] == "test"]
-    threshold = threshold_for_recall(fit["label"], fit[column], target_recall)
-    out = {"fit": compute_metrics(fit["label"], fit[column], threshold, target_recall), "test": None}
+    threshold = threshold_for_recall(chosen["label"], chosen[column], target_recall)
+    out = {"chosen": compute_metrics(chosen["label"], chosen[column], threshold, target_recall), "test": None}
     if len(test):
         out["test"] = compute_metrics(test["label"], test[column], threshold)
     return out

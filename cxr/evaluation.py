@@ -19,29 +19,29 @@ from cxr.subgroups import class_balance, recall_by_kind
 
 def evaluate(predictions: pd.DataFrame, *, target_recall: float, recall_confidence: float | None = None,
              rule: str | None = None, n_boot: int = N_BOOT, seed: int = 0, manifest: pd.DataFrame | None = None,
-             fit_split: str = "val") -> dict:
-    """predictions: path, patient, split (fit_split or test), label, probability_raw (uncalibrated). Temperature and
-    threshold (by rule: operating_point) are fitted on the fit_split rows ("val", or "oof" for a fold ensemble); test
-    is scored once. A JSON-able dict whose fit_split and "test" keys hold the scored metrics (threshold_chosen_on:
-    fit_split)."""
-    fit, test = (predictions[predictions["split"] == s].reset_index(drop=True) for s in (fit_split, "test"))
-    point = operating_point(fit["label"], fit["probability_raw"], fit["patient"], target_recall=target_recall,
+             chosen_on: str = "val") -> dict:
+    """predictions: path, patient, split (chosen_on or test), label, probability_raw (uncalibrated). Temperature and
+    threshold (by rule: operating_point) are fitted on the chosen_on rows ("val", or "oof" for a fold ensemble); test
+    is scored once. A JSON-able dict whose chosen_on and "test" keys hold the scored metrics (threshold_chosen_on:
+    chosen_on)."""
+    chosen, test = (predictions[predictions["split"] == s].reset_index(drop=True) for s in (chosen_on, "test"))
+    point = operating_point(chosen["label"], chosen["probability_raw"], chosen["patient"], target_recall=target_recall,
                             recall_confidence=recall_confidence, rule=rule, n_boot=n_boot, seed=seed,
-                            fitted_on=CHOSEN_ON[fit_split])
-    temperature, threshold, w_fit = point["temperature"], point["threshold"], point.pop("weights")
-    q_fit = apply_temperature(fit["probability_raw"], temperature)
+                            fitted_on=CHOSEN_ON[chosen_on])
+    temperature, threshold, w_chosen = point["temperature"], point["threshold"], point.pop("weights")
+    q_chosen = apply_temperature(chosen["probability_raw"], temperature)
     out = {
-        **point, "threshold_chosen_on": fit_split, "n_boot": n_boot, "bootstrap_seed": seed,
-        "calibration": {fit_split: _calibration(fit, temperature)},
-        fit_split: _scored(fit, q_fit, threshold, w_fit),
+        **point, "threshold_chosen_on": chosen_on, "n_boot": n_boot, "bootstrap_seed": seed,
+        "calibration": {chosen_on: _calibration(chosen, temperature)},
+        chosen_on: _scored(chosen, q_chosen, threshold, w_chosen),
         "test": None, "test_at_0.5": None,
-        "subgroups": {fit_split: recall_by_kind(fit, q_fit, threshold, n_boot, seed)},
+        "subgroups": {chosen_on: recall_by_kind(chosen, q_chosen, threshold, n_boot, seed)},
         "class_balance": class_balance(manifest if manifest is not None else predictions),
     }
-    out["out_of_sample"] = out_of_sample(fit["label"], fit["probability_raw"], fit["patient"], target_recall=target_recall,
+    out["out_of_sample"] = out_of_sample(chosen["label"], chosen["probability_raw"], chosen["patient"], target_recall=target_recall,
                                          rule=point["rule"], recall_confidence=recall_confidence, seed=seed)
-    out["rule_cost"] = {f"{fit_split}_specificity_point_rule": rates(fit["label"], q_fit, point["threshold_point"])["specificity"],
-                        f"{fit_split}_specificity_chosen": out[fit_split]["specificity"]}
+    out["rule_cost"] = {f"{chosen_on}_specificity_point_rule": rates(chosen["label"], q_chosen, point["threshold_point"])["specificity"],
+                        f"{chosen_on}_specificity_chosen": out[chosen_on]["specificity"]}
     if len(test):
         q_test = apply_temperature(test["probability_raw"], temperature)
         w_test = patient_bootstrap(test["patient"], n_boot, seed + 1)
@@ -135,24 +135,24 @@ def _scored(frame: pd.DataFrame, probs: np.ndarray, threshold: float, weights: n
 
 def warnings(evaluation: dict) -> list[str]:
     """Plain-language cautions a reader must see next to the numbers."""
-    fit_split = evaluation["threshold_chosen_on"]
-    notes = [f"The operating point was fitted on {CHOSEN_ON[fit_split]}: patients of the training pool "
+    chosen_on = evaluation["threshold_chosen_on"]
+    notes = [f"The operating point was fitted on {CHOSEN_ON[chosen_on]}: patients of the training pool "
              "(in-distribution); expect the test split and other hospitals to show lower specificity."]
-    if fit_split == "oof":
+    if chosen_on == "oof":
         notes.append("Each out-of-fold score comes from one fold member, while test and new films get the mean of all "
                      "members: the ensemble is usually a little better, so the threshold fitted out of fold is, if "
                      "anything, conservative for recall.")
-    fit, test = evaluation[fit_split], evaluation["test"]
+    chosen, test = evaluation[chosen_on], evaluation["test"]
     if test is None:
-        notes.append(f"There is no test split: every number here is from {fit_split}, which also chose the threshold.")
+        notes.append(f"There is no test split: every number here is from {chosen_on}, which also chose the threshold.")
         return notes
     for name in ("recall", "specificity", "auroc"):
-        (vlo, vhi), (tlo, thi) = fit[f"{name}_ci95"], test[f"{name}_ci95"]
+        (vlo, vhi), (tlo, thi) = chosen[f"{name}_ci95"], test[f"{name}_ci95"]
         if thi < vlo or tlo > vhi:
-            notes.append(f"{fit_split} and test disagree on {name} beyond their 95 % intervals: {fit_split} "
-                         f"{fit[name]:.3f} [{vlo:.3f}-{vhi:.3f}], test {test[name]:.3f} [{tlo:.3f}-{thi:.3f}]. "
+            notes.append(f"{chosen_on} and test disagree on {name} beyond their 95 % intervals: {chosen_on} "
+                         f"{chosen[name]:.3f} [{vlo:.3f}-{vhi:.3f}], test {test[name]:.3f} [{tlo:.3f}-{thi:.3f}]. "
                          "Trust the test numbers.")
     if test["recall"] < evaluation["target_recall"]:
         notes.append(f"Test recall {test['recall']:.3f} is below the target {evaluation['target_recall']} that the "
-                     f"threshold reached on {fit_split}.")
+                     f"threshold reached on {chosen_on}.")
     return notes

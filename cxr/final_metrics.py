@@ -29,12 +29,12 @@ class OutOfSample(TypedDict):
 class Tta(TypedDict):
     used: bool
     rule: str
-    fit_auroc_plain: Number | None
-    fit_auroc_tta: Number | None
+    chosen_auroc_plain: Number | None  # on the films that chose the threshold
+    chosen_auroc_tta: Number | None
 
 
 class OwnThreshold(TypedDict):
-    fit: dict
+    chosen: dict  # on the films that chose the ensemble's threshold
     test: dict | None
 
 

@@ -10,13 +10,13 @@ from torch.optim import lr_scheduler
 from cxr.config import TrainConfig
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def create_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+def create_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
     """step, plateau and cosine step once per epoch; onecycle steps once per batch."""
     if config.scheduler == "step":
         return lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 
-def make_synthetic(
+def create_synthetic(
     root: str | Path, *, n_patients: int = 200, size: int = 96, test_fraction: float = 0.2, seed: int = 0
 ) -> Path:
     """Write <root>/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg; returns root. Same seed, same files."""

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from cxr.dataset import CxrData, load_dataset
-from cxr.synthetic import make_synthetic
+from cxr.synthetic import create_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC_PATIENTS = 200
@@ -35,7 +35,7 @@ CACHED_SIZE = 64  # image size the session's decoded data set is cached at
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 200-patient synthetic chest_xray folder (train/, val/, test/) with 96 px JPEGs; treat as read-only."""
-    return make_synthetic(
+    return create_synthetic(
         tmp_path_factory.mktemp("kaggle") / "chest_xray", n_patients=SYNTHETIC_PATIENTS, size=SYNTHETIC_SIZE
     )
 

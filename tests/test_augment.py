@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cxr.augment import BatchPipeline, build_augmentation
+from cxr.augment import BatchPipeline, create_augmentation
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -23,7 +23,7 @@ def _expected_plain(images: torch.Tensor) -> torch.Tensor:
 
 
 def test_strength_zero_is_normalisation_only() -> None:
-    assert isinstance(build_augmentation(0.0, hflip=True), nn.Identity)
+    assert isinstance(create_augmentation(0.0, hflip=True), nn.Identity)
     images = _batch()
     out = BatchPipeline(48, MEAN, STD, strength=0.0)(images, train=True)
     assert out.shape == (4, 3, 48, 48) and out.dtype == torch.float32
@@ -65,7 +65,7 @@ def test_training_augments_within_range_and_follows_the_torch_seed() -> None:
 
 @pytest.mark.parametrize("hflip", [True, False])
 def test_hflip_switch(hflip: bool) -> None:
-    steps = [type(m).__name__ for m in build_augmentation(0.5, hflip=hflip)]
+    steps = [type(m).__name__ for m in create_augmentation(0.5, hflip=hflip)]
     assert ("RandomHorizontalFlip" in steps) == hflip
     assert "RandomAffine" in steps
 

@@ -87,3 +87,15 @@ def test_when_the_final_stage_does_not_fit_its_members_get_the_epochs_that_do():
     assert budget.epochs_that_fit(4) == 2  # 40 s left: 5 + 20 + 2.5 + 5
     clock.now += 30
     assert budget.epochs_that_fit(4) == 1  # nothing fits: one epoch, never none
+
+
+def test_the_members_are_planned_at_the_leading_trial_s_epoch_time():
+    """The members train the leading config: its epochs plan them, not the median over configs of other sizes."""
+    budget = Budget(total_s=600, final_members=1, final_epochs=1, member_slots=1, clock=FakeClock())
+    budget.note_epoch(10)
+    assert budget.epoch_estimate() == 10  # no score yet: every epoch
+    for seconds, trial, score in ((30, "big", 0.4), (30, "big", 0.5), (4, "small", 0.6), (6, "small", 0.55)):
+        budget.note_epoch(seconds, trial, score)
+    assert budget.epoch_estimate() == 5 and budget.next_epoch_bound() > 10  # "small" leads; the p90 is every trial's
+    budget.note_epoch(30, "big", 0.9)
+    assert budget.epoch_estimate() == 30

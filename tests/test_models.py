@@ -12,7 +12,7 @@ from torch import nn
 from cxr.config import TrainConfig
 from cxr.errors import InputError
 from cxr.models import CxrNet, count_blocks, create_model, data_config
-from cxr.schedules import build_optimizer
+from cxr.schedules import create_optimizer
 
 BACKBONES = ["densenet121", "tf_efficientnetv2_s", "resnet50", "convnext_tiny"]
 SHARED_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
@@ -63,7 +63,7 @@ def test_frozen_batchnorm_stays_in_eval_and_keeps_its_statistics(backbone: str) 
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    optimizer = build_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-2, weight_decay=0.1))
+    optimizer = create_optimizer(model, TrainConfig(optimizer="adamw", lr=1e-2, weight_decay=0.1))
     out = model(torch.randn(2, 3, 64, 64))
     assert out.shape == (2,)
     nn.functional.binary_cross_entropy_with_logits(out, torch.tensor([0.0, 1.0])).backward()

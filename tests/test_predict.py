@@ -133,9 +133,9 @@ def test_data_parallel_search_on_a_dicom_manifest_from_driver_weights_and_predic
     import timm
     from safetensors.torch import load_file, save_file
 
-    from cxr.synthetic import make_synthetic
+    from cxr.synthetic import create_synthetic
 
-    source = make_synthetic(tmp_path / "jpeg", n_patients=60, size=48)
+    source = create_synthetic(tmp_path / "jpeg", n_patients=60, size=48)
     rows = []
     for jpeg in sorted(source.rglob("*.jpeg")):
         target = tmp_path / "dicom" / jpeg.relative_to(source).with_suffix(".dcm")

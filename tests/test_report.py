@@ -16,7 +16,7 @@ from PIL import Image
 from cxr.html_page import render_page
 from cxr.jsonio import write_json
 from tune.report import write_report
-from tune.results import ExperimentPaths, TrialRecord, build_tables, write_table
+from tune.results import ExperimentPaths, TrialRecord, create_tables, write_table
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 SCRIPT = "<script>alert(1)</script>"  # where a slash may stand: not in a folder's or a film's own name
@@ -44,7 +44,7 @@ def _searched_experiment(folder: Path) -> Path:
                                             "split": ["train", "test"], "source_split": ["train", "test"]}))
     metric = "val_spec_at_recall"
     epochs = pd.DataFrame({"epoch": [1, 2], "time_total_s": [1.0, 2.0], metric: [0.5, 0.6], "val_auroc": [0.8, 0.9]})
-    trials, epochs = build_tables([TrialRecord("t1", 1, {"backbone": SCRIPT, "lr": 1e-3}, epochs, None)], metric)
+    trials, epochs = create_tables([TrialRecord("t1", 1, {"backbone": SCRIPT, "lr": 1e-3}, epochs, None)], metric)
     write_table(paths.trials, trials)
     write_table(paths.epochs, epochs)
     write_json(paths.run, {"name": folder.name, "metric": metric})

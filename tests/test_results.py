@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from cxr.jsonio import read_json, write_json
-from tune.results import (ExperimentPaths, TrialRecord, build_tables, leaderboard, load, make_trial_record, trial_status,
+from tune.results import (ExperimentPaths, TrialRecord, create_tables, leaderboard, load, create_trial_record, trial_status,
                           write_table)
 
 
@@ -31,15 +31,15 @@ def _records():
 
 def test_a_trial_the_budget_stopped_is_recorded_so_once_and_tabled_as_budget():
     """--time-budget: whether the budget stopped a trial is set when its record is made; the tables read the record."""
-    records = [make_trial_record(f"trial_{i}_{trial_id}", {"epochs": 3}, _epochs([0.6, 0.7]), None, {"s"})
+    records = [create_trial_record(f"trial_{i}_{trial_id}", {"epochs": 3}, _epochs([0.6, 0.7]), None, {"s"})
                for i, trial_id in ((1, "s"), (2, "o"))]
     assert [r.stopped_by_budget for r in records] == [True, False]
-    trials, _ = build_tables(records, "val_auroc")
+    trials, _ = create_tables(records, "val_auroc")
     assert dict(zip(trials["trial_id"], trials["status"])) == {"s": "budget", "o": "pruned"}
 
 
 def test_statuses_and_best_first():
-    trials, epochs = build_tables(_records(), "val_auroc")
+    trials, epochs = create_tables(_records(), "val_auroc")
     assert list(trials["trial_id"]) == ["c", "a", "b", "d"]
     assert dict(zip(trials["trial_id"], trials["status"])) == {"a": "completed", "b": "pruned", "c": "early_stopped", "d": "error"}
     a = trials.set_index("trial_id").loc["a"]
@@ -59,12 +59,12 @@ def test_trial_status(errored, epochs_run, planned, stopped_early, status):
 
 def test_a_config_without_epochs_plans_the_configs_default():
     record = TrialRecord("e", 5, {"lr": 1e-3}, _epochs([0.5, 0.6]), None)  # TrainConfig trains 10 epochs by default
-    trials, _ = build_tables([record], "val_auroc")
+    trials, _ = create_tables([record], "val_auroc")
     assert trials["status"].iloc[0] == "pruned"
 
 
 def test_leaderboard_keeps_the_rank_and_the_columns_a_reader_compares():
-    trials, _ = build_tables(_records(), "val_auroc")
+    trials, _ = create_tables(_records(), "val_auroc")
     top = leaderboard(trials, "val_auroc", rows=2)
     assert list(top["trial_id"]) == ["c", "a"]
     assert list(top.columns) == ["trial_index", "trial_id", "status", "epochs_run", "best_val_auroc", "lr"]
@@ -77,7 +77,7 @@ def test_json_writes_nan_as_null(tmp_path):
 
 def test_load_round_trip(tmp_path):
     paths = ExperimentPaths(tmp_path)
-    trials, epochs = build_tables(_records(), "val_auroc")
+    trials, epochs = create_tables(_records(), "val_auroc")
     write_table(paths.trials, trials)
     write_table(paths.epochs, epochs)
     write_table(paths.splits, pd.DataFrame({"path": ["x"], "label": [1], "patient": ["p1"], "split": ["train"]}))

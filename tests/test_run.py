@@ -116,7 +116,7 @@ def test_final_stage_trains_new_seeds_and_keeps_every_member(demo):
     assert len(seeds) == 3 == len(set(seeds)) == metrics["k"]
     assert not set(seeds) & set(results.trials["seed"]), "a member repeats a (config, seed) a trial trained"
     assert [m["seed"] for m in metrics["members"]] == seeds
-    assert all(m["fit"]["auroc"] > 0 and m["test"] is not None for m in metrics["members"])
+    assert all(m["chosen"]["auroc"] > 0 and m["test"] is not None for m in metrics["members"])
     predictions = results.predictions
     members = predictions[[f"prob_member_{i}" for i in range(3)]].mean(axis=1)
     assert np.allclose(predictions["probability_raw"], members)

@@ -8,7 +8,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from cxr.config import TrainConfig
-from cxr.schedules import build_lr_scheduler, build_optimizer
+from cxr.schedules import create_lr_scheduler, create_optimizer
 
 
 def _model() -> nn.Module:
@@ -18,8 +18,8 @@ def _model() -> nn.Module:
 
 
 def _lrs(config: TrainConfig, epochs: int, steps_per_epoch: int = 1, losses=None) -> list[float]:
-    optimizer = build_optimizer(_model(), config)
-    scheduler = build_lr_scheduler(optimizer, config, steps_per_epoch)
+    optimizer = create_optimizer(_model(), config)
+    scheduler = create_lr_scheduler(optimizer, config, steps_per_epoch)
     seen = []
     for epoch in range(epochs):
         seen.append(optimizer.param_groups[0]["lr"])
@@ -36,8 +36,8 @@ def _lrs(config: TrainConfig, epochs: int, steps_per_epoch: int = 1, losses=None
 
 def test_optimizer_kind_and_only_trainable_parameters() -> None:
     model = _model()
-    adam = build_optimizer(model, TrainConfig(optimizer="adam", lr=0.01, weight_decay=0.1))
-    adamw = build_optimizer(model, TrainConfig(optimizer="adamw", lr=0.01))
+    adam = create_optimizer(model, TrainConfig(optimizer="adam", lr=0.01, weight_decay=0.1))
+    adamw = create_optimizer(model, TrainConfig(optimizer="adamw", lr=0.01))
     assert type(adam) is torch.optim.Adam and type(adamw) is torch.optim.AdamW
     params = adam.param_groups[0]["params"]
     assert len(params) == 3 and all(p.requires_grad for p in params)
@@ -65,8 +65,8 @@ def test_cosine_with_and_without_warmup() -> None:
 
 def test_onecycle_peaks_then_anneals_over_all_steps() -> None:
     config = TrainConfig(scheduler="onecycle", lr=0.1, pct_start=0.3, epochs=2)
-    optimizer = build_optimizer(_model(), config)
-    scheduler = build_lr_scheduler(optimizer, config, steps_per_epoch=10)
+    optimizer = create_optimizer(_model(), config)
+    scheduler = create_lr_scheduler(optimizer, config, steps_per_epoch=10)
     lrs = []
     for _ in range(20):
         lrs.append(optimizer.param_groups[0]["lr"])

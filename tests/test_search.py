@@ -23,7 +23,7 @@ def _settings(tmp_path, **changes) -> search.SearchSettings:
 
 def test_baselines_are_the_first_suggestions_with_the_pinned_keys(tmp_path):
     space = load_space("full").with_overrides({"epochs": 1, "image_size": 32, "pretrained": False})
-    searcher = search.make_searcher(_settings(tmp_path), space, validate(space))
+    searcher = search.create_searcher(_settings(tmp_path), space, validate(space))
     first, second, third = (searcher.suggest(f"t{i}") for i in range(3))
     assert (first["backbone"], first["scheduler"], first["lr"], first["step_size"]) == ("tf_efficientnetv2_s", "step", 1e-4, 5)
     assert (second["backbone"], second["scheduler"], second["dropout"], second["unfrozen_blocks"]) == ("densenet121", "plateau", 0.3, 2)
@@ -41,13 +41,13 @@ def _suggested(sampler: optuna.samplers.BaseSampler, n: int) -> list[dict]:
 
 def test_tpe_draws_its_first_ten_trials_at_random_then_steers(tmp_path):
     # measured in BENCHMARKS.md (issue 10): at ~12 trials, TPE started earlier did no better than random under ASHA
-    product = _suggested(search.make_sampler(_settings(tmp_path)), 12)
+    product = _suggested(search.create_sampler(_settings(tmp_path)), 12)
     random = _suggested(optuna.samplers.RandomSampler(seed=0), 12)
     assert product[:10] == random[:10] and product[10] != random[10]
 
 
 def test_each_extend_round_draws_with_its_own_seed(tmp_path):
-    first, extend = (_suggested(search.make_sampler(_settings(tmp_path, first_index=i)), 3) for i in (1, 9))
+    first, extend = (_suggested(search.create_sampler(_settings(tmp_path, first_index=i)), 3) for i in (1, 9))
     assert first != extend
 
 
@@ -62,25 +62,25 @@ def test_the_sampler_of_an_extend_round_sees_every_earlier_trial(tmp_path):
 
     space = load_space("smoke")
     checked = validate(space)
-    earlier = search.make_searcher(_settings(tmp_path), space, checked)
+    earlier = search.create_searcher(_settings(tmp_path), space, checked)
     for i in range(3):
         earlier.suggest(f"a{i}")
         earlier.on_trial_result(f"a{i}", {"val_spec_at_recall": 0.5 + i / 10, "training_iteration": 1})
         earlier.on_trial_complete(f"a{i}", {"val_spec_at_recall": 0.5 + i / 10, "epoch": 2, "config/epochs": 2})
-    extend = search.make_searcher(_settings(tmp_path, first_index=4, enqueue_baselines=False), space, checked,
+    extend = search.create_searcher(_settings(tmp_path, first_index=4, enqueue_baselines=False), space, checked,
                                   sampler=Recording(seed=0))
     extend.suggest("b0")
     assert seen == [3]
 
 
 def test_trial_scheduler_choice():
-    assert isinstance(search.make_trial_scheduler(_settings(Path("unused"), trial_scheduler="fifo")), FIFOScheduler)
-    assert isinstance(search.make_trial_scheduler(_settings(Path("unused"))), ASHAScheduler)
+    assert isinstance(search.create_trial_scheduler(_settings(Path("unused"), trial_scheduler="fifo")), FIFOScheduler)
+    assert isinstance(search.create_trial_scheduler(_settings(Path("unused"))), ASHAScheduler)
 
 
 def test_the_journal_holds_each_trials_best_epoch_and_its_state(tmp_path):
     space = load_space("smoke")
-    searcher = search.make_searcher(_settings(tmp_path), space, validate(space))
+    searcher = search.create_searcher(_settings(tmp_path), space, validate(space))
     runs = {"done": ([0.7, 0.5], {"epoch": 2}), "pruned": ([0.4, 0.6], {"epoch": 2, "config/epochs": 4}),
             "patience": ([0.3, 0.2], {"epoch": 2, "config/epochs": 4, "stopped_early": True}), "failed": ([0.1], None),
             "pruned_falling": ([0.6, 0.4], {"epoch": 2, "config/epochs": 4})}
@@ -100,14 +100,14 @@ def test_the_journal_holds_each_trials_best_epoch_and_its_state(tmp_path):
 def test_a_restored_searcher_continues_its_trials_in_the_journal_and_its_snapshot_stays_small(tmp_path):
     space = load_space("smoke")
     checked = validate(space)
-    searcher = search.make_searcher(_settings(tmp_path), space, checked)
+    searcher = search.create_searcher(_settings(tmp_path), space, checked)
     for i in range(3):
         searcher.suggest(f"t{i}")
         searcher.on_trial_result(f"t{i}", {"val_spec_at_recall": 0.1 * i, "training_iteration": 1})
     searcher.on_trial_complete("t0", {"val_spec_at_recall": 0.0, "epoch": 2, "config/epochs": 2})
     searcher.save(str(tmp_path / "searcher.pkl"))
     snapshot = (tmp_path / "searcher.pkl").stat().st_size
-    restored = search.make_searcher(_settings(tmp_path), space, checked)
+    restored = search.create_searcher(_settings(tmp_path), space, checked)
     restored.restore(str(tmp_path / "searcher.pkl"))
     restored.on_trial_result("t2", {"val_spec_at_recall": 0.9, "training_iteration": 2})
     restored.on_trial_complete("t2", {"val_spec_at_recall": 0.9, "epoch": 2, "config/epochs": 2})
@@ -126,12 +126,12 @@ def test_the_wrapped_searcher_saves_and_restores_as_tune_does_it_every_epoch(tmp
     """Tune's SearchGenerator saves the innermost searcher and asks each wrapper for its state."""
     space = load_space("smoke")
     settings = _settings(tmp_path, num_samples=48)
-    searcher = SearchGenerator(search.make_searcher(settings, space, validate(space)))
+    searcher = SearchGenerator(search.create_searcher(settings, space, validate(space)))
     assert isinstance(searcher.searcher, search.StartupCap)
     assert searcher.searcher.suggest("t0") is not None
     searcher.searcher.on_trial_result("t0", {"val_spec_at_recall": 0.5, "training_iteration": 1})
     searcher.save_to_dir(str(tmp_path), session_str="s")
-    restored = SearchGenerator(search.make_searcher(settings, space, validate(space)))
+    restored = SearchGenerator(search.create_searcher(settings, space, validate(space)))
     restored.restore_from_dir(str(tmp_path))
     restored.searcher.on_trial_complete("t0", {"val_spec_at_recall": 0.4, "training_iteration": 2, "epoch": 2,
                                               "config/epochs": 2})
@@ -143,7 +143,7 @@ def test_at_most_a_quarter_of_the_search_starts_before_tpe_can_steer(tmp_path):
     """Ray asks whenever a slot is free: with 48 free slots and --num-samples 48, 12 random trials start, then the
     searcher answers None (Ray asks again later) until 10 have finished; trials that all failed never block it."""
     space = load_space("smoke")
-    searcher = search.make_searcher(_settings(tmp_path, num_samples=48), space, validate(space))
+    searcher = search.create_searcher(_settings(tmp_path, num_samples=48), space, validate(space))
     assert search.startup_cap(48) == 12 and search.startup_cap(8) == search.STARTUP_TRIALS
     started = [f"t{i}" for i in range(12)]
     assert all(searcher.suggest(t) is not None for t in started)
@@ -157,7 +157,7 @@ def test_at_most_a_quarter_of_the_search_starts_before_tpe_can_steer(tmp_path):
     assert searcher.suggest("t12") is not None  # the 10th finished (pruned): TPE steers from here on
     assert all(searcher.suggest(f"u{i}") is not None for i in range(20))
 
-    failing = search.make_searcher(_settings(tmp_path, num_samples=48, journal_path=str(tmp_path / "f.journal")),
+    failing = search.create_searcher(_settings(tmp_path, num_samples=48, journal_path=str(tmp_path / "f.journal")),
                                    space, validate(space))
     for t in started:
         failing.suggest(t)
@@ -199,8 +199,8 @@ def test_a_trial_in_flight_when_the_budget_decides_stops_at_its_next_epoch_and_s
     now = [0.0]
     budget = Budget(total_s=100, final_members=1, final_epochs=1, member_slots=1, clock=lambda: now[0])
     space = load_space("smoke")
-    searcher = search.make_searcher(_settings(tmp_path), space, validate(space), budget=budget)
-    stopper = search.BudgetStopper(budget)
+    searcher = search.create_searcher(_settings(tmp_path), space, validate(space), budget=budget)
+    stopper = search.BudgetStopper(budget, "val_spec_at_recall")
     for trial_id in ("a", "b"):
         assert searcher.suggest(trial_id) is not None
 
@@ -230,8 +230,8 @@ def test_a_resumed_session_s_searcher_and_stopper_get_its_budget_not_a_copy(tmp_
     first = Budget(path=tmp_path / "budget.json", **settings)
     first.open()
     space = load_space("smoke")
-    pickled = pickle.dumps((search.make_searcher(_settings(tmp_path), space, validate(space), budget=first),
-                            search.BudgetStopper(first)))
+    pickled = pickle.dumps((search.create_searcher(_settings(tmp_path), space, validate(space), budget=first),
+                            search.BudgetStopper(first, "val_spec_at_recall")))
     first.close()
     resumed = Budget(path=tmp_path / "budget.json", spent_before_s=90, **settings)
     resumed.note_epoch(10)  # the final stage needs 32.5 s of the 10 s left

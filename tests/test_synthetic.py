@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.kaggle import patient_key
-from cxr.synthetic import draw, make_synthetic
+from cxr.synthetic import draw, create_synthetic
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -15,7 +15,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def test_layout_names_and_class_balance(tmp_path: Path) -> None:
-    root = make_synthetic(tmp_path / "set", n_patients=30, size=32)
+    root = create_synthetic(tmp_path / "set", n_patients=30, size=32)
     assert root == tmp_path / "set"
     for split in ("train", "val", "test"):
         for label in ("NORMAL", "PNEUMONIA"):
@@ -29,9 +29,9 @@ def test_layout_names_and_class_balance(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_files_other_seed_other_pixels(tmp_path: Path) -> None:
-    a = _tree(make_synthetic(tmp_path / "a", n_patients=12, size=32, seed=3))
-    b = _tree(make_synthetic(tmp_path / "b", n_patients=12, size=32, seed=3))
-    c = _tree(make_synthetic(tmp_path / "c", n_patients=12, size=32, seed=4))
+    a = _tree(create_synthetic(tmp_path / "a", n_patients=12, size=32, seed=3))
+    b = _tree(create_synthetic(tmp_path / "b", n_patients=12, size=32, seed=3))
+    c = _tree(create_synthetic(tmp_path / "c", n_patients=12, size=32, seed=4))
     assert a == b
     assert a != c
 

@@ -51,6 +51,8 @@ class Budget:
     clock: callable = time.monotonic
     started: float = field(default=None)
     epoch_s: list[float] = field(default_factory=list)
+    trial_epoch_s: dict[str, list[float]] = field(default_factory=dict)
+    trial_best: dict[str, float] = field(default_factory=dict)  # each trial's best score so far
     search_started_s: float | None = None  # spent() when this session's search started
     start_up_s: float | None = None  # the first trial's wait for its first epoch, less the epoch: a process start
     stopped: set[str] = field(default_factory=set)  # trials stopped by the budget
@@ -73,19 +75,25 @@ class Budget:
     def note_search_start(self) -> None:
         self.search_started_s = self.spent()
 
-    def note_epoch(self, seconds: float) -> None:
-        """Every epoch of every trial (the stopper's hot path): the planning estimate is updated here, once."""
+    def note_epoch(self, seconds: float, trial_id: str | None = None, score: float | None = None) -> None:
+        """Every epoch of every trial (the stopper's hot path): the planning estimates are updated here, once."""
         if seconds and seconds > 0:
             if self.start_up_s is None and self.search_started_s is not None:
                 self.start_up_s = max(0.0, self.spent() - self.search_started_s - seconds)
             self.epoch_s.append(float(seconds))
             many = len(self.epoch_s) >= 2
             self._p90 = statistics.quantiles(self.epoch_s, n=10, method="inclusive")[-1] if many else self.epoch_s[0]
-            self._median = statistics.median(self.epoch_s)
+            if trial_id is not None:
+                self.trial_epoch_s.setdefault(trial_id, []).append(float(seconds))
+                if isinstance(score, (int, float)) and math.isfinite(score) and score > self.trial_best.get(trial_id, -math.inf):
+                    self.trial_best[trial_id] = float(score)
+            leader = max(self.trial_best, key=self.trial_best.get) if self.trial_best else None
+            self._median = statistics.median(self.trial_epoch_s[leader] if leader else self.epoch_s)
 
     def epoch_estimate(self) -> float | None:
-        """The members' epoch time the final stage is planned with: the median of the epochs measured so far (the
-        members train one config; the search's slowest configs would overstate it)."""
+        """The members' epoch time the final stage is planned with: the median epoch of the leading trial (the
+        members train its config; a small config's epochs are a fraction of a large one's), of every trial until one
+        has a score."""
         return self._median
 
     def next_epoch_bound(self) -> float | None:

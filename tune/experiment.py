@@ -13,14 +13,14 @@ from cxr.errors import InputError
 from cxr.images import MAX_PIXELS, default_cache_dir
 from cxr.intervals import interval_text, value_text
 from cxr.models import pretrained_state
-from cxr.synthetic import make_synthetic
+from cxr.synthetic import create_synthetic
 from cxr.jsonio import read_json, write_json
 from tune import budget as budget_module
 from tune import cluster, plan, search, tracking
 from tune.loopback import requested_address
 from tune.final_stage import FinalSettings, run_final_stage
 from tune.report import write_report
-from tune.results import ExperimentPaths, build_tables, leaderboard, planned_epochs, write_table
+from tune.results import ExperimentPaths, create_tables, leaderboard, planned_epochs, write_table
 from tune.settings import RunSettings, fed_into
 from tune.spaces import load_space, validate
 
@@ -64,7 +64,7 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
         search_ended = budget.spent() if budget else 0.0
         if tracker:
             tracking.log_trials(tracker, records)
-        trials, epochs = build_tables(records, experiment.metric)
+        trials, epochs = create_tables(records, experiment.metric)
         write_table(paths.trials, trials)
         write_table(paths.epochs, epochs)
         previous = read_json(paths.best) if paths.best.exists() else None
@@ -227,7 +227,7 @@ def _load_data(experiment: RunSettings, image_size: int) -> CxrData:
     if experiment.dataset == "synthetic":
         root = cache / f"synthetic-{experiment.seed}"
         if not root.exists():
-            make_synthetic(root.with_suffix(".tmp"), seed=experiment.seed).rename(root)
+            create_synthetic(root.with_suffix(".tmp"), seed=experiment.seed).rename(root)
     else:
         root = Path(experiment.data_dir)
     data = load_dataset(root, image_size=image_size, val_fraction=experiment.val_fraction, seed=experiment.seed, cache_dir=cache,
@@ -271,12 +271,12 @@ def _print_leaderboard(trials: pd.DataFrame, metric: str) -> None:
 def _print_final(metrics: FinalMetrics) -> None:
     print(f"\ndecision threshold {metrics['threshold']:.4f} (calibrated probability, temperature "
           f"{metrics['temperature']:.2f}): {metrics['threshold_rule']}")
-    fit = metrics["threshold_chosen_on"]
-    ensemble = metrics["ensemble"]["fit"]["auroc"]
-    members = ", ".join(f"{m['fit']['auroc']:.4f}" for m in metrics["members"])
-    scope = "members on their own folds" if fit == "oof" else "members"
-    print(f"{fit} AUROC: {scope} {members}; ensemble {ensemble:.4f}; mirroring {'on' if metrics['tta']['used'] else 'off'}")
-    for split in (fit, "test"):
+    chosen_on = metrics["threshold_chosen_on"]
+    ensemble = metrics["ensemble"]["chosen"]["auroc"]
+    members = ", ".join(f"{m['chosen']['auroc']:.4f}" for m in metrics["members"])
+    scope = "members on their own folds" if chosen_on == "oof" else "members"
+    print(f"{chosen_on} AUROC: {scope} {members}; ensemble {ensemble:.4f}; mirroring {'on' if metrics['tta']['used'] else 'off'}")
+    for split in (chosen_on, "test"):
         m = metrics[split]
         if m is None:
             print(f"{split}: no {split} split in the data")

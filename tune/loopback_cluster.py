@@ -26,7 +26,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_token(folder: Path) -> dict[str, str]:
+def create_token(folder: Path) -> dict[str, str]:
     """A token of the cluster's own under folder (never ~/.ray): the environment every process of the cluster (head,
     workers, driver) needs."""
     token = write_private_token(folder / "token-home" / ".ray" / "auth_token")
@@ -48,7 +48,7 @@ class LoopbackCluster:
         its own)."""
         self.folder, self.worker_cpus, self.worker_prefix = folder, worker_cpus, tuple(worker_prefix)
         folder.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, **make_token(folder)}
+        self.env = {**os.environ, **create_token(folder)}
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.started: list[subprocess.Popen] = []  # every `ray start` process, each a session leader

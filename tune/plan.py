@@ -39,11 +39,11 @@ def add_to_plan(paths: ExperimentPaths, **sections: dict) -> dict:
 def search_plan(settings: search.SearchSettings, slots: int) -> dict:
     """plan.json's search section: what a round of settings does on a cluster of that many trial slots."""
     at_once = min(slots, settings.max_concurrent) if settings.max_concurrent else slots
-    scheduler = search.make_trial_scheduler(settings)
+    scheduler = search.create_trial_scheduler(settings)
     cap = search.startup_cap(search.planned_trials(settings))  # what the searcher's StartupCap applies
     return {"round": settings.tune_dir_name, "num_samples": settings.num_samples, "trial_slots": slots, "trials_at_once": at_once,
             "startup_trials": search.STARTUP_TRIALS, "startup_cap": cap,
-            "sampler": _settings_of(search.make_sampler(settings)),
+            "sampler": _settings_of(search.create_sampler(settings)),
             "trial_scheduler": _settings_of(scheduler) | {"rungs": rungs(scheduler)}}
 
 

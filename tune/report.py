@@ -72,8 +72,8 @@ def write_report(folder: str | Path) -> Path:
 def _final_figures(metrics: dict, predictions, figure, plots) -> str:
     """The final model's figures; returns the split its headline scores (test, or the one that chose the threshold
     when there is no test split)."""
-    fit = metrics["threshold_chosen_on"]
-    scored = "test" if metrics["test"] is not None else fit
+    chosen_on = metrics["threshold_chosen_on"]
+    scored = "test" if metrics["test"] is not None else chosen_on
     figure("roc_pr", plots.roc_pr(predictions, metrics["threshold"]))
     figure("confusion", plots.confusion(predictions[predictions["split"] == scored], metrics["threshold"], scored))
     figure("threshold_sweep", plots.threshold_sweep(predictions, metrics["threshold"]))

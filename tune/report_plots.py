@@ -16,7 +16,7 @@ from cxr.calibration import ECE_BINS, reliability_curve  # noqa: E402
 from cxr.metrics import rates  # noqa: E402
 
 LEARNING_CURVES_TOP = 20  # drawn one line each; the other trials as a band, so 1,000 trials stay readable
-SPLIT_COLORS = {"val": "tab:blue", "oof": "tab:green", "fit": "tab:blue", "test": "tab:red"}
+SPLIT_COLORS = {"val": "tab:blue", "oof": "tab:green", "chosen": "tab:blue", "test": "tab:red"}
 
 
 def roc_pr(predictions: pd.DataFrame, threshold: float):
@@ -78,17 +78,17 @@ def reliability(predictions: pd.DataFrame):
 
 
 def members(metrics: dict):
-    fit = metrics["threshold_chosen_on"]
+    chosen_on = metrics["threshold_chosen_on"]
     names = [f"seed {m['seed']}" if m.get("fold") is None else f"fold {m['fold']}" for m in metrics["members"]] + ["ensemble"]
     entries = metrics["members"] + [metrics["ensemble"]]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     x = np.arange(len(names))
-    for offset, split, label in ((-0.2, "fit", fit), (0.2, "test", "test")):
+    for offset, split, label in ((-0.2, "chosen", chosen_on), (0.2, "test", "test")):
         values = [(e[split] or {}).get("auroc", np.nan) for e in entries]
         ax.bar(x + offset, values, width=0.4, color=SPLIT_COLORS[label], label=label)
     ax.set_xticks(x, names)
     ax.set(ylabel="AUROC", title="members vs ensemble")
-    ax.set_ylim(max(0.0, np.nanmin([(e[s] or {}).get("auroc", 1) for e in entries for s in ("fit", "test")]) - 0.05), 1.0)
+    ax.set_ylim(max(0.0, np.nanmin([(e[s] or {}).get("auroc", 1) for e in entries for s in ("chosen", "test")]) - 0.05), 1.0)
     ax.legend(fontsize=8)
     return fig
 

@@ -106,7 +106,7 @@ def error_text(error: BaseException, limit: int = 2000) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", f"{type(error).__name__}: {error}")[:limit]
 
 
-def make_trial_record(folder: str | Path, config: dict, epochs: pd.DataFrame, error: str | None,
+def create_trial_record(folder: str | Path, config: dict, epochs: pd.DataFrame, error: str | None,
                       stopped_by_budget: Collection[str] = ()) -> TrialRecord:
     """A trial's record from its folder (trial_folder_name: index and id), config, reported rows (an epoch Ray
     trained twice counts once; the flattened config/<key> columns dropped), error and whether it is among the
@@ -118,7 +118,7 @@ def make_trial_record(folder: str | Path, config: dict, epochs: pd.DataFrame, er
                        trial_id in stopped_by_budget)
 
 
-def build_tables(records: list[TrialRecord], metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def create_tables(records: list[TrialRecord], metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """trials (one row per trial: status, config keys, best/last val metrics) and epochs (one row per epoch)."""
     rows, frames = [], []
     for record in records:

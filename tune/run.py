@@ -22,7 +22,7 @@ from tune.settings import RunSettings, flag_name
 _HINTS = typing.get_type_hints(RunSettings)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def create_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tune.run", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_mutually_exclusive_group()
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()  # --time-budget counts the whole command
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = create_parser().parse_args(argv)
     if any(a == "--scheduler" or a.startswith("--scheduler=") for a in argv):
         print("note: --scheduler is deprecated: use --trial-scheduler (asha|fifo); the LR schedule is the config key "
               "'scheduler'", file=sys.stderr)

@@ -25,7 +25,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from tune.budget import Budget
 from tune.cluster import COORDINATOR_CPU
-from tune.results import TrialRecord, error_text, make_trial_record, planned_epochs, trial_folder_name, trial_status
+from tune.results import TrialRecord, error_text, create_trial_record, planned_epochs, trial_folder_name, trial_status
 from tune.settings import is_uri
 from tune.spaces import CheckedSpace, Space
 from tune.trainable import TrialContext, train_trial
@@ -294,8 +294,8 @@ def _status_of_last(last: dict) -> str:
 def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace, budget: Budget | None) -> ray_tune.TuneConfig:
     name = functools.partial(_trial_name, first=settings.first_index)
     return ray_tune.TuneConfig(metric=settings.metric, mode="max",
-                               search_alg=make_searcher(settings, space, checked, budget=budget),
-                               scheduler=make_trial_scheduler(settings), num_samples=settings.num_samples,
+                               search_alg=create_searcher(settings, space, checked, budget=budget),
+                               scheduler=create_trial_scheduler(settings), num_samples=settings.num_samples,
                                max_concurrent_trials=settings.max_concurrent, trial_name_creator=name,
                                trial_dirname_creator=name,
                                reuse_actors=reuse_processes(settings))
@@ -309,7 +309,7 @@ def reuse_processes(settings: SearchSettings) -> bool:
     return settings.local_cluster and settings.gpus_per_trial == 0 and settings.workers_per_trial == 1
 
 
-def make_sampler(settings: SearchSettings) -> optuna.samplers.TPESampler:
+def create_sampler(settings: SearchSettings) -> optuna.samplers.TPESampler:
     """TPE as benchmarks/bench_search_efficiency.py measured it (BENCHMARKS.md, issue 10): Optuna's 10 random
     start-up trials (at ~12 trials per search, TPE started after 6 did no better than random under ASHA);
     multivariate + group because spaces are conditional (a scheduler's own parameters); constant_liar so parallel
@@ -319,13 +319,13 @@ def make_sampler(settings: SearchSettings) -> optuna.samplers.TPESampler:
                                       multivariate=True, group=True, constant_liar=True)
 
 
-def make_searcher(settings: SearchSettings, space: Space, checked: CheckedSpace,
+def create_searcher(settings: SearchSettings, space: Space, checked: CheckedSpace,
                   sampler: optuna.samplers.BaseSampler | None = None, budget: Budget | None = None) -> Searcher:
     """The product's searcher: TPE on the study kept in the experiment's journal file, behind the start-up cap and,
     with --time-budget, the budget's gate."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     baselines = checked.points_to_evaluate if settings.enqueue_baselines else []
-    searcher = JournalSearch(space.fn, settings.metric, sampler or make_sampler(settings), settings.study_name,
+    searcher = JournalSearch(space.fn, settings.metric, sampler or create_sampler(settings), settings.study_name,
                              settings.journal_path, baselines)
     cap = startup_cap(planned_trials(settings))
     if cap is not None:
@@ -346,7 +346,7 @@ def startup_cap(num_samples: int) -> int:
     return max(STARTUP_TRIALS, num_samples // STARTUP_SHARE)
 
 
-def make_trial_scheduler(settings: SearchSettings) -> ASHAScheduler | FIFOScheduler:
+def create_trial_scheduler(settings: SearchSettings) -> ASHAScheduler | FIFOScheduler:
     if settings.trial_scheduler == "fifo":
         return FIFOScheduler()
     # every trial gets one epoch (the cheapest signal that separates lr/unfrozen settings), a third go on at each rung
@@ -366,8 +366,8 @@ def _run_config(settings: SearchSettings, callbacks: tuple[Callback, ...] = (),
         checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
         failure_config=ray_tune.FailureConfig(max_failures=TRIAL_RETRIES),
         callbacks=[RetriesSinceProgress(), *callbacks],
-        stop=BudgetStopper(budget) if budget else None,
-        progress_reporter=make_reporter(settings.metric, settings.config_keys),
+        stop=BudgetStopper(budget, settings.metric) if budget else None,
+        progress_reporter=create_reporter(settings.metric, settings.config_keys),
         verbose=1,
     )
 
@@ -386,13 +386,13 @@ class BudgetStopper(Stopper):
     trial once one more epoch of it would no longer fit (tune.budget.Budget.decide_stop). (budget None: a --resume
     without the budget this stopper was pickled with.)"""
 
-    def __init__(self, budget: Budget):
-        self.budget = budget
+    def __init__(self, budget: Budget, metric: str):
+        self.budget, self.metric = budget, metric
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         if self.budget is None:
             return False
-        self.budget.note_epoch(result.get("time_this_iter_s"))
+        self.budget.note_epoch(result.get("time_this_iter_s"), trial_id, result.get(self.metric))
         end_trial_starts(self.budget)
         planned = planned_epochs(result.get("config") or {})
         if result.get("stopped_early") or result.get("epoch", 0) >= planned or not self.budget.decide_stop(trial_id):
@@ -420,7 +420,7 @@ class RetriesSinceProgress(Callback):
 REPORTED_PARAMETERS = ("backbone", "lr", "scheduler", "unfrozen_blocks")
 
 
-def make_reporter(metric: str, keys: frozenset[str] = frozenset(REPORTED_PARAMETERS)) -> CLIReporter:
+def create_reporter(metric: str, keys: frozenset[str] = frozenset(REPORTED_PARAMETERS)) -> CLIReporter:
     """The live table: per trial its epoch, the search metric and val AUROC, so the leading trial is visible
     (shown when RAY_AIR_NEW_OUTPUT=0, which python -m tune.run sets unless the user chose otherwise)."""
     return CLIReporter(
@@ -437,4 +437,4 @@ def tune_dir(settings: SearchSettings) -> str:
 def _record(result, config: dict | None = None, stopped: set[str] = frozenset()) -> TrialRecord:
     epochs = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
     error = None if result.error is None else error_text(result.error)
-    return make_trial_record(result.path, config or result.config, epochs, error, stopped)
+    return create_trial_record(result.path, config or result.config, epochs, error, stopped)

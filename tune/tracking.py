@@ -23,7 +23,7 @@ from ray.tune import Callback
 from cxr.errors import InputError
 from cxr.jsonio import read_json, write_json
 from tune.budget import Budget
-from tune.results import ExperimentPaths, TrialRecord, make_trial_record, record_status
+from tune.results import ExperimentPaths, TrialRecord, create_trial_record, record_status
 from tune.settings import RUN_PARAMETERS
 
 MLFLOW_EXPERIMENT = "cxr-tune"  # every experiment of a tracking store is a parent run in this MLflow experiment
@@ -214,7 +214,7 @@ def _record_of(trial, errored: bool, stopped_by_budget: Collection[str] = ()) ->
         text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).is_file() else ""
         lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Failure # ")]
         error = lines[-1] if lines else "the trial failed"
-    return make_trial_record(folder, trial.config, epochs, error, stopped_by_budget)
+    return create_trial_record(folder, trial.config, epochs, error, stopped_by_budget)
 
 
 def _version() -> str:

@@ -116,7 +116,7 @@ def run(faults: int, trials: int, epochs: int, address: str | None, node_kill=No
     return {"trial kills" if not node_kill else "node kills": worker_kills, "always-failing trials": int(failing.sum()),
             "failing trials reported as error": int((results.trials.loc[failing, "status"] == "error").sum()),
             "driver kills in the final stage": driver_kills, "trials lost": lost, "epochs repeated": repeated,
-            "members retrained": retrained, "final members": results.metrics["k"] if results.metrics else 0,
+            "members retrained": retrained, "final members": results.metrics["n_members"] if results.metrics else 0,
             "wall s": round(time.monotonic() - start)}
 
 

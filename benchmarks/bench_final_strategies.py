@@ -76,7 +76,7 @@ def build_experiments(args, manifest: Path) -> dict[str, Path]:
             shutil.copytree(folders["seeds"], folders["folds"], ignore=shutil.ignore_patterns("final", "report"))
             from cxr.jsonio import read_json, write_json
 
-            write_json(folders["folds"] / "run.json", read_json(folders["folds"] / "run.json") | {"final": "folds"})
+            write_json(folders["folds"] / "run.json", read_json(folders["folds"] / "run.json") | {"final_kind": "folds"})
         run([sys.executable, "-m", "tune.run", "--results-dir", str(results), "--name", folders["folds"].name, "--resume"])
     return folders
 

@@ -117,11 +117,12 @@ def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, folds
     metrics["ensemble"] = _own_threshold(predictions, "probability_raw", config.target_recall, chosen_on)
     if folds is not None:
         metrics["folds"] = fold_summary(predictions, metrics, member_columns)
-    metrics.update(tta=tta, k=len(members), final_epochs=config.epochs, final="seeds" if folds is None else "folds")
+    metrics.update(tta=tta, n_members=len(members), final_epochs=config.epochs,
+                   final_kind="seeds" if folds is None else "folds")
     models = [_model(config, m) for m in members]
     model = FinalModel(config, models, [m.seed for m in members], metrics["threshold"], metrics["temperature"], tta["used"],
                        info={"threshold_rule": metrics["threshold_rule"], "target_recall": config.target_recall,
-                             "final": metrics["final"], "threshold_chosen_on": chosen_on})
+                             "final_kind": metrics["final_kind"], "threshold_chosen_on": chosen_on})
     history = pd.concat([pd.DataFrame(m.history).assign(member=i, seed=m.seed, fold=m.fold) for i, m in enumerate(members)],
                         ignore_index=True)
     return model, metrics, predictions, history

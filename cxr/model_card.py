@@ -20,7 +20,7 @@ def render_model_card(metrics: FinalMetrics, config: TrainConfig, best: dict) ->
         "tuned for high recall so that few pneumonia films are missed. Not a diagnosis, not for adults or lateral "
         "films without external validation, and never without a reader.", "",
         "## Model",
-        f"- Backbone `{config.backbone}` at {config.image_size} px, ensemble of {metrics['k']} member(s) "
+        f"- Backbone `{config.backbone}` at {config.image_size} px, ensemble of {metrics['n_members']} member(s) "
         f"({members}), mean probability, test-time mirroring "
         f"{'on' if metrics['tta']['used'] else 'off'} ({metrics['tta']['rule']}), temperature "
         f"{metrics['temperature']:.3f} (fitted on {chosen_on}).",

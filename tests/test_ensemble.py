@@ -41,10 +41,10 @@ def test_assemble_follows_the_contract(synthetic_data: CxrData):
     for column in ["path", "patient", "split", "label", "prob_member_0", "prob_member_2", "probability_raw", "probability", "prediction"]:
         assert column in predictions
     assert np.allclose(predictions["probability_raw"], predictions[[f"prob_member_{i}" for i in range(3)]].mean(axis=1))
-    assert metrics["k"] == 3 and [m["seed"] for m in metrics["members"]] == [100, 101, 102] == model.seeds
+    assert metrics["n_members"] == 3 and [m["seed"] for m in metrics["members"]] == [100, 101, 102] == model.seeds
     assert metrics["tta"]["used"] == model.tta and "ensemble" in metrics
     assert sorted(history["member"].unique()) == [0, 1, 2] and model.threshold == metrics["threshold"]
-    assert to_json(metrics | {"final_stage_s": 1.0})["k"] == 3  # metrics.json's schema (final_stage_s: the stage's)
+    assert to_json(metrics | {"final_stage_s": 1.0})["n_members"] == 3  # metrics.json's schema (final_stage_s: the stage's)
 
 
 def test_mirroring_is_chosen_only_when_val_gains():
@@ -59,7 +59,7 @@ def test_mirroring_is_chosen_only_when_val_gains():
 def test_one_member_is_allowed(synthetic_data: CxrData):
     config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=64)
     model, metrics, _, _ = assemble(config, _members(synthetic_data, config, 1), synthetic_data, n_boot=100)
-    assert metrics["k"] == 1 and len(model.members) == 1
+    assert metrics["n_members"] == 1 and len(model.members) == 1
 
 
 def _fold_members(data: CxrData, config: TrainConfig, folds: np.ndarray) -> list[Member]:
@@ -90,9 +90,9 @@ def test_fold_ensemble_scores_each_pool_film_by_the_member_that_held_it_out(synt
     assert (oof[columns].notna().to_numpy().argmax(axis=1) == oof["fold"].to_numpy()).all()
     test = predictions[predictions["split"] == "test"]
     assert np.allclose(test["probability_raw"], test[columns].mean(axis=1)) and test[columns].notna().all().all()
-    assert metrics["threshold_chosen_on"] == "oof" and metrics["final"] == "folds" and "oof" in metrics and "val" not in metrics
+    assert metrics["threshold_chosen_on"] == "oof" and metrics["final_kind"] == "folds" and "oof" in metrics and "val" not in metrics
     assert [f["fold"] for f in metrics["folds"]["per_fold"]] == [0, 1, 2]
     assert sum(f["images"] for f in metrics["folds"]["per_fold"]) == len(oof)
-    assert len(metrics["folds"]["test_single_members"]) == 3 and model.info["final"] == "folds"
+    assert len(metrics["folds"]["test_single_members"]) == 3 and model.info["final_kind"] == "folds"
     assert sorted(history["fold"].unique()) == [0, 1, 2]
-    assert to_json(metrics | {"final_stage_s": 1.0})["final"] == "folds"  # metrics.json's schema
+    assert to_json(metrics | {"final_stage_s": 1.0})["final_kind"] == "folds"  # metrics.json's schema

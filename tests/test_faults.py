@@ -88,7 +88,7 @@ def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeati
     args = ["--space", "smoke", *TINY, "--num-samples", "2", "--cpus-per-trial", "2", "--final", "folds",
             "--final-members", "2", "--final-epochs", "2", "--results-dir", str(tmp_path), "--name", "k",
             "--mlflow", store, "--register", "cxr-k"]
-    tune_dir, members = tmp_path / "k" / "tune", tmp_path / "k" / "final-members"
+    tune_dir, members = tmp_path / "k" / "tune", tmp_path / "k" / "member-checkpoints"
     driver = _start(args)
     # its first epoch reported and checkpointed, so it can continue from there
     _wait(lambda: any(_epochs_reported(d) and any(d.glob("checkpoint_*")) for d in tune_dir.glob("trial_*")), 300, driver)
@@ -118,7 +118,7 @@ def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeati
     assert {p: p.stat().st_mtime_ns for p in searched} == searched, "the search ran again"
     assert not list((tmp_path / "k").glob(".*.tmp")), "final/ is renamed into place whole"
     results = load(tmp_path / "k")
-    assert len(results.trials) == 2 and results.trials["trial_id"].is_unique and results.metrics["k"] == 2
+    assert len(results.trials) == 2 and results.trials["trial_id"].is_unique and results.metrics["n_members"] == 2
     assert (results.trials["status"] == "completed").all() and (results.trials["epochs_run"] == 2).all()
     _assert_continued_in_a_new_process(results, killed)
     final_seeds = [m["seed"] for m in results.metrics["members"]]

@@ -113,7 +113,7 @@ def test_final_stage_trains_new_seeds_and_keeps_every_member(demo):
     results = load(demo.folder)
     metrics, model = results.metrics, json.loads((demo.folder / "final" / "model.json").read_text())
     seeds = [m["seed"] for m in model["members"]]
-    assert len(seeds) == 3 == len(set(seeds)) == metrics["k"]
+    assert len(seeds) == 3 == len(set(seeds)) == metrics["n_members"]
     assert not set(seeds) & set(results.trials["seed"]), "a member repeats a (config, seed) a trial trained"
     assert [m["seed"] for m in metrics["members"]] == seeds
     assert all(m["chosen"]["auroc"] > 0 and m["test"] is not None for m in metrics["members"])
@@ -123,7 +123,7 @@ def test_final_stage_trains_new_seeds_and_keeps_every_member(demo):
     assert ((predictions["probability"] >= metrics["threshold"]).astype(int) == predictions["prediction"]).all()
     history = pd.read_parquet(demo.folder / "final" / "history.parquet")
     assert sorted(history["seed"].unique()) == sorted(seeds)
-    assert not (demo.folder / "final-members").exists()
+    assert not (demo.folder / "member-checkpoints").exists()
 
 
 @pytest.mark.slow

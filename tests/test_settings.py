@@ -70,7 +70,7 @@ def test_the_search_and_final_settings_take_every_flag_they_share_with_the_run_f
     from tune.search import SearchSettings
     from tune.settings import RUN_PARAMETERS, fed_into
 
-    run = RunSettings(final_members=5, val_fraction=0.3, final="folds", seed=7, cpus_per_trial=0.5)
+    run = RunSettings(final_members=5, val_fraction=0.3, final_kind="folds", seed=7, cpus_per_trial=0.5)
     derived = {"search": {"max_epochs", "storage_path", "journal_path", "study_name", "local_cluster"},
                "final": set(), "budget": {"total_s", "final_epochs", "member_slots"}}
     for part, cls in (("search", SearchSettings), ("final", FinalSettings), ("budget", Budget)):

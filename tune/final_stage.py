@@ -51,10 +51,10 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     seeds = member_seeds(final.seed, final.n_members, taken)
     folds = patient_folds(data.manifest, final.n_members, final.seed) if final.kind == "folds" else None
     fold_of = dict(zip(seeds, range(len(seeds)))) if folds is not None else dict.fromkeys(seeds)
-    add_to_plan(paths, final={"kind": final.kind, "members": len(seeds), "seeds": seeds, "epochs": config.epochs,
+    add_to_plan(paths, final={"kind": final.kind, "n_members": len(seeds), "seeds": seeds, "epochs": config.epochs,
                               "trial_id": best["trial_id"], "threshold_rule": final.threshold_rule,
                               "recall_confidence": final.recall_confidence})
-    members = _load_members(paths.members, seeds, fold_of)
+    members = _load_members(paths.member_checkpoints, seeds, fold_of)
     pending = [s for s in seeds if s not in members]
     what = f"{len(seeds)} member(s)" if folds is None else f"{len(seeds)} patient folds of train + val, one member each,"
     print(f"\nfinal stage: {what} of trial {best['trial_id']}'s config, {config.epochs} epochs, seeds "
@@ -67,7 +67,7 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     while running:
         (done,), _ = ray.wait(list(running), num_returns=1)
         member = ray.get(done)
-        _save_member(paths.members, member)
+        _save_member(paths.member_checkpoints, member)
         members[member.seed] = member
         del running[done]
     model, metrics, predictions, history = assemble(config, [members[s] for s in seeds], data, folds=folds,
@@ -78,7 +78,7 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     if folds is not None:
         tables[paths.folds] = _fold_table(data, folds, roles)
     write_final(paths, model, metrics, tables, render_model_card(metrics, config, best))
-    shutil.rmtree(paths.members)  # the package in final/ holds every member now
+    shutil.rmtree(paths.member_checkpoints)  # the package in final/ holds every member now
     return metrics
 
 

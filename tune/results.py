@@ -36,7 +36,7 @@ class ExperimentPaths:
     folds = property(lambda self: self.root / "final" / "folds.parquet")  # --final folds: every film's fold and roles
     model = property(lambda self: self.root / "final" / "model.json")
     model_card = property(lambda self: self.root / "final" / "model_card.md")
-    members = property(lambda self: self.root / "final-members")  # members trained so far, until final/ is written
+    member_checkpoints = property(lambda self: self.root / "member-checkpoints")  # members trained so far, until final/
     report = property(lambda self: self.root / "report")
     tracking = property(lambda self: self.root / "mlflow.json")  # --mlflow: the store and the parent run's id
     budget = property(lambda self: self.root / "budget.json")  # --time-budget: spent so far, stopped trials

@@ -75,7 +75,7 @@ class RunSettings:
     address: str | None = _flag(None, place=True, help="join an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one")
     storage_path: str | None = _flag(None, place=True, help="where Ray Tune keeps trials and checkpoints (local path, NFS, s3://, gs://); "
                                      "default: the experiment folder")
-    final: str = _flag("seeds", into={"final": "kind"}, help="final model: seeds = K members of the best config with new seeds on train, operating "
+    final_kind: str = _flag("seeds", into={"final": "kind"}, flag="--final", help="final model: seeds = K members of the best config with new seeds on train, operating "
                        "point fitted on val; folds = one member per patient fold of train + val, operating point fitted "
                        "on their out-of-fold predictions", choices=list(FINAL_KINDS))
     final_members: int = _flag(3, into={"final": "n_members", "budget": "final_members"}, help="ensemble members K of the final model, trained in parallel (folds: K folds)",
@@ -201,7 +201,7 @@ def check_flags(settings: RunSettings) -> None:
         raise InputError(f"--weights-dir {settings.weights_dir} does not exist or is not a folder: pass an existing folder")
     if settings.register is not None and settings.mlflow is None:
         raise InputError(f"--register {settings.register} needs --mlflow: add --mlflow [URI]")
-    if settings.final == "folds" and settings.final_members < 2:
+    if settings.final_kind == "folds" and settings.final_members < 2:
         raise InputError(f"--final folds with --final-members {settings.final_members}: folds need 2 or more members "
                          "(one per fold); use --final-members 3 or --final seeds")
     _check_data_dir(settings.data_dir)

@@ -393,7 +393,6 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(dir=out) as root:
                 r = snapshot(n, Path(root))
             print(f"| {n} | {r['product_ms']:.1f} ({r['product_kib']:.0f}) | {r['ray_ms']:.1f} ({r['ray_kib']:.0f}) |")
-        return 0
     if args.simulate:
         print("\n| trials at once | trials | start-up cap | random before TPE could steer | makespan (epochs) | idle "
               "slot-epochs |\n|---|---|---|---|---|---|")
@@ -404,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                 cap = max(10, r["trials"] // 4) if gated else "none"
                 print(f"| {c} | {r['trials']} | {cap} | {r['random_before_tpe']} | {r['makespan_epochs']:.1f} | "
                       f"{r['idle_slot_epochs']:.0f} |", flush=True)
+    if args.snapshot or args.simulate:  # both questions without Ray processes: one invocation may ask both
         return 0
     if args.startup:
         from tune import search

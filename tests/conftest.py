@@ -262,6 +262,13 @@ def _start_failing_search(tmp_path_factory: pytest.TempPathFactory) -> Backgroun
 
 
 SHARED_RUNS = {"demo": _start_demo, "failing_search": _start_failing_search}
+LONG_MARKERS = ("slow", "benchmark", "scale")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The quick tests first, then the long runs (each group in file order): the shared runs, started before the
+    first test, overlap the quick in-process tests instead of the other long runs, which they would slow down."""
+    items.sort(key=lambda item: any(item.get_closest_marker(m) for m in LONG_MARKERS))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -36,17 +36,14 @@ def test_smoke_measures_both_arms_and_writes_the_search_report(tmp_path, run_ben
 
 
 @pytest.mark.benchmark
-def test_simulate_the_cap_bounds_the_random_start_and_leaves_slots_idle(tmp_path, run_benchmark):
-    stdout = run_benchmark("bench_scale.py", "--simulate", "3", "--out", str(tmp_path))
-    (_, trials, none, ungated, _, ungated_idle), (_, _, cap, gated, _, gated_idle) = _rows(stdout)
+def test_simulate_the_cap_bounds_the_random_start_and_snapshot_of_the_product_s_searcher_is_smaller(tmp_path, run_benchmark):
+    """--snapshot and --simulate, the two questions without Ray processes, in one invocation."""
+    stdout = run_benchmark("bench_scale.py", "--snapshot", "20", "--simulate", "3", "--out", str(tmp_path))
+    snapshot, simulate = (_rows(table) for table in stdout.strip().split("\n\n"))
+    [(trials, product, ray)] = snapshot
+    kib = [float(cell.split("(")[1].rstrip(")")) for cell in (product, ray)]
+    assert trials == "20" and 0 < kib[0] < kib[1]
+    (_, trials, none, ungated, _, ungated_idle), (_, _, cap, gated, _, gated_idle) = simulate
     assert (trials, none, cap) == ("12", "none", "10")  # 3 slots x 4 trials; the cap is STARTUP_TRIALS
     assert int(gated) <= int(cap) < int(ungated)
     assert int(ungated_idle) == 0 < int(gated_idle)  # what the cap costs: slots wait for TPE
-
-
-@pytest.mark.benchmark
-def test_snapshot_of_the_product_s_searcher_is_smaller_than_ray_s(tmp_path, run_benchmark):
-    stdout = run_benchmark("bench_scale.py", "--snapshot", "20", "--out", str(tmp_path))
-    [(trials, product, ray)] = _rows(stdout)
-    kib = [float(cell.split("(")[1].rstrip(")")) for cell in (product, ray)]
-    assert trials == "20" and 0 < kib[0] < kib[1]

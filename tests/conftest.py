@@ -1,5 +1,5 @@
-"""Shared fixtures: synthetic data made once per session in tmp, the README's demo experiment and the failing-trial
-search (each run once, started before the first test, read by every test that only reads results), and the helpers several test modules use (no test module imports another).
+"""Shared fixtures: synthetic data made once per session in tmp, the README's demo experiment (run once, read by
+every test that only reads results), and the helpers several test modules use (no test module imports another).
 
 Nothing here reads ../shared, and CXR_CACHE_DIR points every test at a temporary cache, so no test writes
 to ~/.cache.
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -185,114 +184,29 @@ class FinishedRun:
     listening: set[tuple[str, str]]  # (process name, local address) of every TCP socket its processes listened on
 
 
-class BackgroundRun:
-    """`python -m tune.run` in a subprocess, watched from threads: its output and (twice a second, as Ray's processes
-    come and go) the TCP sockets its process tree listens on."""
-
-    def __init__(self, args: list[str], folder: Path, home: Path, env: dict[str, str] | None = None):
-        self.folder, self.home, self.listening, self._out = folder, home, set(), ([], [])
-        self.proc = subprocess.Popen([sys.executable, "-m", "tune.run", *args], cwd=REPO, env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        self._threads = [threading.Thread(target=lambda s, o: o.extend(s), args=(s, o), daemon=True)
-                         for s, o in zip((self.proc.stdout, self.proc.stderr), self._out)]
-        self._threads.append(threading.Thread(target=self._watch, daemon=True))
-        for thread in self._threads:
-            thread.start()
-
-    def _watch(self) -> None:
-        while self.proc.poll() is None:
-            self.listening |= _listening_sockets(self.proc.pid)
-            time.sleep(0.5)
-
-    def finish(self, timeout: float = 600) -> FinishedRun:
-        """Wait for the run (killing it after timeout s); it must have exited 0."""
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-        for thread in self._threads:
-            thread.join()
-        stdout, stderr = ("".join(o) for o in self._out)
-        assert self.proc.returncode == 0, stderr[-4000:]
-        return FinishedRun(self.folder, stdout, self.home, self.listening)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the driver and its private Ray cluster
-            self.proc.wait()
-
-
-def _start_demo(tmp_path_factory: pytest.TempPathFactory) -> BackgroundRun:
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory, run_cli) -> FinishedRun:
     """The README's demo command (smoke space, synthetic data, ASHA, 8 trials, 3 final members) with --mlflow as its
-    "Track in MLflow" says (the default store: <results>/mlflow.db), in a HOME of its own without Ray's variables."""
+    "Track in MLflow" says (the default store: <results>/mlflow.db), run once for every test that reads its results.
+    A test that changes an experiment copies it first (copy_experiment)."""
     results, cache, home = (tmp_path_factory.mktemp(n) for n in ("results", "demo-cache", "demo-home"))
-    args = ["--space", "smoke", "--dataset", "synthetic", "--mlflow", "--results-dir", str(results), "--name", "demo",
-            "--cache-dir", str(cache)]
+    args = ("--space", "smoke", "--dataset", "synthetic", "--mlflow", "--results-dir", str(results), "--name", "demo",
+            "--cache-dir", str(cache))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))} | {"HOME": str(home)}
-    return BackgroundRun(args, results / "demo", home, env)
-
-
-# The first baseline draws a model only this driver knows (registered when the space file is imported): on the
-# Ray workers it does not exist, so that trial fails on every attempt; the other trains normally.
-FAILING_SPACE = '''
-import timm
-from timm.models import register_model
-
-@register_model
-def cxr_fault_net(pretrained=False, **kwargs):
-    return timm.create_model("test_efficientnet", **kwargs)
-
-BASELINES = [{"backbone": "cxr_fault_net", "lr": 0.003}, {"backbone": "test_efficientnet", "lr": 0.003}]
-
-def space(trial):
-    trial.suggest_categorical("backbone", ["cxr_fault_net", "test_efficientnet"])
-    trial.suggest_float("lr", 1e-3, 1e-2, log=True)
-    return {"pretrained": False, "batch_size": 32}
-'''
-
-
-def _start_failing_search(tmp_path_factory: pytest.TempPathFactory) -> BackgroundRun:
-    """Two one-epoch trials, one of them the baseline that fails on every attempt, then a one-member final stage."""
-    root = tmp_path_factory.mktemp("failing")
-    (root / "faulty.py").write_text(FAILING_SPACE)
-    args = ["--space", str(root / "faulty.py"), "--dataset", "synthetic", "--image-size", "32", "--max-epochs", "1",
-            "--trial-scheduler", "fifo", "--num-samples", "2", "--final-members", "1", "--final-epochs", "1",
-            "--results-dir", str(root / "r"), "--name", "f"]
-    return BackgroundRun(args, root / "r" / "f", Path.home())
-
-
-SHARED_RUNS = {"demo": _start_demo, "failing_search": _start_failing_search}
-LONG_MARKERS = ("slow", "benchmark", "scale")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The quick tests first, then the long runs (each group in file order): the shared runs, started before the
-    first test, overlap the quick in-process tests instead of the other long runs, which they would slow down."""
-    items.sort(key=lambda item: any(item.get_closest_marker(m) for m in LONG_MARKERS))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def shared_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The runs several tests read start before the first test, when a selected test needs them: each spends most of
-    its time starting processes and Ray, so the tests before its first reader use the cores it leaves idle."""
-    needed = {name for item in request.session.items for name in item.fixturenames}
-    runs = {name: start(tmp_path_factory) for name, start in SHARED_RUNS.items() if name in needed}
-    yield runs
-    for run in runs.values():
-        run.stop()
-
-
-@pytest.fixture(scope="session")
-def demo(shared_runs: dict[str, BackgroundRun]) -> FinishedRun:
-    """The demo experiment, run once for every test that reads its results. A test that changes an experiment copies
-    it first (copy_experiment)."""
-    return shared_runs["demo"].finish()
-
-
-@pytest.fixture(scope="session")
-def failing_search(shared_runs: dict[str, BackgroundRun]) -> FinishedRun:
-    """The search whose first baseline fails on every attempt (FAILING_SPACE)."""
-    return shared_runs["failing_search"].finish()
+    with subprocess.Popen([sys.executable, "-m", "tune.run", *args], cwd=REPO, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        listening, out = set(), ([], [])
+        readers = [threading.Thread(target=lambda s, o: o.extend(s), args=(s, o)) for s, o in zip((proc.stdout, proc.stderr), out)]
+        for r in readers:
+            r.start()
+        while proc.poll() is None:  # Ray's processes come and go: look twice a second
+            listening |= _listening_sockets(proc.pid)
+            time.sleep(0.5)
+        for r in readers:
+            r.join()
+    stdout, stderr = ("".join(o) for o in out)
+    assert proc.returncode == 0, stderr[-4000:]
+    return FinishedRun(results / "demo", stdout, home, listening)
 
 
 def _listening_sockets(root: int) -> set[tuple[str, str]]:

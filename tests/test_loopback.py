@@ -15,7 +15,8 @@ SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", SWITCH):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so what the test's code sets is undone after it (delenv of an
+        monkeypatch.delenv(name)  # absent variable records nothing)
 
 
 def test_only_a_local_run_is_bound_to_loopback(monkeypatch):
@@ -63,3 +64,11 @@ def test_token_from_the_environment_or_auth_off_writes_nothing(tmp_path, monkeyp
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "elsewhere" / "token"))
     assert ensure_private_token(tmp_path) == tmp_path / "elsewhere" / "token"
     assert not (tmp_path / ".ray").exists()
+
+
+def test_a_loopback_cluster_s_nodes_never_get_the_single_node_switch(monkeypatch, tmp_path):
+    from tune.loopback_cluster import cluster_env
+
+    bind_to_loopback(None)  # what a local run in this process sets
+    env = cluster_env(tmp_path)
+    assert os.environ[SWITCH] == "0" and SWITCH not in env and env["RAY_AUTH_MODE"] == "token"

@@ -11,7 +11,7 @@ from pathlib import Path
 # Ray reads this once, when it is imported: "0" makes it pick the loopback address as the node's IP, so the GCS,
 # raylet, workers and runtime-env agent bind to 127.0.0.1 (what Ray does on macOS and Windows); ray.init's
 # _node_ip_address="127.0.0.1" is turned back into the machine's address on Linux
-_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # where Ray looks for the token (ray.io/en/latest/ray-security/token-auth.html), and where it writes one
 _TOKEN_ENVS = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 _TOKEN_BYTES = 32  # as Ray's own generator: 256 bits
@@ -26,7 +26,7 @@ def bind_to_loopback(address: str | None) -> None:
     """For a run that starts its own cluster, before Ray is imported: Ray's processes bind to 127.0.0.1 (unless the
     user set the switch). --address runs are left as they are. tune.cluster.connect says so if it did not hold."""
     if requested_address(address) is None:
-        os.environ.setdefault(_LOCAL_ONLY_ENV, "0")
+        os.environ.setdefault(LOCAL_ONLY_ENV, "0")
 
 
 def is_loopback(ip: str) -> bool:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tune.loopback import write_private_token
+from tune.loopback import LOCAL_ONLY_ENV, write_private_token
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -33,6 +33,12 @@ def create_token(folder: Path) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
+def cluster_env(folder: Path) -> dict[str, str]:
+    """This process's environment for the cluster's processes: its own token, and never the single-node switch a
+    local run in this process may have set (tune.loopback.bind_to_loopback): worker nodes would refuse to join."""
+    return {k: v for k, v in os.environ.items() if k != LOCAL_ONLY_ENV} | create_token(folder)
+
+
 def node_args(cpus: int) -> list[str]:
     """`ray start` flags of one node on 127.0.0.1; two raylets on one IP need agent and metrics ports of their own."""
     return ["--num-cpus", str(cpus), "--node-ip-address", "127.0.0.1", "--block",
@@ -48,7 +54,7 @@ class LoopbackCluster:
         its own)."""
         self.folder, self.worker_cpus, self.worker_prefix = folder, worker_cpus, tuple(worker_prefix)
         folder.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, **create_token(folder)}
+        self.env = cluster_env(folder)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.started: list[subprocess.Popen] = []  # every `ray start` process, each a session leader

@@ -61,6 +61,7 @@ class Budget:
     spending: dict = field(default_factory=dict)  # search_s, final_stage_s, ... of the sessions so far
     _p90: float | None = field(default=None, repr=False)
     _median: float | None = field(default=None, repr=False)
+    _leader: str | None = field(default=None, repr=False)  # the trial with the highest best score so far
 
     def __post_init__(self):
         if self.started is None:
@@ -87,8 +88,10 @@ class Budget:
                 self.trial_epoch_s.setdefault(trial_id, []).append(float(seconds))
                 if isinstance(score, (int, float)) and math.isfinite(score) and score > self.trial_best.get(trial_id, -math.inf):
                     self.trial_best[trial_id] = float(score)
-            leader = max(self.trial_best, key=self.trial_best.get) if self.trial_best else None
-            self._median = statistics.median(self.trial_epoch_s[leader] if leader else self.epoch_s)
+                    # bests only rise: the leader changes only to a trial that just passed it (no scan per epoch)
+                    if self._leader is None or score > self.trial_best[self._leader]:
+                        self._leader = trial_id
+            self._median = statistics.median(self.trial_epoch_s[self._leader] if self._leader else self.epoch_s)
 
     def epoch_estimate(self) -> float | None:
         """The members' epoch time the final stage is planned with: the median epoch of the leading trial (the

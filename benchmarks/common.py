@@ -60,12 +60,16 @@ def subset_folder(data_dir: Path, fraction: float, seed: int = 0) -> Path:
     return root
 
 
-def print_markdown(rows: list[dict]) -> None:
+def markdown_table(rows: list[dict]) -> str:
     """rows as a markdown table: a column per key, in the order first seen; empty where a row lacks the key."""
     keys = list(dict.fromkeys(key for row in rows for key in row))
-    print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(str(row.get(key, "")) for key in keys) + " |")
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(row.get(key, "")) for key in keys) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def print_markdown(rows: list[dict]) -> None:
+    print(markdown_table(rows))
 
 
 def machine() -> str:

@@ -1,5 +1,6 @@
 """Where the model looked: Grad-CAM (pytorch-grad-cam) on the last block of each member's feature extractor,
-averaged over the ensemble's members, laid over the film at its own size and aspect."""
+averaged over the ensemble's members, laid over the film at its own size and aspect. The members run in the precision
+they predict in (cxr.precision); the map itself is computed in float32."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 
 from cxr.augment import BatchPipeline
 from cxr.models import CxrNet, data_config
+from cxr.precision import autocast, resolve_precision
 
 
 def target_layer(model: CxrNet) -> torch.nn.Module:
@@ -25,14 +27,23 @@ def target_layer(model: CxrNet) -> torch.nn.Module:
     return model.backbone.get_submodule(last)
 
 
-def grad_cam(members: list[CxrNet], image: np.ndarray, image_size: int) -> np.ndarray:
-    """(image_size, image_size) map in [0, 1]: the mean of the members' Grad-CAMs for the pneumonia logit."""
+def grad_cam(members: list[CxrNet], image: np.ndarray, image_size: int, precision: str = "auto") -> np.ndarray:
+    """(image_size, image_size) map in [0, 1]: the mean of the members' Grad-CAMs for the pneumonia logit, each
+    member in the precision the config key's value means on its device."""
     maps = []
     for model in members:
+        device = next(model.parameters()).device
+        arithmetic = resolve_precision(precision, device)
         dc = data_config(model)
-        x = BatchPipeline(image_size, dc["mean"], dc["std"])(torch.from_numpy(image[None]), train=False)
-        with GradCAM(model=model, target_layers=[target_layer(model)]) as cam:
-            maps.append(cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)])[0])
+        x = BatchPipeline(image_size, dc["mean"], dc["std"]).to(device)(torch.from_numpy(image[None]), train=False)
+        layer = target_layer(model)
+        # the layer's output (and so its gradient) in float32: pytorch-grad-cam reads both as numpy, which has no bf16
+        as_float = layer.register_forward_hook(lambda module, inputs, output: output.float())
+        try:
+            with GradCAM(model=model, target_layers=[layer]) as cam, autocast(arithmetic, device):
+                maps.append(cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)])[0])
+        finally:
+            as_float.remove()
     return np.mean(maps, axis=0)
 
 

@@ -13,6 +13,7 @@ from cxr.errors import InputError
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("step", "plateau", "cosine", "onecycle")
 MONITORS = ("val_loss", "val_auroc", "val_auprc", "val_spec_at_recall", "val_f2", "val_accuracy")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # what each means on which device: cxr.precision
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class TrainConfig:
     unfrozen_blocks: int | None = None  # None: everything trains
     batch_size: int = 32
     image_size: int = 224
+    precision: str = "auto"  # autocast of training and inference; auto: bf16 or fp16 by the GPU, fp32 on CPU
     epochs: int = 10
     augment: float = 0.5  # strength in [0, 1] of rotation, crop, brightness/contrast
     hflip: bool = True
@@ -98,6 +100,8 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "unfrozen_blocks": (int, lambda v: v >= 0, "an integer >= 0, or null for all blocks"),
     "batch_size": (int, _between(2, 65536), "an integer in [2, 65536] (training drops batches of 1)"),
     "image_size": (int, _between(16, 2048), "an integer in [16, 2048]"),
+    "precision": (str, lambda v: v in PRECISIONS, f"one of {PRECISIONS} (auto: bf16 on GPUs with native bfloat16, "
+                  "fp16 with loss scaling on older GPUs, fp32 on CPU)"),
     "epochs": (int, _between(1, 10000), "an integer in [1, 10000]"),
     "augment": (float, _between(0, 1), "a strength in [0, 1]"),
     "hflip": (bool, lambda v: True, "true or false"),

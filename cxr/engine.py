@@ -1,4 +1,8 @@
-"""Training engine: fit with per-epoch validation, early stopping, exact resume; predict probabilities."""
+"""Training engine: fit with per-epoch validation, early stopping, exact resume; predict probabilities.
+
+The training step never waits for the GPU: its loss is summed on the device and read once per epoch, and batches come
+through cxr.feed (pinned memory, loaded one ahead on a GPU). Arithmetic follows the config key `precision`
+(cxr.precision)."""
 
 from __future__ import annotations
 
@@ -19,11 +23,14 @@ from cxr.augment import BatchPipeline, mirror, mirror_mean
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.errors import InputError
+from cxr.feed import pinned, prefetched
 from cxr.metrics import compute_metrics
 from cxr.models import CxrNet, create_model, data_config
+from cxr.precision import autocast, create_scaler, resolve_precision
 from cxr.schedules import create_lr_scheduler, create_optimizer
 
 CHECKPOINT_FILE = "checkpoint.pt"
+AUGMENT_ON = ("device", "cpu")
 # on_epoch_end(epoch, metrics, save_checkpoint): save_checkpoint(folder) writes the resumable state there
 EpochCallback = Callable[[int, dict, Callable[[str | Path], Path]], None]
 
@@ -35,6 +42,21 @@ class FitResult:
     best_epoch: int
     best_metrics: dict
     best_state: dict = field(repr=False)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How batches reach the model: speed, not what is learned, so not TrainConfig keys (which a search draws and a
+    checkpoint must match). The defaults suit the device; benchmarks/bench_gpu.py measures the alternatives."""
+
+    # "device": kornia on the training device; "cpu": on the host as the batch loads (on a GPU in cxr.feed's thread,
+    # which then is the only user of the host's random numbers: the step draws its own on the GPU)
+    augment_on: str = "device"
+    channels_last: bool | None = None  # the NHWC layout tensor cores prefer; None: on a GPU
+
+    def __post_init__(self) -> None:
+        if self.augment_on not in AUGMENT_ON:
+            raise InputError(f"augment_on={self.augment_on!r} is invalid: expected one of {AUGMENT_ON}")
 
 
 def default_device() -> torch.device:
@@ -49,12 +71,15 @@ def fit(
     resume_from: str | Path | None = None,
     backbone_state: dict | None = None,
     device: torch.device | None = None,
+    options: EngineOptions | None = None,
 ) -> FitResult:
     """Train on data's train split, validate each epoch, stop early on config.monitor. Pretrained weights
-    come from backbone_state, else from the hub (see cxr.models.create_model)."""
+    come from backbone_state, else from the hub (see cxr.models.create_model); options: how batches reach the model
+    (the defaults suit the device). A loss that turns non-finite stops the fit with FloatingPointError (the weights
+    diverged: there is no model to keep)."""
     device = device or default_device()
     torch.manual_seed(config.seed)
-    run = _Run(config, data, device, backbone_state)
+    run = _Run(config, data, device, backbone_state, options or EngineOptions())
     if resume_from is not None:
         run.load(Path(resume_from))
     while run.epoch < config.epochs and not run.stopped:
@@ -69,14 +94,17 @@ def fit(
 class _Run:
     """The mutable state of one fit: everything a checkpoint must hold to continue exactly."""
 
-    def __init__(self, config: TrainConfig, data: CxrData, device: torch.device, backbone_state):
+    def __init__(self, config: TrainConfig, data: CxrData, device: torch.device, backbone_state,
+                 options: EngineOptions):
         self.config, self.data, self.device = config, data, device
+        self.precision = resolve_precision(config.precision, device)
+        on_gpu = device.type == "cuda"
+        self.channels_last = on_gpu if options.channels_last is None else options.channels_last
         self.model = create_model(
             config.backbone, pretrained=config.pretrained, dropout=config.dropout,
             unfrozen_blocks=config.unfrozen_blocks, backbone_state=backbone_state,
         ).to(device)
-        self.amp = device.type == "cuda"
-        if self.amp:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.rank, self.world = _process_group()
         self.train_model = self.model
@@ -85,6 +113,9 @@ class _Run:
             torch.manual_seed(config.seed + self.rank)  # same initial weights (DDP broadcasts), different augmentation
         dc = data_config(self.model)
         self.pipeline = BatchPipeline(config.image_size, dc["mean"], dc["std"], config.augment, config.hflip).to(device)
+        # EngineOptions.augment_on="cpu": training batches are augmented as they load, before the copy
+        self.host_pipeline = (BatchPipeline(config.image_size, dc["mean"], dc["std"], config.augment, config.hflip)
+                              if options.augment_on == "cpu" else None)
         self.train_idx, self.val_idx = data.indices("train"), data.indices("val")
         if len(self.train_idx) == 0 or len(self.val_idx) == 0:
             raise InputError("the data set needs both train and val rows: check the manifest's split column")
@@ -92,7 +123,8 @@ class _Run:
         labels = self.labels[self.train_idx]
         pos_weight = config.pos_weight or (labels == 0).sum() / max(1, (labels == 1).sum())
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight), device=device))
-        self.optimizer = create_optimizer(self.model, config)
+        self.optimizer = create_optimizer(self.model, config, fused=on_gpu)
+        self.scaler = create_scaler(self.precision, device)
         # validation, the best state and prediction use the weight average when it is on
         self.ema = ModelEmaV3(self.model, decay=config.ema_decay, use_warmup=True) if config.ema_decay > 0 else None
         self.eval_model = self.ema.module if self.ema is not None else self.model
@@ -109,7 +141,7 @@ class _Run:
         train_loss = self._train_pass()
         train_time = time.perf_counter() - start
         val_probs, val_loss = _predict(
-            self.eval_model, self.pipeline, self.data.images, self.val_idx, self.config.batch_size, self.amp,
+            self.eval_model, self.pipeline, self.data.images, self.val_idx, self.config.batch_size, self.precision,
             (self.labels, self.loss_fn),
         )
         val = compute_metrics(self.labels[self.val_idx], val_probs, 0.5, self.config.target_recall)
@@ -122,6 +154,7 @@ class _Run:
             **{f"val_{k}": v for k, v in val.items()},
             "train_images_per_s": len(self.train_idx) / train_time,
             "epoch_time_s": time.perf_counter() - start,
+            "training_precision": self.precision,
         }
         if self.device.type == "cuda":
             metrics["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
@@ -132,24 +165,50 @@ class _Run:
 
     def _train_pass(self) -> float:
         self.train_model.train()
-        total, seen = 0.0, 0
-        for global_batch in _batches(self.train_idx, self.config.batch_size, self.sampler):
-            batch = global_batch[self.rank :: self.world]
-            x = self.pipeline(torch.from_numpy(self.data.images[batch]), train=True)
-            y = torch.from_numpy(self.labels[batch]).float().to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                loss = self.loss_fn(self.train_model(_layout(x, self.amp)).float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.steps += 1
-            if self.ema is not None:
-                self.ema.update(self.model, step=self.steps)
-            if self.config.scheduler == "onecycle":
-                self.scheduler.step()
-            total += loss.item() * len(batch)
+        total, seen = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        shares = (b[self.rank :: self.world] for b in _batches(self.train_idx, self.config.batch_size, self.sampler))
+        for batch, (films, labels) in prefetched(shares, self._load, ahead=self.device.type == "cuda"):
+            x = films.to(self.device, non_blocking=True)
+            if self.host_pipeline is None:
+                x = self.pipeline(x, train=True)
+            total += self._step(x, labels.to(self.device, non_blocking=True)).detach().double() * len(batch)
             seen += len(batch)
-        return total / max(1, seen)
+        return self._epoch_loss(total, seen)
+
+    def _load(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's host side: its films (augmented here when augmentation runs on the host) and labels, pinned for
+        a GPU. On a GPU it runs in cxr.feed's thread: it touches the films and the host's random numbers, never the
+        model or the optimizer."""
+        films = torch.from_numpy(self.data.images[batch])
+        if self.host_pipeline is not None:
+            films = self.host_pipeline(films, train=True)
+        return pinned(films, self.device), pinned(torch.from_numpy(self.labels[batch]).float(), self.device)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on a batch on the device; returns its loss unread (reading it would wait for the GPU)."""
+        with autocast(self.precision, self.device):
+            loss = self.loss_fn(self.train_model(_layout(x, self.channels_last)).float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)  # fp16: skipped where the scaled gradients overflowed, then the scale drops
+        self.scaler.update()
+        self.steps += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.steps)
+        if self.config.scheduler == "onecycle":
+            self.scheduler.step()
+        return loss
+
+    def _epoch_loss(self, total: torch.Tensor, seen: int) -> float:
+        """The epoch's mean training loss, the one read of the device per epoch. Non-finite means the weights or the
+        activations left the precision's range (a step the fp16 scaler skips leaves the loss finite): an error, since
+        a model of NaNs would otherwise score every film alike."""
+        loss = total.item() / max(1, seen)
+        if not math.isfinite(loss):
+            other = "" if self.precision == "fp32" else ", or set the config key precision to fp32"
+            raise FloatingPointError(f"training diverged: the mean loss of epoch {self.epoch + 1} is {loss} "
+                                     f"({self.precision}, lr {self.config.lr:g}): lower lr{other}")
+        return loss
 
     def _step_epoch_scheduler(self, val_loss: float) -> None:
         if self.config.scheduler == "plateau":
@@ -184,6 +243,7 @@ class _Run:
                 "stopped": self.stopped, "rng_torch": torch.get_rng_state(), "rng_sampler": self.sampler.get_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "ema": self.ema.module.state_dict() if self.ema is not None else {}, "steps": self.steps,
+                "scaler": self.scaler.state_dict(),
             },
             path,
         )
@@ -200,6 +260,9 @@ class _Run:
         self.steps = state["steps"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # empty from a bf16 or fp32 run: "auto" resolves by the GPU, and a trial may resume on another kind
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.history, self.stopped = state["epoch"], state["history"], state["stopped"]
         self.best_state, self.best_value = state["best_state"], state["best_value"]
         self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
@@ -210,36 +273,42 @@ class _Run:
 
 
 def predict(model: CxrNet, images: np.ndarray, *, batch_size: int = 64, image_size: int | None = None,
-            tta: bool = False) -> np.ndarray:
+            tta: bool = False, precision: str = "auto") -> np.ndarray:
     """Pneumonia probabilities for (N, H, W) uint8 grayscale images, normalised as the backbone expects;
-    with tta the mean of the film's and its horizontal mirror's probabilities."""
+    with tta the mean of the film's and its horizontal mirror's probabilities. precision: the config key's value,
+    resolved for the model's device as training resolves it (cxr.precision)."""
     device = next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     dc = data_config(model)
     pipeline = BatchPipeline(image_size or images.shape[-1], dc["mean"], dc["std"]).to(device)
-    amp = device.type == "cuda"
-    probs, _ = _predict(model, pipeline, images, np.arange(len(images)), batch_size, amp)
+    probs, _ = _predict(model, pipeline, images, np.arange(len(images)), batch_size, precision)
     if tta:
-        probs = mirror_mean(probs, _predict(model, pipeline, mirror(images), np.arange(len(images)), batch_size, amp)[0])
+        mirrored = _predict(model, pipeline, mirror(images), np.arange(len(images)), batch_size, precision)[0]
+        probs = mirror_mean(probs, mirrored)
     return probs
 
 
-def _predict(model, pipeline, images, idx, batch_size, amp, scoring=None) -> tuple[np.ndarray, float]:
-    """Probabilities for images[idx]; with scoring = (labels, loss_fn) also the mean loss."""
+def _predict(model, pipeline, images, idx, batch_size, precision, scoring=None) -> tuple[np.ndarray, float]:
+    """Probabilities for images[idx]; with scoring = (labels, loss_fn) also the mean loss. Logits and loss stay on
+    the device until the end: one read, not one per batch."""
     model.eval()
-    out, loss_sum = [], 0.0
+    device = next(model.parameters()).device
+    out, loss_sum = [], torch.zeros((), dtype=torch.float64, device=device)
     with torch.inference_mode():
         for batch in _batches(idx, batch_size):
-            x = pipeline(torch.from_numpy(images[batch]), train=False)
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(_layout(x, amp)).float()
+            x = pipeline(pinned(torch.from_numpy(images[batch]), device), train=False)
+            with autocast(precision, device):
+                logits = model(_layout(x, device.type == "cuda")).float()
             if scoring is not None:
                 labels, loss_fn = scoring
-                y = torch.from_numpy(labels[batch]).float().to(logits.device)
-                loss_sum += loss_fn(logits, y).item() * len(batch)
-            # float64: a float32 sigmoid rounds every logit above ~17 to 1.0 and ties the films AUROC must rank
-            out.append(torch.sigmoid(logits.double()).cpu().numpy())
-    probs = np.concatenate(out) if out else np.zeros(0, np.float64)
-    return probs, loss_sum / max(1, len(idx))
+                y = pinned(torch.from_numpy(labels[batch]).float(), device).to(device, non_blocking=True)
+                loss_sum += loss_fn(logits, y).double() * len(batch)
+            out.append(logits)
+    if not out:
+        return np.zeros(0, np.float64), 0.0
+    # float64: a float32 sigmoid rounds every logit above ~17 to 1.0 and ties the films AUROC must rank
+    probs = torch.sigmoid(torch.cat(out).double()).cpu().numpy()
+    return probs, loss_sum.item() / len(idx)
 
 
 def _batches(idx: np.ndarray, batch_size: int, generator: torch.Generator | None = None) -> Iterator[np.ndarray]:

@@ -54,8 +54,9 @@ def train_member(config: TrainConfig, data: CxrData, *, backbone_state: dict | N
     probs = {}
     for split in ("val" if fold is None else "oof", "test"):
         images = data.images[data.indices(split)]
-        probs[split] = predict(result.model, images, image_size=config.image_size)
-        probs[f"{split}_mirrored"] = predict(result.model, mirror(images), image_size=config.image_size)
+        probs[split] = predict(result.model, images, image_size=config.image_size, precision=config.precision)
+        probs[f"{split}_mirrored"] = predict(result.model, mirror(images), image_size=config.image_size,
+                                             precision=config.precision)
     return Member(config.seed, result.best_epoch, result.best_state, result.history, probs, fold)
 
 
@@ -122,10 +123,18 @@ def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, folds
     models = [_model(config, m) for m in members]
     model = FinalModel(config, models, [m.seed for m in members], metrics["threshold"], metrics["temperature"], tta["used"],
                        info={"threshold_rule": metrics["threshold_rule"], "target_recall": config.target_recall,
-                             "final_kind": metrics["final_kind"], "threshold_chosen_on": chosen_on})
+                             "final_kind": metrics["final_kind"], "threshold_chosen_on": chosen_on,
+                             "training_precision": training_precision(members)})
     history = pd.concat([pd.DataFrame(m.history).assign(member=i, seed=m.seed, fold=m.fold) for i, m in enumerate(members)],
                         ignore_index=True)
     return model, metrics, predictions, history
+
+
+def training_precision(members: list[Member]) -> str:
+    """The precision the members trained in ("bf16", ...; members on GPUs of two kinds under "auto": both, joined)."""
+    # members a driver saved before the engine recorded it have no such column
+    used = {m.history[-1].get("training_precision", "unknown") for m in members}
+    return ", ".join(sorted(used))
 
 
 def fold_summary(predictions: pd.DataFrame, metrics: dict, member_columns: list[str]) -> dict:

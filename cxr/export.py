@@ -3,7 +3,8 @@
 
 The graph takes what cxr feeds its members: a float32 batch (N, 3, S, S) of the grayscale film repeated on 3
 channels, scaled to [0, 1] and normalised with model.json's mean and std; it returns the calibrated pneumonia
-probability (N,) that model.json's threshold applies to (mirroring included when the model uses it)."""
+probability (N,) that model.json's threshold applies to (mirroring included when the model uses it). The graph is
+float32 whatever precision the members trained and predict in: a runtime lowers it where it knows the hardware."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def export_onnx(model, out: str | Path, check_images: np.ndarray) -> float:
                       dynamic_axes={"films": {0: "batch"}, "probability": {0: "batch"}}, dynamo=False)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     onnx_probs = session.run(None, {"films": x.numpy()})[0]
-    torch_probs = model.probabilities(check_images)
+    torch_probs = model.probabilities(check_images, precision="fp32")  # what the graph computes
     return float(np.abs(onnx_probs - torch_probs).max())
 
 

@@ -1,8 +1,10 @@
 """The shippable final model: a folder with model.json and one safetensors file per ensemble member.
 
 Probability of a film: each member's sigmoid (averaged with the mirrored film when tta is on), the mean over
-members, then temperature scaling; the decision is calibrated probability >= threshold. Loading needs only
-this folder (no Ray, no Optuna, no results tables, no pretrained weights).
+members, then temperature scaling; the decision is calibrated probability >= threshold. Members predict in the
+precision the config key `precision` means on their device (cxr.precision), as they trained; model.json's
+training_precision records what that was. Loading needs only this folder (no Ray, no Optuna, no results tables, no
+pretrained weights).
 """
 
 from __future__ import annotations
@@ -43,13 +45,16 @@ class FinalModel:
     def image_size(self) -> int:
         return self.config.image_size
 
-    def member_probabilities(self, images: np.ndarray) -> np.ndarray:
-        """(K, N) uncalibrated probabilities of each member for (N, S, S) uint8 images at image_size."""
-        return np.stack([predict_probs(m, images, image_size=self.image_size, tta=self.tta) for m in self.members])
+    def member_probabilities(self, images: np.ndarray, precision: str | None = None) -> np.ndarray:
+        """(K, N) uncalibrated probabilities of each member for (N, S, S) uint8 images at image_size, in the config's
+        precision unless another is named (cxr.export checks its fp32 graph against "fp32")."""
+        precision = precision or self.config.precision
+        return np.stack([predict_probs(m, images, image_size=self.image_size, tta=self.tta, precision=precision)
+                         for m in self.members])
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
+    def probabilities(self, images: np.ndarray, precision: str | None = None) -> np.ndarray:
         """Calibrated ensemble probabilities, the number the threshold applies to."""
-        return apply_temperature(self.member_probabilities(images).mean(axis=0), self.temperature)
+        return apply_temperature(self.member_probabilities(images, precision).mean(axis=0), self.temperature)
 
     def predict(self, items: Iterable[str | Path | np.ndarray], max_pixels: int | None = None) -> pd.DataFrame:
         """One row per item (a file path or a 2-D grayscale array), in order: path, probability, decision, error.

@@ -10,10 +10,13 @@ from torch.optim import lr_scheduler
 from cxr.config import TrainConfig
 
 
-def create_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def create_optimizer(model: nn.Module, config: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """fused (for a model on a GPU): one kernel for all parameters, which also takes the fp16 scaler's overflow flag
+    on the device, where an unfused step makes the host read it every step."""
     params = [p for p in model.parameters() if p.requires_grad]
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay,
+               fused=fused or None)  # None: torch's default (foreach where it can)
 
 
 def create_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cxr.config import MONITORS, OPTIMIZERS, SCHEDULERS, TrainConfig
+from cxr.config import MONITORS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
 from cxr.errors import InputError
 
 
@@ -25,7 +25,8 @@ def test_defaults_are_valid_and_round_trip() -> None:
         ("dropout", 1.0), ("unfrozen_blocks", -1), ("batch_size", 0), ("batch_size", 1), ("image_size", 8),
         ("epochs", 0), ("augment", 1.5), ("hflip", "yes"), ("pos_weight", 0.0), ("seed", -1),
         ("early_stopping_patience", -2), ("monitor", "val_recall"), ("target_recall", 0.0), ("backbone", ""),
-        ("pretrained", 1), ("epochs", 2.5), ("lr", "0.1"), ("epochs", True),
+        ("pretrained", 1), ("epochs", 2.5), ("lr", "0.1"), ("epochs", True), ("precision", "fp8"),
+        ("precision", "float16"), ("precision", None),
     ],
 )
 def test_out_of_range_or_wrong_type_names_the_key(key: str, value) -> None:
@@ -62,6 +63,9 @@ def test_choices_are_all_accepted() -> None:
         assert TrainConfig(scheduler=scheduler).scheduler == scheduler
     for monitor in MONITORS:
         assert TrainConfig(monitor=monitor).monitor == monitor
+    for precision in PRECISIONS:
+        assert TrainConfig(precision=precision).precision == precision
+    assert TrainConfig().precision == "auto"
 
 
 def test_replace_validates_and_config_is_frozen() -> None:

@@ -1,8 +1,10 @@
-"""cxr.engine: fit on the synthetic set, exact resume from a mid-run checkpoint, schedules, predict."""
+"""cxr.engine: fit on the synthetic set, exact resume from a mid-run checkpoint, schedules, predict; half precision and
+the fp16 loss scaler (real on the CPU), the diverged-loss error, batches loaded in a thread or augmented on the host."""
 
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,8 @@ from sklearn.metrics import roc_auc_score
 
 from cxr.config import MONITORS, TrainConfig
 from cxr.dataset import CxrData
-from cxr.engine import CHECKPOINT_FILE, FitResult, fit, predict
+import cxr.engine
+from cxr.engine import CHECKPOINT_FILE, EngineOptions, FitResult, fit, predict
 from cxr.errors import InputError
 
 CPU = torch.device("cpu")
@@ -223,3 +226,88 @@ def test_fit_needs_train_and_val_rows(synthetic_data: CxrData) -> None:
     manifest["split"] = manifest["split"].replace("val", "train")
     with pytest.raises(InputError, match="train and val"):
         fit(_config(epochs=1), CxrData(synthetic_data.images, manifest), device=CPU)
+
+
+def _few_films(data: CxrData, train: int = 64, val: int = 32) -> CxrData:
+    """The first films of train and val only (half precision is emulated, slowly, on most CPUs)."""
+    manifest = data.manifest.copy()
+    for split, keep in (("train", train), ("val", val)):
+        manifest.loc[manifest.index[data.indices(split)[keep:]], "split"] = "unused"
+    return CxrData(data.images, manifest)
+
+
+# the fp16 scaler skips the first steps, which overflow: the first epoch may end before any optimizer step
+FP16_SKIPS_FIRST_STEPS = pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`:UserWarning")
+
+
+@FP16_SKIPS_FIRST_STEPS
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_autocast_trains_on_the_cpu_in_its_own_arithmetic(precision: str, synthetic_data: CxrData):
+    config, data = _config(epochs=1, image_size=32, precision=precision), _few_films(synthetic_data)
+    half, full = fit(config, data, device=CPU), fit(config.replace(precision="auto"), data, device=CPU)
+    assert (half.history[0]["training_precision"], full.history[0]["training_precision"]) == (precision, "fp32")
+    assert math.isfinite(half.history[0]["train_loss"])
+    assert half.history[0]["train_loss"] != full.history[0]["train_loss"]  # the same steps, in other arithmetic
+
+
+@FP16_SKIPS_FIRST_STEPS
+def test_the_fp16_loss_scaler_steps_and_a_resumed_run_continues_its_state(synthetic_data: CxrData, tmp_path: Path):
+    config = _config(epochs=4, image_size=32, precision="fp16", monitor="val_loss", scheduler="step", step_size=1)
+    folders = {name: tmp_path / name for name in ("whole-2", "whole-4", "resumed-4")}
+    for folder in folders.values():
+        folder.mkdir()
+
+    def saving_at(epochs: dict[int, Path]):
+        return lambda epoch, metrics, save: save(epochs[epoch]) if epoch in epochs else None
+
+    data = _few_films(synthetic_data)
+    whole = fit(config, data, saving_at({2: folders["whole-2"], 4: folders["whole-4"]}), device=CPU)
+    resumed = fit(config, data, saving_at({4: folders["resumed-4"]}), resume_from=folders["whole-2"], device=CPU)
+    scaler = {name: torch.load(f / CHECKPOINT_FILE, weights_only=True)["scaler"] for name, f in folders.items()}
+    assert scaler["whole-2"] and scaler["whole-4"] != scaler["whole-2"]  # stepped and updated every step
+    assert scaler["whole-4"]["scale"] < 2.0**16  # it skipped overflowing steps, and training went on
+    assert scaler["resumed-4"] == scaler["whole-4"]  # continued from the checkpoint, not started afresh
+    _assert_same_state(resumed.model.state_dict(), whole.model.state_dict())
+    _assert_same_history(resumed.history, whole.history)
+
+
+def test_a_loss_that_turns_non_finite_is_an_error_not_a_model(synthetic_data: CxrData, monkeypatch) -> None:
+    create_model = cxr.engine.create_model
+
+    def diverged(*args, **kwargs):
+        model = create_model(*args, **kwargs)
+        torch.nn.init.constant_(model.backbone.get_classifier().weight, math.nan)  # what a diverged step leaves
+        return model
+
+    monkeypatch.setattr(cxr.engine, "create_model", diverged)
+    with pytest.raises(FloatingPointError, match=r"mean loss of epoch 1 is nan \(fp32, lr 0.003\): lower lr$"):
+        fit(_config(epochs=2, image_size=32), synthetic_data, device=CPU)
+
+
+def test_loading_the_next_batch_in_a_thread_trains_exactly_as_loading_inline(synthetic_data: CxrData, monkeypatch):
+    """What a GPU does (cxr.feed.prefetched ahead), forced on the CPU: the same batches, in the same order."""
+    config = _config(epochs=1, image_size=32, augment=0.5, dropout=0.3)
+    inline = fit(config, synthetic_data, device=CPU)
+    prefetched, loaders = cxr.engine.prefetched, set()
+
+    def always_ahead(items, load, ahead):
+        def load_noting_the_thread(item):
+            loaders.add(threading.current_thread().name)
+            return load(item)
+        return prefetched(items, load_noting_the_thread, ahead=True)
+
+    monkeypatch.setattr(cxr.engine, "prefetched", always_ahead)
+    threaded = fit(config, synthetic_data, device=CPU)
+    assert loaders and all(name.startswith("cxr-prefetch") for name in loaders)
+    _assert_same_state(threaded.best_state, inline.best_state)
+
+
+def test_augmenting_on_the_host_draws_what_augmenting_on_the_device_draws(synthetic_data: CxrData) -> None:
+    """On a CPU device the two places are one: the host path (augment_on="cpu", for a GPU's benchmark) must augment
+    exactly as the device path does."""
+    config = _config(epochs=1, image_size=32, augment=0.5)
+    on_device = fit(config, synthetic_data, device=CPU)
+    on_host = fit(config, synthetic_data, device=CPU, options=EngineOptions(augment_on="cpu"))
+    _assert_same_state(on_host.best_state, on_device.best_state)
+    with pytest.raises(InputError, match="augment_on='gpu' is invalid"):
+        EngineOptions(augment_on="gpu")

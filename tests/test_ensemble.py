@@ -7,7 +7,7 @@ import pandas as pd
 
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
-from cxr.ensemble import Member, assemble, choose_tta, member_seeds
+from cxr.ensemble import Member, assemble, choose_tta, member_seeds, train_member
 from cxr.final_metrics import to_json
 from cxr.models import create_model
 
@@ -45,6 +45,36 @@ def test_assemble_follows_the_contract(synthetic_data: CxrData):
     assert metrics["tta"]["used"] == model.tta and "ensemble" in metrics
     assert sorted(history["member"].unique()) == [0, 1, 2] and model.threshold == metrics["threshold"]
     assert to_json(metrics | {"final_stage_s": 1.0})["n_members"] == 3  # metrics.json's schema (final_stage_s: the stage's)
+
+
+def test_model_json_records_the_precision_the_members_trained_in(synthetic_data: CxrData, tmp_path):
+    from cxr.package import load_model
+
+    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=64)
+    members = _members(synthetic_data, config, k=2)
+    for member in members:
+        member.history[-1]["training_precision"] = "bf16"  # what cxr.engine writes into every epoch's metrics
+    model = assemble(config, members, synthetic_data, n_boot=20)[0]
+    assert load_model(model.save(tmp_path / "final")).info["training_precision"] == "bf16"
+    members[1].history[-1]["training_precision"] = "fp16"  # a member that ran on an older GPU under "auto"
+    assert assemble(config, members, synthetic_data, n_boot=20)[0].info["training_precision"] == "bf16, fp16"
+
+
+def test_a_member_scores_its_films_in_the_config_s_precision(synthetic_data: CxrData, monkeypatch):
+    """The final stage's scoring follows the config key precision, as training does (bf16 autocast is real on the
+    CPU); training itself is cxr.engine's, left out here."""
+    import torch
+
+    import cxr.ensemble
+    from cxr.engine import FitResult
+
+    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=32)
+    model = create_model(config.backbone, pretrained=False).eval()
+    torch.nn.init.constant_(model.backbone.get_classifier().bias, 3.0)  # confident logits: bf16's rounding shows
+    monkeypatch.setattr(cxr.ensemble, "fit", lambda *args, **kwargs: FitResult(model, [{}], 1, {}, model.state_dict()))
+    probs = {p: train_member(config.replace(precision=p), synthetic_data).probs for p in ("fp32", "bf16")}
+    for split in ("val", "val_mirrored", "test", "test_mirrored"):
+        assert np.abs(probs["bf16"][split] - probs["fp32"][split]).max() > 1e-4, split
 
 
 def test_mirroring_is_chosen_only_when_val_gains():

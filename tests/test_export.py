@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime
+import torch
 
 
 def test_onnx_matches_pytorch_for_any_batch(tmp_path, final_model_folder, capsys):
@@ -31,3 +32,18 @@ def test_an_existing_file_or_a_non_onnx_name_is_refused_unread(tmp_path, final_m
     (tmp_path / "m.onnx").write_bytes(b"keep me")
     assert main(["--model", str(final_model_folder), "--onnx", str(tmp_path / "m.onnx")]) == 2
     assert (tmp_path / "m.onnx").read_bytes() == b"keep me" and "--overwrite" in capsys.readouterr().err
+
+
+def test_the_graph_is_fp32_whatever_precision_the_model_predicts_in(tmp_path, final_model_folder):
+    import dataclasses
+
+    from cxr.export import TOLERANCE, export_checked
+    from cxr.package import load_model
+
+    model = load_model(final_model_folder)
+    for member in model.members:  # confident logits, as a trained member's: bf16's rounding of them then shows
+        torch.nn.init.constant_(member.backbone.get_classifier().bias, 3.0)
+    bf16 = dataclasses.replace(model, config=model.config.replace(precision="bf16"))
+    films = np.random.default_rng(2).integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    assert np.abs(bf16.probabilities(films) - model.probabilities(films)).max() > TOLERANCE  # it predicts in bf16
+    assert export_checked(bf16, tmp_path / "m.onnx") <= TOLERANCE  # checked against fp32, what the graph computes

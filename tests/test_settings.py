@@ -30,6 +30,7 @@ def test_a_new_experiment_gets_a_timestamped_name(tmp_path):
     ({"val_fraction": 0.5}, "--val-fraction 0.5"),
     ({"recall_confidence": 1.0}, "--recall-confidence 1.0"),
     ({"weights_dir": "/nonexistent-weights"}, "--weights-dir /nonexistent-weights"),
+    ({"precision": "fp8"}, r"--precision fp8 is out of range: expected one of \('auto', 'bf16', 'fp16', 'fp32'\)"),
 ])
 def test_bad_values_are_named(tmp_path, fields, words):
     with pytest.raises(InputError, match=words):
@@ -41,6 +42,24 @@ def test_flags_that_set_a_config_key_accept_what_the_config_accepts(tmp_path, ke
     TrainConfig(**{key: flag_value})  # the config's own rule accepts it, so the flag must too
     field = {"image_size": "image_size", "epochs": "max_epochs"}[key]
     assert getattr(_resolve(tmp_path, **{field: flag_value}), field) == flag_value
+
+
+@pytest.mark.parametrize("argv, expected", [(["--precision", "fp16"], "fp16"), ([], "auto")])
+def test_the_precision_flag_reaches_every_trial_s_config(tmp_path, argv, expected):
+    """--precision pins the config key in every trial; without it the space's choice (the full space has none: the
+    key's default) holds."""
+    import optuna
+
+    from tune.experiment import _overrides
+    from tune.run import create_parser
+    from tune.spaces import load_space, sample
+
+    args = create_parser().parse_args(["--dataset", "synthetic", "--results-dir", str(tmp_path), *argv])
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunSettings)}
+    settings = resolve(RunSettings(**fields), False, 0)
+    space = load_space("full").with_overrides(_overrides(settings))
+    config = TrainConfig.from_dict(sample(space, optuna.create_study().ask()))
+    assert config.precision == expected
 
 
 def test_an_existing_name_is_refused_and_resume_takes_the_saved_settings(tmp_path):

@@ -217,6 +217,8 @@ def _overrides(experiment: RunSettings) -> dict:
         pinned["epochs"] = experiment.max_epochs
     if experiment.image_size:
         pinned["image_size"] = experiment.image_size
+    if experiment.precision:
+        pinned["precision"] = experiment.precision
     if not experiment.pretrained:
         pinned["pretrained"] = False
     return pinned

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.cli import DEFAULT_THRESHOLD_RULE, SHARED_RULES, THRESHOLD_RULES, range_problem
-from cxr.config import MONITORS
+from cxr.config import MONITORS, PRECISIONS
 from cxr.errors import InputError
 from tune.budget import MAX_TRIALS, parse_duration
 
@@ -47,6 +47,10 @@ class RunSettings:
     max_epochs: int | None = _flag(None, "epoch budget per trial (ASHA's max_t); default: the space's epochs",
                                    config_key="epochs")
     image_size: int | None = _flag(None, "override the space's image size (e.g. small for a CPU check)", config_key="image_size")
+    precision: str | None = _flag(None, "arithmetic of training and inference (config key precision): auto = bf16 on "
+                                  "GPUs with native bfloat16 (compute capability 8.0+), fp16 with loss scaling on "
+                                  "older GPUs, fp32 on CPU; default: the space's, else auto", config_key="precision",
+                                  choices=list(PRECISIONS))
     metric: str = _flag("val_spec_at_recall", into=("search",), help="trial score to maximise; val_spec_at_recall = val specificity at the "
                         "threshold reaching --target-recall", choices=list(METRICS))
     target_recall: float = _flag(0.98, "pneumonia recall the decision threshold must reach on val", config_key="target_recall")

@@ -25,12 +25,14 @@ def target_layer(model: CxrNet) -> torch.nn.Module:
     return model.backbone.get_submodule(last)
 
 
-def grad_cam(members: list[CxrNet], image: np.ndarray, image_size: int) -> np.ndarray:
-    """(image_size, image_size) map in [0, 1]: the mean of the members' Grad-CAMs for the pneumonia logit."""
+def grad_cam(members: list[CxrNet], image: np.ndarray, image_size: int, *, contrast_norm: str) -> np.ndarray:
+    """(image_size, image_size) map in [0, 1]: the mean of the members' Grad-CAMs for the pneumonia logit, on the
+    film as the members see it (contrast-normalised as they trained)."""
     maps = []
     for model in members:
         dc = data_config(model)
-        x = BatchPipeline(image_size, dc["mean"], dc["std"])(torch.from_numpy(image[None]), train=False)
+        pipeline = BatchPipeline(image_size, dc["mean"], dc["std"], contrast_norm=contrast_norm)
+        x = pipeline(torch.from_numpy(image[None]), train=False)
         with GradCAM(model=model, target_layers=[target_layer(model)]) as cam:
             maps.append(cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(1)])[0])
     return np.mean(maps, axis=0)

@@ -45,7 +45,8 @@ class FinalModel:
 
     def member_probabilities(self, images: np.ndarray) -> np.ndarray:
         """(K, N) uncalibrated probabilities of each member for (N, S, S) uint8 images at image_size."""
-        return np.stack([predict_probs(m, images, image_size=self.image_size, tta=self.tta) for m in self.members])
+        return np.stack([predict_probs(m, images, image_size=self.image_size, tta=self.tta,
+                                       contrast_norm=self.config.contrast_norm) for m in self.members])
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated ensemble probabilities, the number the threshold applies to."""

@@ -304,8 +304,8 @@ def stage_scoring(c: Collection):
     yield
     for split in ("val", "test"):  # what cxr.ensemble.train_member scores for a seed member
         images = data.images[data.indices(split)]
-        predict(model, images, image_size=IMAGE_SIZE)
-        predict(model, mirror(images), image_size=IMAGE_SIZE)
+        predict(model, images, image_size=IMAGE_SIZE, contrast_norm="none")
+        predict(model, mirror(images), image_size=IMAGE_SIZE, contrast_norm="none")
     yield {"scored_films": int(sum(len(data.indices(s)) for s in ("val", "test")))}
 
 

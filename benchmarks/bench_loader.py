@@ -68,7 +68,7 @@ def bench_cache(args, paths: list[str], mean, std) -> dict:
     warm_open_s = time.perf_counter() - start
 
     strength = 0.0 if args.no_augment else args.strength
-    pipeline = BatchPipeline(args.size, mean, std, strength, hflip=True)
+    pipeline = BatchPipeline(args.size, mean, std, strength, hflip=True, contrast_norm="none")
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     index = np.arange(len(paths))

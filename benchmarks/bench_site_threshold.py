@@ -102,7 +102,8 @@ def site_scores(args):
     result = fit(config, data, lambda epoch, m, _save: print(
         f"epoch {epoch}: val AUROC {m['val_auroc']:.4f}, {m['epoch_time_s']:.0f} s", flush=True), backbone_state=state)
     trained = time.perf_counter()
-    site = site.assign(prob=predict(result.model, site_images, batch_size=config.batch_size, image_size=size))
+    site = site.assign(prob=predict(result.model, site_images, batch_size=config.batch_size, image_size=size,
+                                     contrast_norm=config.contrast_norm))
     scored = time.perf_counter()
     info = {"config": config.to_dict(), "seed": args.seed, "pool_films": len(pool),
             "pool_train_films": int((pool["split"] == "train").sum()), "site_films": len(site),

@@ -39,7 +39,7 @@ def first_batch(data, image_size: int, batch_size: int, augment: float, seed: in
     from cxr.augment import BatchPipeline
 
     torch.manual_seed(seed)
-    pipeline = BatchPipeline(image_size, MEAN, STD, augment, True)
+    pipeline = BatchPipeline(image_size, MEAN, STD, augment, True, contrast_norm="none")
     idx = data.indices("train")
     idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed)).numpy()]
     batch = np.sort(idx[:batch_size])

@@ -27,15 +27,18 @@ def target_layer(model: CxrNet) -> torch.nn.Module:
     return model.backbone.get_submodule(last)
 
 
-def grad_cam(members: list[CxrNet], image: np.ndarray, image_size: int, precision: str = "auto") -> np.ndarray:
-    """(image_size, image_size) map in [0, 1]: the mean of the members' Grad-CAMs for the pneumonia logit, each
-    member in the precision the config key's value means on its device."""
+def grad_cam(members: list[CxrNet], image: np.ndarray, image_size: int, *, contrast_norm: str,
+             precision: str = "auto") -> np.ndarray:
+    """(image_size, image_size) map in [0, 1]: the mean of the members' Grad-CAMs for the pneumonia logit, on the
+    film as the members see it (contrast-normalised as they trained), each member in the precision the config key's
+    value means on its device."""
     maps = []
     for model in members:
         device = next(model.parameters()).device
         arithmetic = resolve_precision(precision, device)
         dc = data_config(model)
-        x = BatchPipeline(image_size, dc["mean"], dc["std"]).to(device)(torch.from_numpy(image[None]), train=False)
+        pipeline = BatchPipeline(image_size, dc["mean"], dc["std"], contrast_norm=contrast_norm).to(device)
+        x = pipeline(torch.from_numpy(image[None]), train=False)
         layer = target_layer(model)
         # the layer's output (and so its gradient) in float32: pytorch-grad-cam reads both as numpy, which has no bf16
         as_float = layer.register_forward_hook(lambda module, inputs, output: output.float())

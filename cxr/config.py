@@ -14,6 +14,7 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("step", "plateau", "cosine", "onecycle")
 MONITORS = ("val_loss", "val_auroc", "val_auprc", "val_spec_at_recall", "val_f2", "val_accuracy")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # what each means on which device: cxr.precision
+CONTRAST_NORMS = ("none", "equalize", "clahe")
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,24 @@ class TrainConfig:
     dropout: float = 0.0
     ema_decay: float = 0.0  # exponential moving average of the weights (timm ModelEmaV3, with warm-up); 0: off
     unfrozen_blocks: int | None = None  # None: everything trains
+    head_epochs: int = 0  # linear probe, then fine-tune (LP-FT): the first head_epochs epochs train the head alone
+    lr_decay: float = 1.0  # layer-wise: each unfrozen block's LR is lr_decay times the next block's (head: lr); 1: off
     batch_size: int = 32
     image_size: int = 224
     precision: str = "auto"  # autocast of training and inference; auto: bf16 or fp16 by the GPU, fp32 on CPU
     epochs: int = 10
-    augment: float = 0.5  # strength in [0, 1] of rotation, crop, brightness/contrast
-    hflip: bool = True
+    augment: float = 0.5  # strength in [0, 1] of rotation, crop, brightness/contrast together
+    # acquisition-like augmentation (cxr.augment): each 0 is off
+    aug_gamma: float = 0.0  # gamma drawn from [1 / (1 + v), 1 + v]
+    aug_contrast: float = 0.0  # contrast around the film's mean, factor drawn from [1 - v, 1 + v]
+    aug_sharpness: float = 0.0  # blur (below 1) or sharpen (above 1): factor drawn from [1 - v, 1 + v]
+    aug_noise: float = 0.0  # Gaussian noise of standard deviation v (film range 0..1) on half the films
+    aug_lowres: float = 0.0  # resolution loss on half the films: down to a side of [1 - v, 1] of the film and back up
+    # geometric augmentation
+    aug_rotation: float = 0.0  # degrees: rotation drawn from [-v, v]
+    aug_crop: float = 0.0  # square crops of [1 - v, 1] of the film's area, resized back
+    hflip: bool = True  # mirror half the training films when any augmentation is on
+    contrast_norm: str = "none"  # contrast normalisation of every film the model sees (training and prediction)
     pos_weight: float | None = None  # None: balanced (negatives / positives in train)
     seed: int = 0
     early_stopping_patience: int = 5  # 0: off
@@ -103,8 +116,18 @@ _RULES: dict[str, tuple[type, Callable[[Any], bool], str]] = {
     "precision": (str, lambda v: v in PRECISIONS, f"one of {PRECISIONS} (auto: bf16 on GPUs with native bfloat16, "
                   "fp16 with loss scaling on older GPUs, fp32 on CPU)"),
     "epochs": (int, _between(1, 10000), "an integer in [1, 10000]"),
+    "head_epochs": (int, _between(0, 10000), "an integer in [0, 10000] (0 turns the head-only warm-up off)"),
+    "lr_decay": (float, lambda v: 0 < v <= 1, "a factor in (0, 1] (1 turns layer-wise decay off)"),
     "augment": (float, _between(0, 1), "a strength in [0, 1]"),
+    "aug_gamma": (float, _between(0, 1), "a strength in [0, 1] (0 turns it off)"),
+    "aug_contrast": (float, lambda v: 0 <= v < 1, "a strength in [0, 1) (0 turns it off)"),
+    "aug_sharpness": (float, _between(0, 1), "a strength in [0, 1] (0 turns it off)"),
+    "aug_noise": (float, _between(0, 0.2), "a standard deviation in [0, 0.2] (0 turns it off)"),
+    "aug_lowres": (float, _between(0, 0.75), "a strength in [0, 0.75] (0 turns it off)"),
+    "aug_rotation": (float, _between(0, 45), "degrees in [0, 45] (0 turns it off)"),
+    "aug_crop": (float, _between(0, 0.75), "a share of the area in [0, 0.75] (0 turns it off)"),
     "hflip": (bool, lambda v: True, "true or false"),
+    "contrast_norm": (str, lambda v: v in CONTRAST_NORMS, f"one of {CONTRAST_NORMS}"),
     "pos_weight": (float, lambda v: v > 0, "a positive weight, or null for balanced"),
     "seed": (int, lambda v: v >= 0, "an integer >= 0"),
     "early_stopping_patience": (int, lambda v: v >= 0, "an integer >= 0 (0 turns it off)"),

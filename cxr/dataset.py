@@ -29,6 +29,10 @@ class CxrData:
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.manifest["split"].to_numpy() == split)
 
+    def decoded_at(self, size: int, cache_dir: str | Path | None = None, max_pixels: int = MAX_PIXELS) -> CxrData:
+        """The same films and splits decoded at another size (decoded once there too, cached)."""
+        return CxrData(load_images(self.manifest["path"], size, cache_dir, max_pixels=max_pixels), self.manifest)
+
     def for_object_store(self) -> CxrData:
         """The same data with the images as a plain ndarray view of the mapped cache: an object store (Ray's, pickle
         protocol 5) copies that buffer straight into shared memory, so the films are not first copied into this

@@ -107,14 +107,14 @@ class _Run:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.rank, self.world = _process_group()
-        self.train_model = self.model
+        self.train_model, self.blocks = self.model, config.unfrozen_blocks  # DDP wraps it in _set_phase
+        self.parallel_blocks = -1  # the blocks that trained when DDP was built (-1: not built yet)
         if self.world > 1:  # data parallel: each process trains on its share of every global batch
-            self.train_model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
             torch.manual_seed(config.seed + self.rank)  # same initial weights (DDP broadcasts), different augmentation
         dc = data_config(self.model)
-        self.pipeline = BatchPipeline(config.image_size, dc["mean"], dc["std"], config.augment, config.hflip).to(device)
+        self.pipeline = BatchPipeline.for_training(config, dc["mean"], dc["std"]).to(device)
         # EngineOptions.augment_on="cpu": training batches are augmented as they load, before the copy
-        self.host_pipeline = (BatchPipeline(config.image_size, dc["mean"], dc["std"], config.augment, config.hflip)
+        self.host_pipeline = (BatchPipeline.for_training(config, dc["mean"], dc["std"])
                               if options.augment_on == "cpu" else None)
         self.train_idx, self.val_idx = data.indices("train"), data.indices("val")
         if len(self.train_idx) == 0 or len(self.val_idx) == 0:
@@ -163,7 +163,20 @@ class _Run:
         self.history.append(metrics)
         return metrics
 
+    def _set_phase(self) -> None:
+        """LP-FT: the head alone trains for the first head_epochs epochs, then the config's unfrozen blocks too. Set
+        from the epoch before each one, so a run resumed from a checkpoint is in the phase its epoch says."""
+        blocks = 0 if self.epoch < self.config.head_epochs else self.config.unfrozen_blocks
+        if blocks != self.blocks:
+            self.model.train_blocks(blocks)
+            self.blocks = blocks
+        if self.world > 1 and blocks != self.parallel_blocks:
+            # DDP reduces the gradients of the parameters that trained when it was built: one wrapper per phase
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model, self.parallel_blocks = DistributedDataParallel(self.model, device_ids=ids), blocks
+
     def _train_pass(self) -> float:
+        self._set_phase()
         self.train_model.train()
         total, seen = torch.zeros((), dtype=torch.float64, device=self.device), 0
         shares = (b[self.rank :: self.world] for b in _batches(self.train_idx, self.config.batch_size, self.sampler))
@@ -272,15 +285,16 @@ class _Run:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
 
 
-def predict(model: CxrNet, images: np.ndarray, *, batch_size: int = 64, image_size: int | None = None,
-            tta: bool = False, precision: str = "auto") -> np.ndarray:
-    """Pneumonia probabilities for (N, H, W) uint8 grayscale images, normalised as the backbone expects;
+def predict(model: CxrNet, images: np.ndarray, *, contrast_norm: str, batch_size: int = 64,
+            image_size: int | None = None, tta: bool = False, precision: str = "auto") -> np.ndarray:
+    """Pneumonia probabilities for (N, H, W) uint8 grayscale images, contrast-normalised as the model trained
+    (its config's contrast_norm: no default, so no caller forgets it) and normalised as the backbone expects;
     with tta the mean of the film's and its horizontal mirror's probabilities. precision: the config key's value,
     resolved for the model's device as training resolves it (cxr.precision)."""
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     dc = data_config(model)
-    pipeline = BatchPipeline(image_size or images.shape[-1], dc["mean"], dc["std"]).to(device)
+    pipeline = BatchPipeline(image_size or images.shape[-1], dc["mean"], dc["std"], contrast_norm=contrast_norm).to(device)
     probs, _ = _predict(model, pipeline, images, np.arange(len(images)), batch_size, precision)
     if tta:
         mirrored = _predict(model, pipeline, mirror(images), np.arange(len(images)), batch_size, precision)[0]

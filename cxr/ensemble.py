@@ -54,9 +54,9 @@ def train_member(config: TrainConfig, data: CxrData, *, backbone_state: dict | N
     probs = {}
     for split in ("val" if fold is None else "oof", "test"):
         images = data.images[data.indices(split)]
-        probs[split] = predict(result.model, images, image_size=config.image_size, precision=config.precision)
-        probs[f"{split}_mirrored"] = predict(result.model, mirror(images), image_size=config.image_size,
-                                             precision=config.precision)
+        for name, films in ((split, images), (f"{split}_mirrored", mirror(images))):
+            probs[name] = predict(result.model, films, image_size=config.image_size, contrast_norm=config.contrast_norm,
+                                  precision=config.precision)
     return Member(config.seed, result.best_epoch, result.best_state, result.history, probs, fold)
 
 

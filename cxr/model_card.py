@@ -23,7 +23,9 @@ def render_model_card(metrics: FinalMetrics, config: TrainConfig, best: dict) ->
         f"- Backbone `{config.backbone}` at {config.image_size} px, ensemble of {metrics['n_members']} member(s) "
         f"({members}), mean probability, test-time mirroring "
         f"{'on' if metrics['tta']['used'] else 'off'} ({metrics['tta']['rule']}), temperature "
-        f"{metrics['temperature']:.3f} (fitted on {chosen_on}).",
+        f"{metrics['temperature']:.3f} (fitted on {chosen_on})."
+        + (f" Every film is contrast-normalised ({config.contrast_norm}) before the members see it: cxr.predict and "
+           "the ONNX graph do it themselves." if config.contrast_norm != "none" else ""),
         f"- Config of search trial {best['trial_id']} ({best['metric']} {best['value']:.4f} on val); members trained "
         f"{config.epochs} epochs each.", "",
         "## Data and splits",

@@ -36,6 +36,11 @@ class CxrNet(nn.Module):
             norm.eval()  # running statistics of frozen blocks must keep their pretrained values
         return self
 
+    def train_blocks(self, unfrozen_blocks: int | None) -> None:
+        """Train the last unfrozen_blocks blocks and the head from now on (0: the head alone, as a linear probe)."""
+        self._frozen_norms = _freeze(self.backbone, unfrozen_blocks)
+        self.train(self.training)
+
 
 def create_model(
     backbone: str,
@@ -115,13 +120,24 @@ def _blocks(model: nn.Module) -> list[list[str]]:
     return [groups[k] for k in sorted(groups)][:-1]
 
 
+def block_parameters(model: CxrNet) -> list[list[nn.Parameter]]:
+    """The parameters of each block that unfrozen_blocks counts (stem first), then the head's (every parameter in
+    no block) last."""
+    blocks = _blocks(model.backbone)
+    params = dict(model.backbone.named_parameters())
+    in_blocks = {name for block in blocks for name in block}
+    return [[params[n] for n in block] for block in blocks] + [[p for n, p in params.items() if n not in in_blocks]]
+
+
 def _freeze(model: nn.Module, unfrozen_blocks: int | None) -> list[nn.Module]:
+    """Freeze all but the last unfrozen_blocks blocks (and the head); the frozen blocks' normalisation layers."""
     blocks = _blocks(model)
-    if unfrozen_blocks is None or unfrozen_blocks >= len(blocks):
-        return []
-    frozen = {name for block in blocks[: len(blocks) - unfrozen_blocks] for name in block}
+    kept = len(blocks) if unfrozen_blocks is None else min(unfrozen_blocks, len(blocks))
+    frozen = {name for block in blocks[: len(blocks) - kept] for name in block}
     for name, param in model.named_parameters():
         param.requires_grad = name not in frozen
+    if not frozen:
+        return []
     return [
         module
         for module in model.modules()

@@ -49,8 +49,8 @@ class FinalModel:
         """(K, N) uncalibrated probabilities of each member for (N, S, S) uint8 images at image_size, in the config's
         precision unless another is named (cxr.export checks its fp32 graph against "fp32")."""
         precision = precision or self.config.precision
-        return np.stack([predict_probs(m, images, image_size=self.image_size, tta=self.tta, precision=precision)
-                         for m in self.members])
+        return np.stack([predict_probs(m, images, image_size=self.image_size, tta=self.tta, precision=precision,
+                                       contrast_norm=self.config.contrast_norm) for m in self.members])
 
     def probabilities(self, images: np.ndarray, precision: str | None = None) -> np.ndarray:
         """Calibrated ensemble probabilities, the number the threshold applies to."""

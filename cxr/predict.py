@@ -70,7 +70,8 @@ def _cam(model, film: Path, target: Path, max_pixels: int) -> str:
     from cxr.images import read_film, resize_array
 
     pixels = read_film(str(film), max_pixels)  # decoded once: the overlay's background and the members' input
-    heat = grad_cam(model.members, resize_array(pixels, model.image_size), model.image_size, model.config.precision)
+    heat = grad_cam(model.members, resize_array(pixels, model.image_size), model.image_size,
+                    contrast_norm=model.config.contrast_norm, precision=model.config.precision)
     target.parent.mkdir(parents=True, exist_ok=True)
     return str(write_overlay(pixels, heat, target))
 

@@ -8,15 +8,21 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from cxr.config import TrainConfig
+from cxr.models import block_parameters
 
 
 def create_optimizer(model: nn.Module, config: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """fused (for a model on a GPU): one kernel for all parameters, which also takes the fp16 scaler's overflow flag
-    on the device, where an unfused step makes the host read it every step."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """One parameter group of every trainable parameter; with lr_decay < 1 (layer-wise decay) one group per trainable
+    block of a CxrNet, the head's first at lr and each block before it at lr_decay times the next one's. fused (for a
+    model on a GPU): one kernel for all parameters, which also takes the fp16 scaler's overflow flag on the device,
+    where an unfused step makes the host read it every step."""
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay,
-               fused=fused or None)  # None: torch's default (foreach where it can)
+    kwargs = {"lr": config.lr, "weight_decay": config.weight_decay, "fused": fused or None}  # None: torch's default
+    if config.lr_decay == 1:
+        return cls([p for p in model.parameters() if p.requires_grad], **kwargs)
+    groups = [[p for p in block if p.requires_grad] for block in reversed(block_parameters(model))]
+    groups = [{"params": g, "lr": config.lr * config.lr_decay**depth} for depth, g in enumerate(filter(None, groups))]
+    return cls(groups, **kwargs)
 
 
 def create_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
@@ -26,8 +32,9 @@ def create_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, s
     if config.scheduler == "plateau":
         return lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.gamma, patience=config.plateau_patience)
     if config.scheduler == "onecycle":
-        return lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=config.pct_start
+        return lr_scheduler.OneCycleLR(  # each group peaks at its own LR (layer-wise decay)
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=config.epochs * steps_per_epoch,
+            pct_start=config.pct_start,
         )
     warmup = min(config.warmup_epochs, config.epochs - 1)
     cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs - warmup))

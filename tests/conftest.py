@@ -159,13 +159,13 @@ def png_header():
     return _png_header
 
 
-def _final_model(folder: Path, tta: bool = False) -> Path:
+def _final_model(folder: Path, tta: bool = False, contrast_norm: str = "none") -> Path:
     """A saved two-member final/ folder of untrained test_efficientnet members at 32 px (seeds 1 and 2)."""
     from cxr.config import TrainConfig
     from cxr.models import create_model
     from cxr.package import FinalModel
 
-    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=32)
+    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=32, contrast_norm=contrast_norm)
     members = [create_model(config.backbone, pretrained=False).eval() for _ in range(2)]
     return FinalModel(config, members, [1, 2], threshold=0.5, temperature=1.3, tta=tta).save(folder)
 
@@ -174,6 +174,12 @@ def _final_model(folder: Path, tta: bool = False) -> Path:
 def final_model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One saved final/ folder for the tests that only read it (predict, export)."""
     return _final_model(tmp_path_factory.mktemp("model") / "final")
+
+
+@pytest.fixture(scope="session")
+def final_model_with():
+    """final_model_with(folder, tta=..., contrast_norm=...): a final/ folder like final_model_folder's, otherwise made."""
+    return _final_model
 
 
 @dataclass(frozen=True)

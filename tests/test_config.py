@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cxr.config import MONITORS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
+from cxr.config import CONTRAST_NORMS, MONITORS, OPTIMIZERS, PRECISIONS, SCHEDULERS, TrainConfig
 from cxr.errors import InputError
 
 
@@ -27,6 +27,10 @@ def test_defaults_are_valid_and_round_trip() -> None:
         ("early_stopping_patience", -2), ("monitor", "val_recall"), ("target_recall", 0.0), ("backbone", ""),
         ("pretrained", 1), ("epochs", 2.5), ("lr", "0.1"), ("epochs", True), ("precision", "fp8"),
         ("precision", "float16"), ("precision", None),
+        ("aug_gamma", -0.1), ("aug_gamma", 1.5), ("aug_contrast", 1.0), ("aug_sharpness", 1.2), ("aug_noise", 0.3),
+        ("aug_lowres", 0.8), ("aug_rotation", 46), ("aug_rotation", -5), ("aug_crop", 0.9), ("aug_crop", "0.2"),
+        ("contrast_norm", "histogram"), ("contrast_norm", None), ("head_epochs", -1), ("head_epochs", 1.5),
+        ("lr_decay", 0.0), ("lr_decay", 1.5),
     ],
 )
 def test_out_of_range_or_wrong_type_names_the_key(key: str, value) -> None:
@@ -66,6 +70,19 @@ def test_choices_are_all_accepted() -> None:
     for precision in PRECISIONS:
         assert TrainConfig(precision=precision).precision == precision
     assert TrainConfig().precision == "auto"
+    for kind in CONTRAST_NORMS:
+        assert TrainConfig(contrast_norm=kind).contrast_norm == kind
+
+
+LEVERS = ("aug_gamma", "aug_contrast", "aug_sharpness", "aug_noise", "aug_lowres", "aug_rotation", "aug_crop",
+          "contrast_norm", "head_epochs", "lr_decay")
+
+
+def test_every_lever_against_acquisition_shift_is_off_by_default() -> None:
+    """A user's own space that never names them trains as before they existed."""
+    off = {k: v for k, v in TrainConfig().to_dict().items() if k in LEVERS}
+    assert off == {**dict.fromkeys(LEVERS[:7], 0.0), "contrast_norm": "none", "head_epochs": 0, "lr_decay": 1.0}
+    assert TrainConfig.from_dict({"aug_rotation": 15, "head_epochs": 2.0}).aug_rotation == 15.0  # search values coerced
 
 
 def test_replace_validates_and_config_is_frozen() -> None:

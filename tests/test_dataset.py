@@ -42,3 +42,12 @@ def test_load_dataset_uses_the_cache_dir_and_seed(synthetic_root: Path, tmp_path
     assert len(list(tmp_path.glob("*.npy"))) == 1  # same files, same size: one entry, whatever the split
     np.testing.assert_array_equal(a.images, b.images)
     assert a.manifest["split"].tolist() != b.manifest["split"].tolist()
+
+
+def test_decoded_at_another_size_keeps_the_films_and_splits(synthetic_data: CxrData) -> None:
+    """What the final stage does when the best trial's size is below the size a search with several decoded at: its
+    members see films decoded as cxr.predict decodes them."""
+    smaller = synthetic_data.decoded_at(32)  # the session's cache folder (CXR_CACHE_DIR)
+    assert smaller.manifest is synthetic_data.manifest and smaller.image_size == 32
+    for i in (0, len(smaller.manifest) - 1):
+        np.testing.assert_array_equal(smaller.images[i], decode(smaller.manifest["path"][i], 32))

@@ -17,6 +17,7 @@ from cxr.dataset import CxrData
 import cxr.engine
 from cxr.engine import CHECKPOINT_FILE, EngineOptions, FitResult, fit, predict
 from cxr.errors import InputError
+from cxr.models import create_model
 
 CPU = torch.device("cpu")
 TIMING_KEYS = {"train_images_per_s", "epoch_time_s"}
@@ -97,15 +98,15 @@ def test_early_stopping_patience_one(synthetic_data: CxrData) -> None:
 
 def test_predict_gives_probabilities_of_the_best_model(trained: FitResult, synthetic_data: CxrData) -> None:
     val, test = synthetic_data.indices("val"), synthetic_data.indices("test")
-    probs = predict(trained.model, synthetic_data.images[test])
+    probs = predict(trained.model, synthetic_data.images[test], contrast_norm="none")
     assert probs.shape == (len(test),) and probs.dtype == np.float64  # float32 would tie confident films at 1.0
     assert ((probs >= 0) & (probs <= 1)).all() and probs.std() > 0.05
     assert roc_auc_score(synthetic_data.labels[test], probs) > 0.8
-    val_probs = predict(trained.model, synthetic_data.images[val], batch_size=7)
+    val_probs = predict(trained.model, synthetic_data.images[val], batch_size=7, contrast_norm="none")
     assert roc_auc_score(synthetic_data.labels[val], val_probs) == pytest.approx(
         trained.best_metrics["val_auroc"], abs=1e-9
     )
-    small = predict(trained.model, synthetic_data.images[test[:5]], image_size=48)
+    small = predict(trained.model, synthetic_data.images[test[:5]], image_size=48, contrast_norm="none")
     assert small.shape == (5,) and not np.allclose(small, probs[:5], atol=1e-6)
 
 
@@ -115,6 +116,10 @@ RESUME_SCHEDULES = {
     "plateau": {"scheduler": "plateau", "plateau_patience": 0, "gamma": 0.5},
     "onecycle": {"scheduler": "onecycle", "pct_start": 0.3},
     "step+ema": {"scheduler": "step", "step_size": 1, "gamma": 0.5, "ema_decay": 0.99},
+    # saved in the head-only phase, resumed into it, then the switch; every augmentation lever draws from the RNGs
+    "lp-ft+levers": {"scheduler": "onecycle", "pct_start": 0.3, "head_epochs": 3, "lr_decay": 0.5, "unfrozen_blocks": 2,
+                     "aug_gamma": 0.3, "aug_contrast": 0.2, "aug_sharpness": 0.5, "aug_noise": 0.02, "aug_lowres": 0.3,
+                     "aug_rotation": 10.0, "aug_crop": 0.2, "contrast_norm": "equalize"},
 }
 
 
@@ -137,6 +142,30 @@ def test_resume_from_a_mid_run_checkpoint_is_exact(schedule: str, synthetic_data
     _assert_same_state(resumed.model.state_dict(), whole.model.state_dict())
     _assert_same_history(resumed.history, whole.history)
     assert resumed.best_epoch == whole.best_epoch
+
+
+def test_lp_ft_trains_the_head_alone_then_what_fine_tuning_trains(synthetic_data: CxrData, tmp_path: Path) -> None:
+    config = _config(epochs=2, image_size=32, head_epochs=1, unfrozen_blocks=2)
+    torch.manual_seed(config.seed)  # as fit starts: the same initial weights
+    initial = create_model(config.backbone, pretrained=False, unfrozen_blocks=2).state_dict()
+    states = {}
+
+    def keep(epoch: int, metrics: dict, save_checkpoint) -> None:
+        states[epoch] = torch.load(save_checkpoint(tmp_path), weights_only=True)["model"]
+
+    fit(config, synthetic_data, keep, device=CPU)
+
+    def changed(state: dict) -> set[str]:
+        return {k for k, v in initial.items() if not torch.equal(state[k], v)}
+
+    head = {"backbone.classifier.weight", "backbone.classifier.bias"}
+    assert changed(states[1]) == head  # running statistics too: every normalisation layer stayed in eval
+    model = create_model(config.backbone, pretrained=False, unfrozen_blocks=2)  # what fine-tuning trains
+    norms = [n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and any(p.requires_grad for p in m.parameters())]
+    fine_tuned = {n for n, p in model.named_parameters() if p.requires_grad}
+    fine_tuned |= {f"{n}.{s}" for n in norms for s in ("running_mean", "running_var", "num_batches_tracked")}
+    assert changed(states[2]) == fine_tuned and len(fine_tuned) > 10 * len(head)
 
 
 def test_weight_average_is_what_validates_and_ships(synthetic_data: CxrData) -> None:

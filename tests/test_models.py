@@ -107,14 +107,15 @@ def test_one_logit_head_dropout_and_data_config() -> None:
     assert len(config["mean"]) == 3 and len(config["std"]) == 3
 
 
-def test_pretrained_weights_load_from_a_weights_dir() -> None:
-    weights = SHARED_WEIGHTS / "tf_efficientnet_lite0.safetensors"
+@pytest.mark.parametrize("backbone", [f"tf_efficientnet_lite{i}" for i in range(3)])  # the cpu space's Lite family
+def test_pretrained_weights_load_from_a_weights_dir(backbone: str) -> None:
+    weights = SHARED_WEIGHTS / f"{backbone}.safetensors"
     if not weights.is_file():
         pytest.skip(f"{weights} is absent (../shared is a development-machine folder)")
     from safetensors.torch import load_file
 
     expected = load_file(str(weights))
-    model = create_model("tf_efficientnet_lite0", pretrained=True, weights_dir=SHARED_WEIGHTS, unfrozen_blocks=2)
+    model = create_model(backbone, pretrained=True, weights_dir=SHARED_WEIGHTS, unfrozen_blocks=2)
     state = model.backbone.state_dict()
     body = [k for k in expected if not k.startswith("classifier.")]
     assert len(body) > 100

@@ -111,6 +111,34 @@ def test_every_hostile_film_gets_its_error_row_and_the_others_are_predicted(tmp_
         assert np.isnan(row["probability"]) and words in row["error"], (name, row["error"])
 
 
+@pytest.mark.parametrize("contrast_norm", ["equalize", "clahe"])
+def test_predict_repeats_the_final_stage_on_contrast_normalised_films(tmp_path, synthetic_data, contrast_norm, capsys):
+    """A member trained and scored by the final stage with contrast normalisation: cxr.predict on the same test files
+    gives the final stage's probabilities and decisions, and Grad-CAM looks at the film the members saw."""
+    import dataclasses
+
+    from cxr.cam import grad_cam
+    from cxr.config import TrainConfig
+    from cxr.ensemble import assemble, train_member
+    from cxr.images import decode
+    from cxr.predict import main
+
+    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=synthetic_data.image_size, epochs=1,
+                         augment=0.0, contrast_norm=contrast_norm, target_recall=0.9)
+    model, _, predictions, _ = assemble(config, [train_member(config, synthetic_data)], synthetic_data, n_boot=20)
+    model.save(tmp_path / "final")
+    saved = predictions.query("split == 'test'")
+    assert main(["--model", str(tmp_path / "final"), *saved["path"], "--out", str(tmp_path / "p.parquet")]) == 0
+    predicted = pd.read_parquet(tmp_path / "p.parquet")
+    assert np.allclose(predicted["probability"], saved["probability"], atol=1e-5)
+    assert (predicted["decision"].to_numpy() == saved["prediction"].to_numpy()).all()
+    films = np.stack([decode(p, config.image_size) for p in saved["path"][:8]])
+    plain = dataclasses.replace(model, config=config.replace(contrast_norm="none"))
+    assert np.abs(plain.probabilities(films) - model.probabilities(films)).max() > 1e-3  # the step is not a no-op
+    heat = grad_cam(model.members, films[0], config.image_size, contrast_norm=contrast_norm)
+    assert not np.allclose(heat, grad_cam(model.members, films[0], config.image_size, contrast_norm="none"))
+
+
 def test_bad_arguments_exit_2(tmp_path, run_module):
     proc = run_module("cxr.predict", "--model", str(tmp_path), str(tmp_path))
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
@@ -119,7 +147,8 @@ def test_bad_arguments_exit_2(tmp_path, run_module):
 FROZEN_PRETRAINED_SPACE = """
 def space(trial):
     trial.suggest_float('lr', 1e-3, 1e-2, log=True)
-    return {'backbone': 'test_efficientnet', 'pretrained': True, 'unfrozen_blocks': 0, 'image_size': 32, 'epochs': 1}
+    return {'backbone': 'test_efficientnet', 'pretrained': True, 'unfrozen_blocks': 0, 'image_size': 32, 'epochs': 1,
+            'contrast_norm': 'clahe'}
 """
 
 
@@ -129,7 +158,8 @@ def test_data_parallel_search_on_a_dicom_manifest_from_driver_weights_and_predic
     """One run covers four paths: a CSV manifest without patient or split columns, films that are 16-bit
     MONOCHROME1 DICOM, --weights-dir read once by the driver (trials start from exactly those weights: the frozen
     stem is unchanged in the shipped model) and a 2-process data-parallel trial (Ray Train, gloo) that reports what
-    a single-process trial of the demo reports. cxr.predict on the test films then equals the final stage."""
+    a single-process trial of the demo reports. Every film is contrast-normalised (CLAHE): cxr.predict on the test
+    films then equals the final stage."""
     import timm
     from safetensors.torch import load_file, save_file
 

@@ -76,3 +76,27 @@ def test_onecycle_peaks_then_anneals_over_all_steps() -> None:
     assert max(lrs) == pytest.approx(0.1, rel=0.02) and 4 <= lrs.index(max(lrs)) <= 6
     assert lrs[-1] == pytest.approx(0.1 / 25 / 1e4, rel=1e-3)  # the last step ends at the floor
     assert isinstance(scheduler, lr_scheduler.OneCycleLR) and scheduler.total_steps == 20
+
+
+def test_layer_wise_decay_gives_each_unfrozen_block_its_rate_head_first() -> None:
+    from cxr.models import block_parameters, create_model
+
+    torch.manual_seed(0)
+    model = create_model("test_efficientnet", pretrained=False, unfrozen_blocks=2)
+    config = TrainConfig(optimizer="adam", lr=0.1, lr_decay=0.5)
+    optimizer = create_optimizer(model, config)
+    blocks = block_parameters(model)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1, 0.05, 0.025])
+    assert [{id(p) for p in g["params"]} for g in optimizer.param_groups] == [{id(p) for p in b} for b in blocks[:-4:-1]]
+    assert len(create_optimizer(model, config.replace(lr_decay=1.0)).param_groups) == 1  # off: as before
+
+    before = [[p.detach().clone() for p in g["params"]] for g in optimizer.param_groups]
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    optimizer.step()  # Adam's first step moves every parameter by about its group's LR
+    moved = [max((p - b).abs().max().item() for p, b in zip(g["params"], old))
+             for g, old in zip(optimizer.param_groups, before)]
+    assert moved == pytest.approx([0.1, 0.05, 0.025], rel=0.01)
+
+    onecycle = create_optimizer(model, config.replace(scheduler="onecycle", epochs=1))
+    create_lr_scheduler(onecycle, config.replace(scheduler="onecycle", epochs=1), steps_per_epoch=10)
+    assert [g["max_lr"] for g in onecycle.param_groups] == pytest.approx([0.1, 0.05, 0.025])  # each peaks at its own

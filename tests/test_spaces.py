@@ -8,6 +8,7 @@ import optuna
 import pytest
 
 from cxr.errors import InputError
+from search_spaces._levers import OFF as LEVERS
 from tune.spaces import available, load_space, sample, validate
 
 
@@ -56,10 +57,12 @@ def test_unreachable_baseline_is_named(tmp_path):
         validate(load_space(path))
 
 
-def test_searched_image_size_is_refused(tmp_path):
-    path = _write(tmp_path, "def space(trial):\n    trial.suggest_categorical('image_size', [64, 128])\n    return {}\n")
-    with pytest.raises(InputError, match="image_size"):
-        validate(load_space(path))
+def test_a_searched_image_size_is_decoded_at_its_largest_choice_unless_a_flag_pins_it(tmp_path):
+    body = "def space(trial):\n    trial.suggest_categorical('image_size', list(range(32, 257, 8)))\n    return {}\n"
+    space = load_space(_write(tmp_path, body))
+    for seed in range(3):  # one draw of 29 choices each: the largest is the space's, not the draws'
+        assert validate(space, n_samples=1, seed=seed).image_size == 256
+    assert validate(space.with_overrides({"image_size": 48})).image_size == 48
 
 
 def test_unknown_backbone_in_space(tmp_path):
@@ -70,9 +73,25 @@ def test_unknown_backbone_in_space(tmp_path):
 
 def test_cpu_space_validates_with_its_reference_config():
     checked = validate(load_space("cpu"))
-    assert checked.image_size == 128 and checked.max_epochs <= 5
-    assert checked.pretrained_backbones == {"tf_efficientnet_lite0", "mobilenetv3_large_100", "resnet18"}
+    assert checked.image_size == 192 and checked.max_epochs <= 5  # decoded once at the largest size it searches
+    lite = {f"tf_efficientnet_lite{i}" for i in range(3)}  # the ImageNet weights ../shared/weights holds
+    assert checked.pretrained_backbones == lite | {"mobilenetv3_large_100", "resnet18"}
     assert checked.points_to_evaluate[0]["backbone"] == "tf_efficientnet_lite0"
+    assert checked.points_to_evaluate[0]["image_size"] == 128
+
+
+@pytest.mark.parametrize("name", ["cpu", "full"])
+def test_product_spaces_search_every_lever_and_their_baselines_run_with_the_levers_off(name):
+    space = load_space(name)
+    checked = validate(space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    sample(space, trial)
+    assert set(LEVERS) <= set(trial.distributions)  # searched, not fixed
+    as_augment_did = ("aug_rotation", "aug_crop", "aug_contrast")  # the baselines' old `augment`, in the new keys
+    off = {k: v for k, v in LEVERS.items() if k not in as_augment_did}
+    for point in checked.points_to_evaluate:
+        assert {k: point[k] for k in off} == off and all(point[k] > 0 for k in as_augment_did)
 
 
 def test_backbones_narrow_every_draw_and_drop_other_baselines():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr.config import TrainConfig
 from cxr.dataset import CxrData, load_dataset
 from cxr.final_metrics import FinalMetrics, read_metrics
 from cxr.errors import InputError
@@ -190,6 +191,10 @@ def _final_stage(experiment: RunSettings, best: dict, trials: pd.DataFrame, data
             print(f"time budget: {budget.left():.0f} s left: the final members train {epochs} epoch(s) instead of the "
                   f"best config's {planned} (what fits; --final-epochs sets them)", flush=True)
     final = dataclasses.replace(FinalSettings(**fed_into("final", experiment)), epochs=epochs)
+    size = TrainConfig.from_dict(best["config"]).image_size
+    if size != data.image_size:
+        data = _decoded_at(experiment, data, size)
+        data_ref = cluster.share(data)
     metrics = run_final_stage(best, trials, data, data_ref, weight_refs, settings, final, paths)
     _print_final(metrics)
 
@@ -237,6 +242,15 @@ def _load_data(experiment: RunSettings, image_size: int) -> CxrData:
     for note in data.manifest.attrs.get("notes", []):
         print(f"note: {note}")
     return data
+
+
+def _decoded_at(experiment: RunSettings, data: CxrData, size: int) -> CxrData:
+    """The same films decoded at the best config's size: the search decoded them at the largest size it draws (its
+    smaller trials resize on the device), while the shipped members must see films as cxr.predict decodes them."""
+    print(f"final stage: the films decoded again at {size} px, the best config's size (the search decoded them at "
+          f"{data.image_size} px)", flush=True)
+    cache = Path(experiment.cache_dir) if experiment.cache_dir else default_cache_dir()
+    return data.decoded_at(size, cache, experiment.max_pixels or MAX_PIXELS)
 
 
 def _settings(experiment: RunSettings, max_epochs: int, paths: ExperimentPaths) -> search.SearchSettings:

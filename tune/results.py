@@ -14,7 +14,7 @@ from cxr.final_metrics import FinalMetrics, read_metrics
 from cxr.jsonio import read_json
 
 # what the console and the report show of each trial, after its id, status and scores (keys a space may not search are skipped)
-LEADERBOARD_KEYS = ["backbone", "lr", "scheduler", "dropout", "unfrozen_blocks", "ema_decay", "batch_size"]
+LEADERBOARD_KEYS = ["backbone", "image_size", "lr", "scheduler", "dropout", "unfrozen_blocks", "ema_decay", "batch_size"]
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,12 @@ class Space:
     name: str
     fn: SpaceFn
     baselines: list[dict] = field(default_factory=list)
+    pinned: frozenset[str] = frozenset()  # keys CLI flags pin, whatever the space draws
 
     def with_overrides(self, overrides: dict[str, Any]) -> Space:
         """The same space with some keys pinned (CLI flags such as --max-epochs win over the space)."""
         baselines = [{k: v for k, v in b.items() if k not in overrides} for b in self.baselines]
-        return Space(self.name, _Pinned(self.fn, dict(overrides)), baselines)
+        return Space(self.name, _Pinned(self.fn, dict(overrides)), baselines, self.pinned | set(overrides))
 
     def with_backbones(self, backbones: list[str]) -> Space:
         """The same space drawing only these backbones (--backbones). The narrowed list is passed to every
@@ -45,7 +46,7 @@ class Space:
             raise InputError(f"--backbones {','.join(unknown)} not in space '{self.name}': it draws {', '.join(drawn)}")
         keep = [b for b in drawn if b in backbones]  # the space's order, so the narrowing does not depend on flag order
         baselines = [b for b in self.baselines if b.get("backbone", keep[0]) in keep]
-        return Space(self.name, _Narrowed(self.fn, tuple(keep)), baselines)
+        return Space(self.name, _Narrowed(self.fn, tuple(keep)), baselines, self.pinned)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def sample(space: Space, trial: optuna.Trial) -> dict[str, Any]:
 @dataclass(frozen=True)
 class CheckedSpace:
     points_to_evaluate: list[dict]  # the baselines, as the suggested parameters Optuna enqueues
-    image_size: int
+    image_size: int  # the largest the space draws: films are decoded once at it, smaller trials resize on the device
     max_epochs: int
     pretrained_backbones: frozenset[str]  # every backbone the space can draw with pretrained=True
     common_keys: frozenset[str] = frozenset()  # config keys every sampled config has
@@ -156,7 +157,7 @@ def validate(space: Space, n_samples: int = 16, seed: int = 0) -> CheckedSpace:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     for baseline in space.baselines:
         study.enqueue_trial(baseline)
-    configs, points, backbones = [], [], set()
+    configs, points, backbones, sizes = [], [], set(), set()
     for i in range(len(space.baselines) + n_samples):
         trial = study.ask()
         try:
@@ -173,15 +174,25 @@ def validate(space: Space, n_samples: int = 16, seed: int = 0) -> CheckedSpace:
             backbones.add(config.get("backbone", TrainConfig.backbone))
             choices = trial.distributions.get("backbone")
             backbones.update(getattr(choices, "choices", ()))
+        size = config.get("image_size", TrainConfig.image_size)
+        sizes |= {size} if "image_size" in space.pinned else _drawable(trial, "image_size", size)
         if i < len(space.baselines):
             _check_baseline(space, space.baselines[i], config)
             points.append(dict(trial.params))
-    sizes = {c.get("image_size", TrainConfig.image_size) for c in configs}
-    if len(sizes) > 1:
-        raise InputError(f"space '{space.name}' searches image_size {sorted(sizes)}: fix it (images are decoded once, at one size)")
     epochs = max(c.get("epochs", TrainConfig.epochs) for c in configs)
     common = frozenset(set.intersection(*(set(c) for c in configs)))
-    return CheckedSpace(points, sizes.pop(), epochs, frozenset(backbones), common)
+    return CheckedSpace(points, max(sizes), epochs, frozenset(backbones), common)
+
+
+def _drawable(trial: optuna.Trial, key: str, drawn) -> set:
+    """Every value trial's distribution of key can draw (its choices, or the ends of an integer range), else the
+    value drawn."""
+    distribution = trial.distributions.get(key)
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return set(distribution.choices)
+    if isinstance(distribution, optuna.distributions.IntDistribution):
+        return {distribution.low, distribution.high}
+    return {drawn}
 
 
 def _check_baseline(space: Space, baseline: dict, config: dict) -> None:

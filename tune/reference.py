@@ -55,40 +55,27 @@ def flags_page() -> str:
 
 
 def config_comments() -> dict[str, str]:
-    """The comment on each TrainConfig field's line; a comment on a line of its own heads the fields below it
-    (returned under the key "#<n>" in order)."""
+    """The comment on each TrainConfig field's line (comments on lines of their own are left out)."""
     source = inspect.getsource(TrainConfig)
     comments, lines = {}, source.splitlines()
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type != tokenize.COMMENT:
-            continue
-        line = lines[token.start[0] - 1]
-        text = token.string.lstrip("#").strip()
-        if line.strip().startswith("#"):
-            comments[f"#{len(comments)}"] = text
-        elif ":" in line:
-            comments[line.split(":", 1)[0].strip()] = text
+        line = lines[token.start[0] - 1] if token.type == tokenize.COMMENT else ""
+        if not line.strip().startswith("#") and ":" in line:
+            comments[line.split(":", 1)[0].strip()] = token.string.lstrip("#").strip()
     return comments
 
 
 def config_page() -> str:
     comments = config_comments()
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     out = [GENERATED, "# Training config keys\n\n",
            "Every key of `cxr.config.TrainConfig`: what a search space suggests or fixes, what `trials.parquet` has a "
            "column for and what `final/model.json` keeps. A value that breaks the rule stops the run before Ray "
-           "starts, naming the key.\n"]
-    table = "\n| key | default | rule | what it does |\n|---|---|---|---|\n"
-    out.append(table)
-    for name, text in comments.items():
-        if name.startswith("#"):
-            out.append(f"\n### {text[0].upper()}{text[1:]}\n{table}")
-            continue
-        field = fields.pop(name, None)
-        if field is not None:
-            out.append(f"| `{name}` | `{field.default!r}` | {_cell(key_rule(name))} | {_cell(text)} |\n")
-    if fields:
-        raise ValueError(f"TrainConfig keys without a comment on their line: {', '.join(fields)}: say what each does")
+           "starts, naming the key.\n\n| key | default | rule | what it does |\n|---|---|---|---|\n"]
+    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in comments]
+    if missing:
+        raise ValueError(f"TrainConfig keys without a comment on their line: {', '.join(missing)}: say what each does")
+    out += [f"| `{f.name}` | `{f.default!r}` | {_cell(key_rule(f.name))} | {_cell(comments[f.name])} |\n"
+            for f in dataclasses.fields(TrainConfig)]
     return "".join(out)
 
 

@@ -18,7 +18,7 @@ FILES: dict[str, str] = {
                  "settings each holds, ASHA's `rungs` (the epochs where trials are compared; none for FIFO)), `data` "
                  "(its fingerprint: `films`, `patients`, per split `films`, `patients` and `pneumonia_share`, "
                  "`image_size`, `decode_cache`: the decoded films' file), `versions` (Python and the libraries), and "
-                 "from the final stage `final` (`kind`, `members`, their `seeds`, `epochs`, the `trial_id` whose config "
+                 "from the final stage `final` (`kind`, `n_members`, their `seeds`, `epochs`, the `trial_id` whose config "
                  "they train, `threshold_rule` and `recall_confidence`: how the threshold is fixed); each session "
                  "rewrites the sections it decides again",
     "splits.parquet": "the manifest used, one row per film (columns below)",

@@ -7,6 +7,8 @@ aspect ratio, which keeps the anatomy's proportions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import kornia.augmentation as K
 import numpy as np
 import torch
@@ -53,10 +55,14 @@ class BatchPipeline(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, train: bool,
+                shift: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """shift: a perturbation of the films in [0, 1] at the model's size (cxr.shift), before normalising."""
         x = images.to(self.mean.device, non_blocking=True).unsqueeze(1).float().div_(255)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         if train:
             x = self.augment(x).clamp_(0, 1)
+        if shift is not None:
+            x = shift(x)
         return (x.expand(-1, 3, -1, -1) - self.mean) / self.std

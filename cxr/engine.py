@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ from cxr.dataset import CxrData
 from cxr.errors import InputError
 from cxr.metrics import compute_metrics
 from cxr.models import CxrNet, create_model, data_config
+from cxr.monitors import improves
 from cxr.schedules import create_lr_scheduler, create_optimizer
+from cxr.shift import Shift, selection_scores, selection_shift
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # on_epoch_end(epoch, metrics, save_checkpoint): save_checkpoint(folder) writes the resumable state there
@@ -88,6 +91,7 @@ class _Run:
         self.train_idx, self.val_idx = data.indices("train"), data.indices("val")
         if len(self.train_idx) == 0 or len(self.val_idx) == 0:
             raise InputError("the data set needs both train and val rows: check the manifest's split column")
+        self.shift = selection_shift(len(data.images), self.val_idx)
         self.labels = data.labels
         labels = self.labels[self.train_idx]
         pos_weight = config.pos_weight or (labels == 0).sum() / max(1, (labels == 1).sum())
@@ -113,6 +117,10 @@ class _Run:
             (self.labels, self.loss_fn),
         )
         val = compute_metrics(self.labels[self.val_idx], val_probs, 0.5, self.config.target_recall)
+        shift_start = time.perf_counter()
+        shift_probs, _ = _predict(self.eval_model, self.pipeline, self.data.images, self.val_idx, self.config.batch_size,
+                                  self.amp, shift=self.shift)
+        shift_time = time.perf_counter() - shift_start
         self.epoch += 1
         metrics = {
             "epoch": self.epoch,
@@ -120,7 +128,9 @@ class _Run:
             "train_loss": train_loss,
             "val_loss": val_loss,
             **{f"val_{k}": v for k, v in val.items()},
+            **selection_scores(self.labels[self.val_idx], shift_probs, self.config.target_recall),
             "train_images_per_s": len(self.train_idx) / train_time,
+            "shift_time_s": shift_time,  # the shifted val pass (cxr.shift), part of epoch_time_s
             "epoch_time_s": time.perf_counter() - start,
         }
         if self.device.type == "cuda":
@@ -159,11 +169,7 @@ class _Run:
 
     def _track_best(self, metrics: dict) -> None:
         value = metrics[self.config.monitor]
-        lower = self.config.monitor.endswith("loss")
-        improved = not math.isnan(value) and (
-            math.isnan(self.best_value) or (value < self.best_value if lower else value > self.best_value)
-        )
-        if improved:
+        if improves(self.config.monitor, value, self.best_value):
             self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
             self.best_state = _cpu_copy(self.eval_model.state_dict())
         else:
@@ -210,26 +216,30 @@ class _Run:
 
 
 def predict(model: CxrNet, images: np.ndarray, *, batch_size: int = 64, image_size: int | None = None,
-            tta: bool = False) -> np.ndarray:
+            tta: bool = False, shift: Shift | None = None) -> np.ndarray:
     """Pneumonia probabilities for (N, H, W) uint8 grayscale images, normalised as the backbone expects;
-    with tta the mean of the film's and its horizontal mirror's probabilities."""
+    with tta the mean of the film's and its horizontal mirror's probabilities; with shift of the perturbed films
+    (cxr.shift; films are positions in images)."""
     device = next(model.parameters()).device
     dc = data_config(model)
     pipeline = BatchPipeline(image_size or images.shape[-1], dc["mean"], dc["std"]).to(device)
     amp = device.type == "cuda"
-    probs, _ = _predict(model, pipeline, images, np.arange(len(images)), batch_size, amp)
+    probs, _ = _predict(model, pipeline, images, np.arange(len(images)), batch_size, amp, shift=shift)
     if tta:
-        probs = mirror_mean(probs, _predict(model, pipeline, mirror(images), np.arange(len(images)), batch_size, amp)[0])
+        mirrored, _ = _predict(model, pipeline, mirror(images), np.arange(len(images)), batch_size, amp, shift=shift)
+        probs = mirror_mean(probs, mirrored)
     return probs
 
 
-def _predict(model, pipeline, images, idx, batch_size, amp, scoring=None) -> tuple[np.ndarray, float]:
-    """Probabilities for images[idx]; with scoring = (labels, loss_fn) also the mean loss."""
+def _predict(model, pipeline, images, idx, batch_size, amp, scoring=None, shift=None) -> tuple[np.ndarray, float]:
+    """Probabilities for images[idx]; with scoring = (labels, loss_fn) also the mean loss; with shift (cxr.shift) of
+    the films perturbed."""
     model.eval()
     out, loss_sum = [], 0.0
     with torch.inference_mode():
         for batch in _batches(idx, batch_size):
-            x = pipeline(torch.from_numpy(images[batch]), train=False)
+            perturb = None if shift is None else functools.partial(shift, films=batch)
+            x = pipeline(torch.from_numpy(images[batch]), train=False, shift=perturb)
             with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(_layout(x, amp)).float()
             if scoring is not None:

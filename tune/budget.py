@@ -20,10 +20,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxr.monitors import DEFAULT_METRIC, improves, minimised
+
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # calibrated on the demo (BENCHMARKS.md, time budget): the rest of a run beyond its members' epochs
 MEMBER_START_S = 5.0  # a process start and data fetch, until the search's first trial has measured one
-SCORING_EPOCHS = 0.25  # each member scores val and test, mirrored, then calibration, intervals and tables
+# each member scores val and test, mirrored, then calibration, intervals and tables (0.25), and the robustness bank:
+# ten more passes over val and test per member (cxr.robustness), about one epoch on Kaggle's split (README)
+SCORING_EPOCHS = 1.25
 FINISH_S = 5.0  # the report and Ray's shutdown
 MAX_TRIALS = 1000  # --num-samples when a budget is given without it ("as many as fit")
 
@@ -47,6 +51,7 @@ class Budget:
     final_members: int
     final_epochs: int
     member_slots: int  # final members that run at once
+    metric: str = DEFAULT_METRIC  # the trial score: its direction (cxr.monitors) names the leading trial
     spent_before_s: float = 0.0
     clock: callable = time.monotonic
     started: float = field(default=None)
@@ -85,9 +90,11 @@ class Budget:
             self._p90 = statistics.quantiles(self.epoch_s, n=10, method="inclusive")[-1] if many else self.epoch_s[0]
             if trial_id is not None:
                 self.trial_epoch_s.setdefault(trial_id, []).append(float(seconds))
-                if isinstance(score, (int, float)) and math.isfinite(score) and score > self.trial_best.get(trial_id, -math.inf):
+                if (isinstance(score, (int, float)) and math.isfinite(score)
+                        and improves(self.metric, score, self.trial_best.get(trial_id, math.nan))):
                     self.trial_best[trial_id] = float(score)
-            leader = max(self.trial_best, key=self.trial_best.get) if self.trial_best else None
+            leading = min if minimised(self.metric) else max
+            leader = leading(self.trial_best, key=self.trial_best.get) if self.trial_best else None
             self._median = statistics.median(self.trial_epoch_s[leader] if leader else self.epoch_s)
 
     def epoch_estimate(self) -> float | None:

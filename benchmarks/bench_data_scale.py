@@ -337,7 +337,7 @@ def scored_members(c: Collection, k: int = 3):
 
 
 def stage_evaluation(c: Collection):
-    from cxr.ensemble import assemble
+    from cxr.ensemble import assemble, assess_robustness
 
     config, members, data = scored_members(c)
     shutil.rmtree(c.root / "final", ignore_errors=True)  # a failed run leaves none for the report
@@ -348,6 +348,8 @@ def stage_evaluation(c: Collection):
     from tune.results import ExperimentPaths
 
     paths = ExperimentPaths(c.root)
+    # the robustness step runs the members (a network stage, like scoring): here with no perturbation, for the report
+    metrics["robustness"] = assess_robustness(model, data, predictions, metrics, bank=())
     write_final(paths, model, metrics | {"final_stage_s": 0.0}, {paths.predictions: predictions, paths.history: history}, "")
 
 

@@ -11,6 +11,8 @@ random resized crop at a fixed aspect ratio, which keeps the anatomy's proportio
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import kornia.augmentation as K
 import kornia.enhance
 import numpy as np
@@ -140,10 +142,15 @@ class BatchPipeline(nn.Module):
                    acquisition=create_acquisition(config), geometry=create_geometry(config))
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, train: bool,
+                shift: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """shift: a perturbation of the films in [0, 1] at the model's size (cxr.shift), applied as acquisition would
+        be: before the contrast normalisation, which then treats the shifted film as a new site's film."""
         x = images.to(self.mean.device, non_blocking=True).unsqueeze(1).float().div_(255)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        if shift is not None:
+            x = shift(x).clamp_(0, 1)
         if train:
             x = self.acquisition(x).clamp_(0, 1)
         x = self.contrast(x)

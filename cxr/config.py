@@ -9,10 +9,10 @@ from typing import Any
 from collections.abc import Callable
 
 from cxr.errors import InputError
+from cxr.monitors import MONITORS
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("step", "plateau", "cosine", "onecycle")
-MONITORS = ("val_loss", "val_auroc", "val_auprc", "val_spec_at_recall", "val_f2", "val_accuracy")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # what each means on which device: cxr.precision
 CONTRAST_NORMS = ("none", "equalize", "clahe")
 

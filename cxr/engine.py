@@ -6,6 +6,7 @@ through cxr.feed (pinned memory, loaded one ahead on a GPU). Arithmetic follows 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ from cxr.errors import InputError
 from cxr.feed import pinned, prefetched
 from cxr.metrics import compute_metrics
 from cxr.models import CxrNet, create_model, data_config
+from cxr.monitors import improves
 from cxr.precision import autocast, create_scaler, resolve_precision
 from cxr.schedules import create_lr_scheduler, create_optimizer
+from cxr.shift import Shift, selection_scores, selection_shift
 
 CHECKPOINT_FILE = "checkpoint.pt"
 AUGMENT_ON = ("device", "cpu")
@@ -119,6 +122,7 @@ class _Run:
         self.train_idx, self.val_idx = data.indices("train"), data.indices("val")
         if len(self.train_idx) == 0 or len(self.val_idx) == 0:
             raise InputError("the data set needs both train and val rows: check the manifest's split column")
+        self.shift = selection_shift(len(data.images), self.val_idx)
         self.labels = data.labels
         labels = self.labels[self.train_idx]
         pos_weight = config.pos_weight or (labels == 0).sum() / max(1, (labels == 1).sum())
@@ -145,6 +149,10 @@ class _Run:
             (self.labels, self.loss_fn),
         )
         val = compute_metrics(self.labels[self.val_idx], val_probs, 0.5, self.config.target_recall)
+        shift_start = time.perf_counter()
+        shift_probs, _ = _predict(self.eval_model, self.pipeline, self.data.images, self.val_idx, self.config.batch_size,
+                                  self.precision, shift=self.shift)
+        shift_time = time.perf_counter() - shift_start
         self.epoch += 1
         metrics = {
             "epoch": self.epoch,
@@ -152,7 +160,9 @@ class _Run:
             "train_loss": train_loss,
             "val_loss": val_loss,
             **{f"val_{k}": v for k, v in val.items()},
+            **selection_scores(self.labels[self.val_idx], shift_probs, self.config.target_recall),
             "train_images_per_s": len(self.train_idx) / train_time,
+            "shift_time_s": shift_time,  # the shifted val pass (cxr.shift), part of epoch_time_s
             "epoch_time_s": time.perf_counter() - start,
             "training_precision": self.precision,
         }
@@ -231,11 +241,7 @@ class _Run:
 
     def _track_best(self, metrics: dict) -> None:
         value = metrics[self.config.monitor]
-        lower = self.config.monitor.endswith("loss")
-        improved = not math.isnan(value) and (
-            math.isnan(self.best_value) or (value < self.best_value if lower else value > self.best_value)
-        )
-        if improved:
+        if improves(self.config.monitor, value, self.best_value):
             self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
             self.best_state = _cpu_copy(self.eval_model.state_dict())
         else:
@@ -286,31 +292,35 @@ class _Run:
 
 
 def predict(model: CxrNet, images: np.ndarray, *, contrast_norm: str, batch_size: int = 64,
-            image_size: int | None = None, tta: bool = False, precision: str = "auto") -> np.ndarray:
+            image_size: int | None = None, tta: bool = False, precision: str = "auto",
+            shift: Shift | None = None) -> np.ndarray:
     """Pneumonia probabilities for (N, H, W) uint8 grayscale images, contrast-normalised as the model trained
     (its config's contrast_norm: no default, so no caller forgets it) and normalised as the backbone expects;
-    with tta the mean of the film's and its horizontal mirror's probabilities. precision: the config key's value,
-    resolved for the model's device as training resolves it (cxr.precision)."""
+    with tta the mean of the film's and its horizontal mirror's probabilities; with shift of the perturbed films
+    (cxr.shift; films are positions in images). precision: the config key's value, resolved for the model's device
+    as training resolves it (cxr.precision)."""
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     dc = data_config(model)
     pipeline = BatchPipeline(image_size or images.shape[-1], dc["mean"], dc["std"], contrast_norm=contrast_norm).to(device)
-    probs, _ = _predict(model, pipeline, images, np.arange(len(images)), batch_size, precision)
+    probs, _ = _predict(model, pipeline, images, np.arange(len(images)), batch_size, precision, shift=shift)
     if tta:
-        mirrored = _predict(model, pipeline, mirror(images), np.arange(len(images)), batch_size, precision)[0]
+        mirrored, _ = _predict(model, pipeline, mirror(images), np.arange(len(images)), batch_size, precision,
+                               shift=shift)
         probs = mirror_mean(probs, mirrored)
     return probs
 
 
-def _predict(model, pipeline, images, idx, batch_size, precision, scoring=None) -> tuple[np.ndarray, float]:
-    """Probabilities for images[idx]; with scoring = (labels, loss_fn) also the mean loss. Logits and loss stay on
-    the device until the end: one read, not one per batch."""
+def _predict(model, pipeline, images, idx, batch_size, precision, scoring=None, shift=None) -> tuple[np.ndarray, float]:
+    """Probabilities for images[idx]; with scoring = (labels, loss_fn) also the mean loss; with shift (cxr.shift) of
+    the films perturbed. Logits and loss stay on the device until the end: one read, not one per batch."""
     model.eval()
     device = next(model.parameters()).device
     out, loss_sum = [], torch.zeros((), dtype=torch.float64, device=device)
     with torch.inference_mode():
         for batch in _batches(idx, batch_size):
-            x = pipeline(pinned(torch.from_numpy(images[batch]), device), train=False)
+            perturb = None if shift is None else functools.partial(shift, films=batch)
+            x = pipeline(pinned(torch.from_numpy(images[batch]), device), train=False, shift=perturb)
             with autocast(precision, device):
                 logits = model(_layout(x, device.type == "cuda")).float()
             if scoring is not None:

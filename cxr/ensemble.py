@@ -20,6 +20,8 @@ from cxr.intervals import N_BOOT
 from cxr.metrics import compute_metrics, threshold_for_recall
 from cxr.models import create_model
 from cxr.package import FinalModel
+from cxr.robustness import robustness
+from cxr.shift import ROBUSTNESS_BANK, Perturbation
 
 _SEED_STREAM = 0xF1A1  # tags the member seeds' stream, so they never follow the run seed's own sequence
 
@@ -67,13 +69,22 @@ def member_probs(member: Member, split: str, tta: bool) -> np.ndarray:
 def fit_columns(members: list[Member], data: CxrData, folds: np.ndarray | None, tta: bool) -> tuple[np.ndarray, np.ndarray]:
     """(rows that choose the threshold, (K, rows) member probabilities on it): val for seed members; for fold members the pool,
     each row scored by the one member that held its fold out (NaN for the others)."""
+    rows = _chosen_rows(data, folds)
     if folds is None:
-        return data.indices("val"), np.stack([member_probs(m, "val", tta) for m in members])
-    rows = np.flatnonzero(folds >= 0)
+        return rows, np.stack([member_probs(m, "val", tta) for m in members])
     columns = np.full((len(members), len(rows)), np.nan)
     for i, m in enumerate(members):
         columns[i, folds[rows] == m.fold] = member_probs(m, "oof", tta)  # both in manifest order
     return rows, columns
+
+
+def _chosen_rows(data: CxrData, folds: np.ndarray | None) -> np.ndarray:
+    """The manifest rows of the films that choose the threshold: val, or the pool (every row with a fold)."""
+    return data.indices("val") if folds is None else np.flatnonzero(folds >= 0)
+
+
+def _member_columns(k: int) -> list[str]:
+    return [f"prob_member_{i}" for i in range(k)]
 
 
 def _chosen_on(folds: np.ndarray | None) -> str:
@@ -94,7 +105,8 @@ def choose_tta(members: list[Member], data: CxrData, folds: np.ndarray | None = 
 def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, folds: np.ndarray | None = None,
              recall_confidence: float | None = None, rule: str | None = None, n_boot: int = N_BOOT,
              seed: int = 0) -> tuple[FinalModel, dict, pd.DataFrame, pd.DataFrame]:
-    """(the shippable model, metrics.json, predictions of the threshold's films and test rows, every member's history)."""
+    """(the shippable model, metrics.json (all but its robustness: assess_robustness), predictions of the threshold's
+    films and test rows, every member's history). Reads no pixel: the members' scores are given."""
     chosen_on = _chosen_on(folds)
     tta = choose_tta(members, data, folds)
     fit_rows, fit_probs = fit_columns(members, data, folds, tta["used"])
@@ -104,7 +116,7 @@ def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, folds
     predictions["split"] = [chosen_on] * len(fit_rows) + ["test"] * len(test_rows)
     if folds is not None:
         predictions["fold"] = folds[rows]
-    member_columns = [f"prob_member_{i}" for i in range(len(members))]
+    member_columns = _member_columns(len(members))
     for i, m in enumerate(members):
         predictions[member_columns[i]] = np.concatenate([fit_probs[i], member_probs(m, "test", tta["used"])])
     predictions["probability_raw"] = predictions[member_columns].mean(axis=1)  # skips NaN: one member out of fold
@@ -135,6 +147,16 @@ def training_precision(members: list[Member]) -> str:
     # members a driver saved before the engine recorded it have no such column
     used = {m.history[-1].get("training_precision", "unknown") for m in members}
     return ", ".join(sorted(used))
+
+
+def assess_robustness(model: FinalModel, data: CxrData, predictions: pd.DataFrame, metrics: dict,
+                      folds: np.ndarray | None = None, bank: tuple[Perturbation, ...] = ROBUSTNESS_BANK) -> dict:
+    """metrics.json's "robustness": the assembled model on the films of assemble's predictions, each perturbed by every
+    perturbation of bank (cxr.robustness); the final stage's step after assemble, and the one that runs the members."""
+    images = data.images[np.concatenate([_chosen_rows(data, folds), data.indices("test")])]
+    return robustness(model.members, images, predictions, _member_columns(len(model.members)), metrics,
+                      tta=model.tta, image_size=model.image_size, contrast_norm=model.config.contrast_norm,
+                      precision=model.config.precision, bank=bank)
 
 
 def fold_summary(predictions: pd.DataFrame, metrics: dict, member_columns: list[str]) -> dict:

@@ -5,7 +5,7 @@ to index it first. The nested entries are cxr.evaluation's and cxr.ensemble's (r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypedDict, get_type_hints, is_typeddict
+from typing import Any, TypedDict, get_args, get_origin, get_type_hints, is_typeddict
 
 from cxr.errors import InputError
 from cxr.jsonio import jsonable, read_json, write_json
@@ -38,6 +38,29 @@ class OwnThreshold(TypedDict):
     test: dict | None
 
 
+class ShiftedScores(TypedDict):
+    """A split's films under one perturbation, at the shipped threshold (95 % intervals by patient bootstrap)."""
+    auroc: Number | None
+    auroc_ci95: list
+    recall: Number | None
+    recall_ci95: list
+    specificity: Number | None
+    specificity_ci95: list
+
+
+class Perturbed(TypedDict):
+    family: str  # cxr.shift.FAMILIES
+    magnitude: Number
+    strength: int  # 1 mild, 2 strong (within its family)
+    chosen: ShiftedScores  # the films that chose the threshold (threshold_chosen_on)
+    test: ShiftedScores | None
+
+
+class Robustness(TypedDict):
+    seed: int  # of the perturbations' noise
+    perturbations: list[Perturbed]  # cxr.shift.ROBUSTNESS_BANK, in order
+
+
 # the functional syntax: "test_at_0.5" is no identifier
 _Required = TypedDict("_Required", {
     "target_recall": Number, "recall_confidence": Number | None, "rule": str, "temperature": Number,
@@ -46,7 +69,7 @@ _Required = TypedDict("_Required", {
     "n_boot": int, "bootstrap_seed": int, "calibration": dict, "test": dict | None, "test_at_0.5": dict | None,
     "subgroups": dict, "class_balance": dict, "out_of_sample": OutOfSample, "rule_cost": dict, "warnings": list,
     "members": list, "ensemble": OwnThreshold, "tta": Tta, "n_members": int, "final_epochs": int, "final_kind": str,
-    "final_stage_s": Number,
+    "final_stage_s": Number, "robustness": Robustness,
 })
 
 
@@ -95,13 +118,28 @@ def _check(value: Any, schema: type, where: str) -> None:
             if key in schema.__required_keys__:
                 raise InputError(f"{where}: key '{key}' is missing (cxr.final_metrics)")
             continue
-        if is_typeddict(expected):
-            _check(value[key], expected, f"{where}: '{key}'")
-        elif not isinstance(value[key], _types(expected)) or isinstance(value[key], bool) is not (expected is bool):
-            raise InputError(f"{where}: '{key}' = {value[key]!r} is invalid: expected {expected}")
+        _check_value(value[key], expected, f"{where}: '{key}'")
+
+
+def _check_value(value: Any, expected, where: str) -> None:
+    """value against an annotation: a TypedDict (or one or None), a list of TypedDicts, or plain types."""
+    args = get_args(expected)
+    if value is None and type(None) in args:
+        return
+    if get_origin(expected) is list and is_typeddict(args[0]):
+        if not isinstance(value, list):
+            raise InputError(f"{where} = {value!r} is invalid: expected a list")
+        for i, item in enumerate(value):
+            _check(item, args[0], f"{where}[{i}]")
+        return
+    typed = [a for a in (expected, *args) if is_typeddict(a)]
+    if typed:
+        _check(value, typed[0], where)
+    elif not isinstance(value, _types(expected)) or isinstance(value, bool) is not (expected is bool):
+        raise InputError(f"{where} = {value!r} is invalid: expected {expected}")
 
 
 def _types(annotation) -> tuple[type, ...]:
     """isinstance's types of an annotation (int, dict | None, Number | None, ...)."""
-    args = getattr(annotation, "__args__", None)
+    args = get_args(annotation)
     return tuple(type(None) if a is None else a for a in args) if args else (annotation,)

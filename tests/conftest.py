@@ -159,6 +159,54 @@ def png_header():
     return _png_header
 
 
+def _made_up_members(data: CxrData, config, k: int = 3) -> list:
+    """k final-stage members of untrained config.backbone weights whose val and test probabilities are made up
+    (pneumonia scored higher, with noise; mirrored a little differently), seeds 100, 101, ..."""
+    from cxr.ensemble import Member
+    from cxr.models import create_model
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(k):
+        state = {n: t.clone() for n, t in create_model(config.backbone, pretrained=False).state_dict().items()}
+        probs = {}
+        for split in ("val", "test"):
+            labels = data.labels[data.indices(split)]
+            probs[split] = np.clip(0.3 + 0.4 * labels + rng.normal(0, 0.15, len(labels)), 0.01, 0.99)
+            probs[f"{split}_mirrored"] = np.clip(probs[split] + rng.normal(0, 0.05, len(labels)), 0.01, 0.99)
+        out.append(Member(100 + i, 2, state, [{"epoch": 1}, {"epoch": 2}], probs))
+    return out
+
+
+@pytest.fixture(scope="session")
+def made_up_members():
+    return _made_up_members
+
+
+@dataclass(frozen=True)
+class Assembled:
+    members: list
+    model: object  # cxr.package.FinalModel
+    metrics: dict  # as metrics.json holds them (final_stage_s included)
+    predictions: object  # pandas DataFrame
+    history: object
+
+
+@pytest.fixture(scope="session")
+def assembled(synthetic_data: CxrData) -> Assembled:
+    """cxr.ensemble.assemble and assess_robustness, as the final stage runs them, on three made-up members of the
+    synthetic set (at 16 px: the robustness bank costs each member ten more passes over val and test; 200
+    resamples); treat as read-only."""
+    from cxr.config import TrainConfig
+    from cxr.ensemble import assemble, assess_robustness
+
+    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=16, target_recall=0.95)
+    members = _made_up_members(synthetic_data, config)
+    model, metrics, predictions, history = assemble(config, members, synthetic_data, n_boot=200)
+    robustness = assess_robustness(model, synthetic_data, predictions, metrics)
+    return Assembled(members, model, {**metrics, "robustness": robustness, "final_stage_s": 1.0}, predictions, history)
+
+
 def _final_model(folder: Path, tta: bool = False, contrast_norm: str = "none") -> Path:
     """A saved two-member final/ folder of untrained test_efficientnet members at 32 px (seeds 1 and 2)."""
     from cxr.config import TrainConfig

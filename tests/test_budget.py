@@ -82,10 +82,10 @@ def test_when_the_final_stage_does_not_fit_its_members_get_the_epochs_that_do():
     budget = Budget(total_s=100, final_members=1, final_epochs=4, member_slots=1, clock=clock)
     assert budget.epochs_that_fit(4) == 4  # nothing measured: as planned
     budget.note_epoch(10)
-    assert budget.epochs_that_fit(4) == 4  # 5 + 40 + 2.5 + 5 s fit in 100
-    clock.now += 60
-    assert budget.epochs_that_fit(4) == 2  # 40 s left: 5 + 20 + 2.5 + 5
-    clock.now += 30
+    assert budget.epochs_that_fit(4) == 4  # 5 + 40 + 12.5 + 5 s fit in 100
+    clock.now += 50
+    assert budget.epochs_that_fit(4) == 2  # 50 s left: 5 + 20 + 12.5 + 5
+    clock.now += 40
     assert budget.epochs_that_fit(4) == 1  # nothing fits: one epoch, never none
 
 
@@ -99,3 +99,13 @@ def test_the_members_are_planned_at_the_leading_trial_s_epoch_time():
     assert budget.epoch_estimate() == 5 and budget.next_epoch_bound() > 10  # "small" leads; the p90 is every trial's
     budget.note_epoch(30, "big", 0.9)
     assert budget.epoch_estimate() == 30
+
+
+def test_with_a_minimised_metric_the_lowest_scoring_trial_leads():
+    """--metric val_loss: the leading trial is the one with the lowest loss (cxr.monitors), not the highest."""
+    budget = Budget(total_s=600, final_members=1, final_epochs=1, member_slots=1, clock=FakeClock(), metric="val_loss")
+    for seconds, trial, loss in ((30, "big", 0.4), (30, "big", 0.5), (4, "small", 0.6), (6, "small", 0.55)):
+        budget.note_epoch(seconds, trial, loss)
+    assert budget.epoch_estimate() == 30  # "big" leads with 0.4
+    budget.note_epoch(6, "small", 0.2)
+    assert budget.epoch_estimate() == 6

@@ -18,9 +18,10 @@ import cxr.engine
 from cxr.engine import CHECKPOINT_FILE, EngineOptions, FitResult, fit, predict
 from cxr.errors import InputError
 from cxr.models import create_model
+from cxr.shift import ROBUSTNESS_BANK, everywhere, selection_shift
 
 CPU = torch.device("cpu")
-TIMING_KEYS = {"train_images_per_s", "epoch_time_s"}
+TIMING_KEYS = {"train_images_per_s", "epoch_time_s", "shift_time_s"}
 
 
 def _config(**changes) -> TrainConfig:
@@ -110,6 +111,22 @@ def test_predict_gives_probabilities_of_the_best_model(trained: FitResult, synth
     assert small.shape == (5,) and not np.allclose(small, probs[:5], atol=1e-6)
 
 
+def test_every_epoch_scores_the_val_films_under_the_selection_bank(trained: FitResult, synthetic_data: CxrData) -> None:
+    """val_shift_*: each val film under the perturbation selection_shift deals it, scored by the epoch's model;
+    reproduced from the best model, and below the clean scores: the bank costs this model ranking."""
+    val = synthetic_data.indices("val")
+    labels, best = synthetic_data.labels[val], trained.best_metrics
+    shifted = predict(trained.model, synthetic_data.images, contrast_norm="none", shift=selection_shift(len(synthetic_data.images), val))[val]
+    assert roc_auc_score(labels, shifted) == pytest.approx(best["val_shift_auroc"], abs=1e-9)
+    assert best["val_shift_auroc"] < best["val_auroc"]
+    assert all(0 < h["shift_time_s"] < h["epoch_time_s"] for h in trained.history)
+    clean = roc_auc_score(labels, predict(trained.model, synthetic_data.images[val], contrast_norm="none"))
+    strong = [p for p in ROBUSTNESS_BANK if p.strength == 2]
+    aurocs = {p.name: roc_auc_score(labels, predict(trained.model, synthetic_data.images[val], contrast_norm="none", shift=everywhere(p, len(val))))
+              for p in strong}
+    assert min(aurocs.values()) < clean - 0.02, (clean, aurocs)
+
+
 RESUME_SCHEDULES = {
     "cosine": {"scheduler": "cosine", "warmup_epochs": 1},
     "step": {"scheduler": "step", "step_size": 1, "gamma": 0.5},
@@ -142,6 +159,7 @@ def test_resume_from_a_mid_run_checkpoint_is_exact(schedule: str, synthetic_data
     _assert_same_state(resumed.model.state_dict(), whole.model.state_dict())
     _assert_same_history(resumed.history, whole.history)
     assert resumed.best_epoch == whole.best_epoch
+    assert whole.best_epoch == 1 + int(np.argmin([h["val_loss"] for h in whole.history]))  # val_loss: lowest is best
 
 
 def test_lp_ft_trains_the_head_alone_then_what_fine_tuning_trains(synthetic_data: CxrData, tmp_path: Path) -> None:

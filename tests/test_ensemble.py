@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
+from cxr.augment import mirror
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
-from cxr.ensemble import Member, assemble, choose_tta, member_seeds, train_member
+from cxr.engine import predict
+from cxr.ensemble import Member, assemble, assess_robustness, choose_tta, member_seeds, train_member
 from cxr.final_metrics import to_json
 from cxr.models import create_model
+from cxr.robustness import SCORES
+from cxr.shift import ROBUSTNESS_BANK, Perturbation
+
+
+MIRRORED_SEEDS = (2, 3)  # untrained members whose ensemble prefers mirroring on the synthetic val
 
 
 def test_member_seeds_are_distinct_derived_and_never_a_trial_seed():
@@ -19,24 +28,8 @@ def test_member_seeds_are_distinct_derived_and_never_a_trial_seed():
     assert not set(member_seeds(0, 3, taken=set(seeds[:2]))) & set(seeds[:2])
 
 
-def _members(data: CxrData, config: TrainConfig, k: int = 3) -> list[Member]:
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(k):
-        state = {n: t.clone() for n, t in create_model(config.backbone, pretrained=False).state_dict().items()}
-        probs = {}
-        for split in ("val", "test"):
-            labels = data.labels[data.indices(split)]
-            probs[split] = np.clip(0.3 + 0.4 * labels + rng.normal(0, 0.15, len(labels)), 0.01, 0.99)
-            probs[f"{split}_mirrored"] = np.clip(probs[split] + rng.normal(0, 0.05, len(labels)), 0.01, 0.99)
-        out.append(Member(100 + i, 2, state, [{"epoch": 1}, {"epoch": 2}], probs))
-    return out
-
-
-def test_assemble_follows_the_contract(synthetic_data: CxrData):
-    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=64, target_recall=0.95)
-    members = _members(synthetic_data, config)
-    model, metrics, predictions, history = assemble(config, members, synthetic_data, n_boot=200)
+def test_assemble_follows_the_contract(assembled, synthetic_data: CxrData):
+    model, metrics, predictions, history = assembled.model, assembled.metrics, assembled.predictions, assembled.history
     assert len(predictions) == len(synthetic_data.indices("val")) + len(synthetic_data.indices("test"))
     for column in ["path", "patient", "split", "label", "prob_member_0", "prob_member_2", "probability_raw", "probability", "prediction"]:
         assert column in predictions
@@ -44,14 +37,15 @@ def test_assemble_follows_the_contract(synthetic_data: CxrData):
     assert metrics["n_members"] == 3 and [m["seed"] for m in metrics["members"]] == [100, 101, 102] == model.seeds
     assert metrics["tta"]["used"] == model.tta and "ensemble" in metrics
     assert sorted(history["member"].unique()) == [0, 1, 2] and model.threshold == metrics["threshold"]
-    assert to_json(metrics | {"final_stage_s": 1.0})["n_members"] == 3  # metrics.json's schema (final_stage_s: the stage's)
+    assert len(metrics["robustness"]["perturbations"]) == len(ROBUSTNESS_BANK)
+    assert to_json(metrics)["n_members"] == 3  # metrics.json's schema
 
 
-def test_model_json_records_the_precision_the_members_trained_in(synthetic_data: CxrData, tmp_path):
+def test_model_json_records_the_precision_the_members_trained_in(synthetic_data: CxrData, tmp_path, made_up_members):
     from cxr.package import load_model
 
-    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=64)
-    members = _members(synthetic_data, config, k=2)
+    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=16)
+    members = made_up_members(synthetic_data, config, k=2)
     for member in members:
         member.history[-1]["training_precision"] = "bf16"  # what cxr.engine writes into every epoch's metrics
     model = assemble(config, members, synthetic_data, n_boot=20)[0]
@@ -86,9 +80,9 @@ def test_mirroring_is_chosen_only_when_val_gains():
     assert choose_tta([better], data)["used"] and not choose_tta([worse], data)["used"]
 
 
-def test_one_member_is_allowed(synthetic_data: CxrData):
-    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=64)
-    model, metrics, _, _ = assemble(config, _members(synthetic_data, config, 1), synthetic_data, n_boot=100)
+def test_one_member_is_allowed(synthetic_data: CxrData, made_up_members):
+    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=16)
+    model, metrics, _, _ = assemble(config, made_up_members(synthetic_data, config, 1), synthetic_data, n_boot=100)
     assert metrics["n_members"] == 1 and len(model.members) == 1
 
 
@@ -109,10 +103,11 @@ def _fold_members(data: CxrData, config: TrainConfig, folds: np.ndarray) -> list
 def test_fold_ensemble_scores_each_pool_film_by_the_member_that_held_it_out(synthetic_data: CxrData):
     from cxr.splits import patient_folds
 
-    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=64, target_recall=0.95)
+    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=16, target_recall=0.95)
     folds = patient_folds(synthetic_data.manifest, 3, seed=0)
     members = _fold_members(synthetic_data, config, folds)
     model, metrics, predictions, history = assemble(config, members, synthetic_data, folds=folds, n_boot=200)
+    metrics["robustness"] = assess_robustness(model, synthetic_data, predictions, metrics, folds)
     oof = predictions[predictions["split"] == "oof"]
     assert len(oof) == (folds >= 0).sum() and set(predictions["split"]) == {"oof", "test"}
     columns = [f"prob_member_{k}" for k in range(3)]
@@ -126,3 +121,34 @@ def test_fold_ensemble_scores_each_pool_film_by_the_member_that_held_it_out(synt
     assert len(metrics["folds"]["test_single_members"]) == 3 and model.info["final_kind"] == "folds"
     assert sorted(history["fold"].unique()) == [0, 1, 2]
     assert to_json(metrics | {"final_stage_s": 1.0})["final_kind"] == "folds"  # metrics.json's schema
+
+
+@pytest.mark.parametrize("kind", ["seeds", "folds"])
+def test_under_a_perturbation_that_changes_no_film_the_robustness_is_the_shipped_evaluation(synthetic_data, kind):
+    """Gamma 1 changes no film: the robustness step scores the films that chose the threshold (val, or each pool film
+    by the member that held its fold out) and test as the shipped model does (members, mirroring, temperature,
+    threshold, patient resamples, contrast normalisation), so every number equals the evaluation's."""
+    from cxr.splits import patient_folds
+
+    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=16, target_recall=0.9,
+                         contrast_norm="equalize")
+    folds = patient_folds(synthetic_data.manifest, 2, seed=0) if kind == "folds" else None
+    members = []
+    for k, seed in enumerate(MIRRORED_SEEDS):
+        torch.manual_seed(seed)
+        model = create_model(config.backbone, pretrained=False).eval()
+        probs = {}
+        for split, rows in (("val", synthetic_data.indices("val")) if folds is None else ("oof", np.flatnonzero(folds == k)),
+                            ("test", synthetic_data.indices("test"))):
+            images = synthetic_data.images[rows]
+            probs[split] = predict(model, images, image_size=16, contrast_norm="equalize")
+            probs[f"{split}_mirrored"] = predict(model, mirror(images), image_size=16, contrast_norm="equalize")
+        members.append(Member(seed, 1, model.state_dict(), [{"epoch": 1}], probs, None if folds is None else k))
+    model, metrics, predictions, _ = assemble(config, members, synthetic_data, folds=folds, n_boot=100)
+    robustness = assess_robustness(model, synthetic_data, predictions, metrics, folds, bank=(Perturbation("gamma", 1.0),))
+    assert metrics["tta"]["used"] or kind == "folds"  # these seeds' members mirror on val: so must the robustness step
+    (entry,) = robustness["perturbations"]
+    for key, split in (("chosen", metrics["threshold_chosen_on"]), ("test", "test")):
+        for name in SCORES:
+            assert entry[key][name] == metrics[split][name], (split, name)
+            assert entry[key][f"{name}_ci95"] == metrics[split][f"{name}_ci95"], (split, name)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cxr.errors import InputError
-from cxr.final_metrics import from_json
+from cxr.final_metrics import from_json, to_json
 from tune import report
 from tune.experiment import _track_final
 from tune.results import ExperimentPaths, load
@@ -29,7 +30,8 @@ def _consumers(folder: Path) -> dict:
     (lambda m: m.update(fit_split="val"), "key 'fit_split' is not in the metrics.json schema"),
     (lambda m: m["tta"].update(used="yes"), "'used' = 'yes' is invalid"),
     (lambda m: m.pop("val"), "key 'val' (the metrics of the films that chose the threshold) is missing"),
-], ids=["missing", "unknown", "nested type", "chosen split"])
+    (lambda m: m["robustness"]["perturbations"][0]["test"].update(auroc="high"), "'auroc' = 'high' is invalid"),
+], ids=["missing", "unknown", "nested type", "chosen split", "robustness"])
 def test_a_metrics_json_off_the_schema_fails_every_consumer_in_the_one_reader(demo, copy_experiment, capsys,
                                                                             change, words):
     folder = copy_experiment(demo)
@@ -50,3 +52,24 @@ def test_a_value_that_is_no_object_or_misses_a_key_is_refused_naming_it():
         from_json([])
     with pytest.raises(InputError, match="key 'target_recall' is missing"):
         from_json({})
+
+
+ROBUSTNESS_BREAKS = {
+    "missing": (lambda m: m.pop("robustness"), "key 'robustness' is missing"),
+    "unknown": (lambda m: m["robustness"].update(bank="x"), "'robustness': key 'bank' is not in the metrics.json schema"),
+    "not a list": (lambda m: m["robustness"].update(perturbations={}), "'perturbations' = {} is invalid: expected a list"),
+    "entry type": (lambda m: m["robustness"]["perturbations"][1].update(strength="strong"),
+                   "'perturbations'[1]: 'strength' = 'strong' is invalid"),
+    "score missing": (lambda m: m["robustness"]["perturbations"][0]["chosen"].pop("recall"),
+                      "'perturbations'[0]: 'chosen': key 'recall' is missing"),
+}
+
+
+@pytest.mark.parametrize("name", list(ROBUSTNESS_BREAKS))
+def test_the_robustness_entries_are_typed_to_every_score(assembled, name):
+    metrics = json.loads(json.dumps(to_json(assembled.metrics)))  # as metrics.json holds them
+    assert from_json(copy.deepcopy(metrics)) == metrics
+    change, words = ROBUSTNESS_BREAKS[name]
+    change(metrics)
+    with pytest.raises(InputError, match=re.escape(words)):
+        from_json(metrics)

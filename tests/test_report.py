@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cxr.final_metrics import write_metrics
 from cxr.html_page import render_page
+from cxr.shift import ROBUSTNESS_BANK
 from cxr.jsonio import write_json
 from tune.report import write_report
 from tune.results import ExperimentPaths, TrialRecord, create_tables, write_table
@@ -58,6 +60,34 @@ def test_strings_from_the_data_the_search_space_and_the_machine_are_escaped_in_r
     assert "<script" not in page and HOSTILE not in page
     assert page.count(escape(HOSTILE)) == 3  # the title, the heading and the film's name in the audit
     assert page.count(escape(SCRIPT)) == 3  # the patient id, the leaderboard's backbone and the plan's path
+
+
+def test_a_finished_experiment_s_report_shows_its_robustness_and_its_minimised_metric(tmp_path, assembled, synthetic_data):
+    """A folder made here: the synthetic set, two trials searched on val_loss, the final stage of made-up members."""
+    paths = ExperimentPaths(tmp_path / "finished")
+    write_table(paths.splits, synthetic_data.manifest)
+    records = [TrialRecord(t, i, {"lr": 1e-3}, pd.DataFrame({"epoch": [1, 2], "time_total_s": [1.0, 2.0], "val_loss": losses,
+                                                             "val_auroc": [0.8, 0.9]}), None)
+               for i, (t, losses) in enumerate((("high", [0.6, 0.5]), ("low", [0.4, 0.45])), start=1)]
+    trials, epochs = create_tables(records, "val_loss")
+    write_table(paths.trials, trials)
+    write_table(paths.epochs, epochs)
+    write_json(paths.run, {"name": "finished", "metric": "val_loss"})
+    write_json(paths.best, {"trial_id": "low", "metric": "val_loss", "config": {}})
+    paths.final.mkdir()
+    write_metrics(paths.metrics, assembled.metrics)
+    write_table(paths.predictions, assembled.predictions)
+    page = write_report(paths.root).read_text()
+    section = page[page.index('<section id="robustness-to-acquisition-shift">'):]
+    section = section[:section.index("</section>")]
+    assert '<img alt="robustness"' in section and "none (clean)" in section
+    for p in ROBUSTNESS_BANK:
+        assert f"<td>{p.family} {p.magnitude:g}</td><td>{p.strength}</td>" in section, p.name
+    assert section.count("<tr>") == 2 + len(ROBUSTNESS_BANK)  # the header, clean, one row per perturbation
+    assert "robustness.png" in json.loads((paths.report / "report.json").read_text())["figures"]
+    leaderboard = page[page.index("<h3>Leaderboard"):]
+    assert "by best val_loss,\nlowest first" in leaderboard
+    assert leaderboard.index("<td>low</td>") < leaderboard.index("<td>high</td>")
 
 
 @pytest.mark.slow

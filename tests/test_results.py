@@ -49,6 +49,18 @@ def test_statuses_and_best_first():
     assert len(epochs) == 6 and set(epochs["trial_id"]) == {"a", "b", "c"}
 
 
+def test_a_minimised_metric_ranks_the_lowest_first_at_its_lowest_epoch_and_is_the_best_trial():
+    from tune.experiment import _best
+
+    records = _records()
+    trials, _ = create_tables(records, "val_loss")
+    assert list(trials["trial_id"]) == ["a", "c", "b", "d"]  # by val_auroc c leads (above)
+    a = trials.iloc[0]
+    assert (a["best_val_loss"], a["best_epoch"], a["at_best_val_auroc"]) == (pytest.approx(1 / 3), 3, 0.65)
+    assert list(leaderboard(trials, "val_loss", rows=2)["trial_id"]) == ["a", "c"]
+    assert _best(trials, records, "val_loss")["trial_id"] == "a"
+
+
 @pytest.mark.parametrize("errored, epochs_run, planned, stopped_early, status", [
     (True, 3, 3, False, "error"), (False, 3, 3, False, "completed"), (False, 3, 3, True, "completed"),
     (False, 2, 3, True, "early_stopped"), (False, 1, 3, False, "pruned"), (False, 0, 3, False, "pruned"),

@@ -97,6 +97,26 @@ def test_the_journal_holds_each_trials_best_epoch_and_its_state(tmp_path):
                       ("PRUNED", 0.6, {1: 0.6, 2: 0.4})]  # a pruned trial's value is its best epoch, not its last
 
 
+def test_a_minimised_metric_is_minimised_by_the_study_and_by_tune_s_mode(tmp_path):
+    """--metric val_loss: each trial's value is its lowest epoch, TPE minimises, Tune (and so ASHA and the live
+    table) gets mode min."""
+    space = load_space("smoke")
+    settings, checked = _settings(tmp_path, metric="val_loss"), validate(space)
+    searcher = search.create_searcher(settings, space, checked)
+    for trial_id, losses in (("high", [0.5, 0.6]), ("low", [0.3, 0.4])):
+        searcher.suggest(trial_id)
+        for step, loss in enumerate(losses, start=1):
+            searcher.on_trial_result(trial_id, {"val_loss": loss, "training_iteration": step})
+        searcher.on_trial_complete(trial_id, {"val_loss": losses[-1], "epoch": 2, "config/epochs": 2})
+    study = optuna.load_study(study_name="x", storage=search.open_study_storage(tmp_path / "optuna.journal"))
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 0.5), ("COMPLETE", 0.3)]
+    assert study.best_trial.number == 1
+    config = search._tune_config(settings, space, checked, None)
+    assert (config.metric, config.mode) == ("val_loss", "min")
+    assert search._tune_config(_settings(tmp_path, study_name="y"), space, checked, None).mode == "max"
+
+
 def test_a_restored_searcher_continues_its_trials_in_the_journal_and_its_snapshot_stays_small(tmp_path):
     space = load_space("smoke")
     checked = validate(space)

@@ -20,10 +20,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cxr.monitors import DEFAULT_METRIC, improves
+
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # calibrated on the demo (BENCHMARKS.md, time budget): the rest of a run beyond its members' epochs
 MEMBER_START_S = 5.0  # a process start and data fetch, until the search's first trial has measured one
-SCORING_EPOCHS = 0.25  # each member scores val and test, mirrored, then calibration, intervals and tables
+# each member scores val and test, mirrored, then calibration, intervals and tables (0.25), and the robustness bank:
+# ten more passes over val and test per member (cxr.robustness), about one epoch on Kaggle's split (README)
+SCORING_EPOCHS = 1.25
 FINISH_S = 5.0  # the report and Ray's shutdown
 MAX_TRIALS = 1000  # --num-samples when a budget is given without it ("as many as fit")
 
@@ -47,6 +51,7 @@ class Budget:
     final_members: int
     final_epochs: int
     member_slots: int  # final members that run at once
+    metric: str = DEFAULT_METRIC  # the trial score: its direction (cxr.monitors) names the leading trial
     spent_before_s: float = 0.0
     clock: callable = time.monotonic
     started: float = field(default=None)
@@ -61,7 +66,7 @@ class Budget:
     spending: dict = field(default_factory=dict)  # search_s, final_stage_s, ... of the sessions so far
     _p90: float | None = field(default=None, repr=False)
     _median: float | None = field(default=None, repr=False)
-    _leader: str | None = field(default=None, repr=False)  # the trial with the highest best score so far
+    _leader: str | None = field(default=None, repr=False)  # the trial with the best score so far (the metric's direction)
 
     def __post_init__(self):
         if self.started is None:
@@ -86,10 +91,11 @@ class Budget:
             self._p90 = statistics.quantiles(self.epoch_s, n=10, method="inclusive")[-1] if many else self.epoch_s[0]
             if trial_id is not None:
                 self.trial_epoch_s.setdefault(trial_id, []).append(float(seconds))
-                if isinstance(score, (int, float)) and math.isfinite(score) and score > self.trial_best.get(trial_id, -math.inf):
+                if (isinstance(score, (int, float)) and math.isfinite(score)
+                        and improves(self.metric, score, self.trial_best.get(trial_id, math.nan))):
                     self.trial_best[trial_id] = float(score)
-                    # bests only rise: the leader changes only to a trial that just passed it (no scan per epoch)
-                    if self._leader is None or score > self.trial_best[self._leader]:
+                    # bests only improve: the leader changes only to a trial that just passed it (no scan per epoch)
+                    if self._leader is None or improves(self.metric, score, self.trial_best[self._leader]):
                         self._leader = trial_id
             self._median = statistics.median(self.trial_epoch_s[self._leader] if self._leader else self.epoch_s)
 

@@ -14,6 +14,7 @@ from cxr.errors import InputError
 from cxr.images import MAX_PIXELS, default_cache_dir
 from cxr.intervals import interval_text, value_text
 from cxr.models import pretrained_state
+from cxr.monitors import minimised
 from cxr.synthetic import create_synthetic
 from cxr.jsonio import read_json, write_json
 from tune import budget as budget_module
@@ -280,7 +281,8 @@ def _best(trials: pd.DataFrame, records: list, metric: str) -> dict:
 def _print_leaderboard(trials: pd.DataFrame, metric: str) -> None:
     top = leaderboard(trials, metric, CONSOLE_LEADERBOARD_ROWS)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 4):
-        print(f"\nleaderboard (top {len(top)} of {len(trials)} trials by best {metric}):")
+        order = "lowest first" if minimised(metric) else "highest first"
+        print(f"\nleaderboard (top {len(top)} of {len(trials)} trials by best {metric}, {order}):")
         print(top.to_string(index=False))
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from cxr.cli import DEFAULT_THRESHOLD_RULE
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
-from cxr.ensemble import Member, assemble, member_seeds
+from cxr.ensemble import Member, assemble, assess_robustness, member_seeds
 from cxr.final_metrics import write_metrics
 from cxr.model_card import render_model_card
 from cxr.package import FinalModel
@@ -73,6 +73,7 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     model, metrics, predictions, history = assemble(config, [members[s] for s in seeds], data, folds=folds,
                                                     recall_confidence=final.recall_confidence,
                                                     rule=final.threshold_rule, seed=final.seed)
+    metrics["robustness"] = assess_robustness(model, data, predictions, metrics, folds)
     metrics["final_stage_s"] = time.monotonic() - started  # this session's part when resumed
     tables = {paths.predictions: predictions, paths.history: history}
     if folds is not None:

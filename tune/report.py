@@ -15,6 +15,7 @@ from cxr.cli import cli_entry
 from cxr.errors import InputError
 from cxr.html_page import Markup, render_page
 from cxr.metrics import RANKING, RATES
+from cxr.monitors import minimised
 
 REPORT_LEADERBOARD_ROWS = 15
 
@@ -79,6 +80,7 @@ def _final_figures(metrics: dict, predictions, figure, plots) -> str:
     figure("threshold_sweep", plots.threshold_sweep(predictions, metrics["threshold"]))
     figure("reliability", plots.reliability(predictions))
     figure("members", plots.members(metrics))
+    figure("robustness", plots.robustness(metrics))
     return scored
 
 
@@ -105,8 +107,8 @@ def _search(paths, results, run: dict, figure, plots, optuna) -> tuple[dict, dic
     top = leaderboard(trials, metric, REPORT_LEADERBOARD_ROWS)
     summary = {"trials": len(trials), "status": trials["status"].value_counts().to_dict(),
                "leaderboard": top.to_dict("records"), "importances": None}
-    page = {"metric": metric, "shown": len(top), "trials": len(trials), "journal": paths.journal.is_file(),
-            "importances_error": None,
+    page = {"metric": metric, "lower_is_better": minimised(metric), "shown": len(top), "trials": len(trials),
+            "journal": paths.journal.is_file(), "importances_error": None,
             # pandas escapes every cell and header (escape=True): the one piece of the page that is passed as markup
             "leaderboard": Markup(top.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, escape=True))}
     if page["journal"]:  # a folder assembled by hand (benchmarks/bench_data_scale.py) may have none

@@ -14,6 +14,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, precision_recall_curve, roc_
 
 from cxr.calibration import ECE_BINS, reliability_curve  # noqa: E402
 from cxr.metrics import rates  # noqa: E402
+from cxr.monitors import minimised  # noqa: E402
 
 LEARNING_CURVES_TOP = 20  # drawn one line each; the other trials as a band, so 1,000 trials stay readable
 SPLIT_COLORS = {"val": "tab:blue", "oof": "tab:green", "chosen": "tab:blue", "test": "tab:red"}
@@ -93,8 +94,31 @@ def members(metrics: dict):
     return fig
 
 
+def robustness(metrics: dict):
+    """Recall at the shipped threshold against perturbation strength (0: the clean films), one line per family of
+    cxr.shift's robustness bank with its 95 % interval (patient bootstrap); a panel per split."""
+    chosen_on, entries = metrics["threshold_chosen_on"], metrics["robustness"]["perturbations"]
+    panels = [("chosen", chosen_on)] + ([("test", "test")] if metrics["test"] is not None else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False, sharey=True)
+    families = list(dict.fromkeys(e["family"] for e in entries))
+    for ax, (key, split) in zip(axes[0], panels):
+        for i, family in enumerate(families):
+            rows = [e for e in entries if e["family"] == family]
+            x = np.array([0] + [e["strength"] for e in rows]) + 0.04 * (i - (len(families) - 1) / 2)  # bars apart
+            y = np.array([metrics[split]["recall"]] + [e[key]["recall"] for e in rows], dtype=float)
+            bounds = np.array([metrics[split]["recall_ci95"]] + [e[key]["recall_ci95"] for e in rows], dtype=float)
+            magnitudes = ", ".join(f"{e['magnitude']:g}" for e in rows)
+            ax.errorbar(x, y, yerr=np.abs(bounds.T - y), marker="o", capsize=3, label=f"{family} {magnitudes}")
+        ax.axhline(metrics["target_recall"], color="gray", ls=":", label=f"target {metrics['target_recall']}")
+        ax.set(xticks=[0, 1, 2], xticklabels=["clean", "mild", "strong"], xlabel="perturbation strength",
+               ylabel="recall at the shipped threshold", title=f"{split}: recall under acquisition shift")
+    axes[0][0].legend(fontsize=8)
+    return fig
+
+
 def learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, metric: str):
-    """The top trials (by best metric) as lines, ASHA's stops marked; every other trial in a per-epoch band."""
+    """The top trials (by best metric, in its direction) as lines, ASHA's stops marked; every other trial in a
+    per-epoch band."""
     fig, ax = plt.subplots(figsize=(8, 4.4))
     status = trials.set_index("trial_id")["status"]
     top = list(trials["trial_id"].head(LEARNING_CURVES_TOP))
@@ -109,7 +133,8 @@ def learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, metric: str):
         if status.get(trial_id) == "pruned":
             ax.plot(rows["epoch"].iloc[-1], rows[metric].iloc[-1], "x", color=line.get_color(), ms=9, mew=2)
     ax.plot([], [], "kx", label="stopped by the scheduler (ASHA)")
-    shown = "every trial" if not len(rest) else f"the top {len(top)} of {len(trials)} trials by best {metric}"
+    best = f"lowest {metric}" if minimised(metric) else f"best {metric}"
+    shown = "every trial" if not len(rest) else f"the top {len(top)} of {len(trials)} trials by {best}"
     ax.set(xlabel="epoch", ylabel=metric, title=f"learning curves of {shown}")
     ax.legend(fontsize=8)
     return fig

@@ -11,6 +11,7 @@ import pandas as pd
 
 from cxr.config import TrainConfig
 from cxr.final_metrics import FinalMetrics, read_metrics
+from cxr.monitors import minimised
 from cxr.jsonio import read_json
 
 # what the console and the report show of each trial, after its id, status and scores (keys a space may not search are skipped)
@@ -119,7 +120,8 @@ def create_trial_record(folder: str | Path, config: dict, epochs: pd.DataFrame, 
 
 
 def create_tables(records: list[TrialRecord], metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """trials (one row per trial: status, config keys, best/last val metrics) and epochs (one row per epoch)."""
+    """trials (one row per trial: status, config keys, best/last val metrics; best first, in the metric's direction,
+    cxr.monitors) and epochs (one row per epoch)."""
     rows, frames = [], []
     for record in records:
         epochs = record.epochs
@@ -132,16 +134,16 @@ def create_tables(records: list[TrialRecord], metric: str) -> tuple[pd.DataFrame
         scored = [c for c in epochs.columns if c.startswith("val_") or c == "gpu_peak_mem_mb"]
         for column in scored:
             if column not in _NOT_RANKED:  # the best of a count or a threshold means nothing
-                row[f"best_{column}"] = epochs[column].min() if column.endswith("loss") else epochs[column].max()
+                row[f"best_{column}"] = epochs[column].min() if minimised(column) else epochs[column].max()
             row[f"last_{column}"] = epochs[column].iloc[-1]
         if metric in epochs and epochs[metric].notna().any():
-            at_best = epochs.loc[epochs[metric].idxmax()]
+            at_best = epochs.loc[epochs[metric].idxmin() if minimised(metric) else epochs[metric].idxmax()]
             row["best_epoch"] = int(at_best["epoch"])
             row.update({f"at_best_{c}": at_best[c] for c in scored})
         rows.append(row)
     trials = pd.DataFrame(rows)
     if f"best_{metric}" in trials:
-        trials = trials.sort_values(f"best_{metric}", ascending=False, na_position="last", kind="stable")
+        trials = trials.sort_values(f"best_{metric}", ascending=minimised(metric), na_position="last", kind="stable")
     epochs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return trials.reset_index(drop=True), epochs
 
@@ -182,7 +184,8 @@ def trial_status(errored: bool, epochs_run: int, planned: int, stopped_early: bo
 
 def leaderboard(trials: pd.DataFrame, metric: str, rows: int) -> pd.DataFrame:
     """The top rows of the trials table (already ranked by best metric) with the columns a reader compares."""
-    columns = dict.fromkeys(["trial_index", "trial_id", "status", "epochs_run", f"best_{metric}", "best_val_auroc", *LEADERBOARD_KEYS])
+    columns = dict.fromkeys(["trial_index", "trial_id", "status", "epochs_run", f"best_{metric}", "best_val_auroc",
+                             "best_val_shift_auroc", *LEADERBOARD_KEYS])
     return trials[[c for c in columns if c in trials]].head(rows)  # (dict: the metric may be val_auroc itself)
 
 

@@ -96,7 +96,8 @@ COLUMNS: dict[str, dict[str, str]] = {
         "error": "the error's message, if any",
         "<key>": "every TrainConfig key the space drew for the trial as its own column (a key the space did not draw "
                  "for a trial is missing or NaN there, e.g. `step_size` for a cosine trial)",
-        "best_epoch": "the epoch with the best search metric",
+        "best_epoch": "the epoch with the best search metric (lowest for `val_loss`, highest for the others: "
+                      "`cxr.monitors`); rows are ranked the same way, best trial first",
         "at_best_<m>": "every val metric of that epoch, consistent with each other",
         "best_<m>": "each val metric's own best over the epochs (lowest for `val_loss`; not for counts and "
                     "thresholds)",
@@ -115,9 +116,12 @@ COLUMNS: dict[str, dict[str, str]] = {
                "`val_specificity`, `val_ppv` (precision), `val_npv`, `val_f1`, `val_f2` (at `val_threshold`, 0.5; NaN "
                "where a rate is undefined, e.g. ppv when no film is flagged), `val_threshold_at_recall`, "
                "`val_spec_at_recall` and `val_recall_at_threshold` (the threshold reaching the target recall, the "
-               "specificity and recall there), `val_tp`/`fp`/`tn`/`fn`",
+               "specificity and recall there), `val_tp`/`fp`/`tn`/`fn`; `val_shift_auroc` and "
+               "`val_shift_spec_at_recall` (the same val films, each under one perturbation of "
+               "`cxr.shift.SELECTION_BANK` dealt to it by a seeded permutation)",
         "train_images_per_s": "training throughput of the epoch",
         "epoch_time_s": "wall time of the epoch",
+        "shift_time_s": "the part of `epoch_time_s` spent on the shifted val pass of `val_shift_*`",
         "training_precision": "the arithmetic the epoch trained in (fp32, bf16, fp16)",
         "stopped_early": "whether early stopping ended the trial after this epoch",
         "best_epoch": "the best epoch so far by the config's `monitor`",
@@ -159,6 +163,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "<m>": "as in epochs.parquet",
         "train_images_per_s": "as in epochs.parquet",
         "epoch_time_s": "as in epochs.parquet",
+        "shift_time_s": "as in epochs.parquet",
         "training_precision": "as in epochs.parquet",
         "stopped_early": "as in epochs.parquet",
         "best_epoch": "as in epochs.parquet",
@@ -213,6 +218,12 @@ METRICS_KEYS: dict[str, str] = {
     "n_members": "members K",
     "final_epochs": "epochs of each member",
     "final_stage_s": "wall time of the final stage",
+    "robustness": "the shipped model under acquisition shift (`cxr.robustness`): `seed` of the perturbations' noise "
+                  "and `perturbations`, one entry per perturbation of `cxr.shift.ROBUSTNESS_BANK` in order: `family` "
+                  "(gamma, contrast, blur, noise, resolution), `magnitude`, `strength` (1 mild, 2 strong), and "
+                  "`chosen` (the fit set) and `test` (null without a test split) each with `auroc`, `recall`, "
+                  "`specificity` at the shipped threshold and their `<name>_ci95` over the same patient resamples as "
+                  "the clean numbers",
 }
 
 CACHE_NOTE = (

@@ -23,6 +23,7 @@ from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from cxr.monitors import direction, improves
 from tune.budget import Budget
 from tune.cluster import COORDINATOR_CPU
 from tune.results import TrialRecord, error_text, create_trial_record, planned_epochs, trial_folder_name, trial_status
@@ -34,6 +35,7 @@ TUNE_DIR_NAME = "tune"
 STARTUP_TRIALS = 10  # random trials before TPE steers: Optuna's default, kept after measuring (BENCHMARKS.md)
 STARTUP_SHARE = 4  # at most a quarter of a search (or STARTUP_TRIALS) starts before TPE can steer (BENCHMARKS.md)
 TRIAL_RETRIES = 2  # failures in a row (no new epoch between) a trial survives, restarting from its last checkpoint
+STUDY_DIRECTIONS = {"min": "minimize", "max": "maximize"}  # cxr.monitors' directions in Optuna's words
 
 
 @dataclass(frozen=True)
@@ -122,13 +124,14 @@ def open_study_storage(journal_path: str | Path) -> JournalStorage:
 class JournalSearch(Searcher):
     """TPE on an Optuna study kept in a journal file, through Optuna's public ask/tell: each Ray trial is one asked
     Optuna trial (its number kept here), every epoch an intermediate value, a trial's value its best epoch's metric
-    (what the leaderboard ranks), a trial the trial scheduler stopped PRUNED, one the budget stopped COMPLETE and an
-    errored one FAIL. Trials are addressed by number through the storage, so a restored searcher needs no Optuna
-    trial objects: the journal is the state, the snapshot only the map (save)."""
+    (best in the metric's direction, cxr.monitors: what the leaderboard ranks), a trial the trial scheduler stopped
+    PRUNED, one the budget stopped COMPLETE and an errored one FAIL. Trials are addressed by number through the
+    storage, so a restored searcher needs no Optuna trial objects: the journal is the state, the snapshot only the map
+    (save)."""
 
     def __init__(self, space_fn, metric: str, sampler: optuna.samplers.BaseSampler, study_name: str,
                  journal_path: str | Path, baselines: list[dict] = ()):
-        super().__init__(metric=metric, mode="max")
+        super().__init__(metric=metric, mode=direction(metric))
         self.space_fn, self.sampler, self.study_name, self.journal_path = space_fn, sampler, study_name, str(journal_path)
         self.numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
         self.told: set[str] = set()  # trials whose end the study has
@@ -142,7 +145,8 @@ class JournalSearch(Searcher):
         self.storage = open_study_storage(self.journal_path)
         options = dict(study_name=self.study_name, storage=self.storage, sampler=self.sampler,
                        pruner=optuna.pruners.NopPruner())
-        self.study = (optuna.create_study(direction="maximize", load_if_exists=True, **options) if create
+        study_direction = STUDY_DIRECTIONS[direction(self.metric)]
+        self.study = (optuna.create_study(direction=study_direction, load_if_exists=True, **options) if create
                       else optuna.load_study(**options))
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -180,7 +184,8 @@ class JournalSearch(Searcher):
         if value is None or step is None or math.isnan(value) or stored is None or stored.state.is_finished() or step in stored.intermediate_values:
             return
         self.storage.set_trial_intermediate_value(self.storage_id(trial_id), step, value)
-        self.best[trial_id] = max(self.best.get(trial_id, -math.inf), value)
+        if improves(self.metric, value, self.best.get(trial_id, math.nan)):
+            self.best[trial_id] = value
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         stored = self.stored(trial_id)
@@ -293,7 +298,7 @@ def _status_of_last(last: dict) -> str:
 
 def _tune_config(settings: SearchSettings, space: Space, checked: CheckedSpace, budget: Budget | None) -> ray_tune.TuneConfig:
     name = functools.partial(_trial_name, first=settings.first_index)
-    return ray_tune.TuneConfig(metric=settings.metric, mode="max",
+    return ray_tune.TuneConfig(metric=settings.metric, mode=direction(settings.metric),
                                search_alg=create_searcher(settings, space, checked, budget=budget),
                                scheduler=create_trial_scheduler(settings), num_samples=settings.num_samples,
                                max_concurrent_trials=settings.max_concurrent, trial_name_creator=name,

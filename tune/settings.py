@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.cli import DEFAULT_THRESHOLD_RULE, SHARED_RULES, THRESHOLD_RULES, range_problem
-from cxr.config import MONITORS, PRECISIONS
+from cxr.config import PRECISIONS
+from cxr.monitors import DEFAULT_METRIC, MONITORS
 from cxr.errors import InputError
 from tune.budget import MAX_TRIALS, parse_duration
 
-METRICS = tuple(m for m in MONITORS if m != "val_loss")
 TRIAL_SCHEDULERS = ("asha", "fifo")
 FINAL_KINDS = ("seeds", "folds")
 DEFAULT_TRIALS = 8
@@ -60,9 +60,12 @@ class RunSettings:
                                   "GPUs with native bfloat16 (compute capability 8.0+), fp16 with loss scaling on "
                                   "older GPUs, fp32 on CPU; default: the space's, else auto", config_key="precision",
                                   choices=list(PRECISIONS), section="resources")
-    metric: str = _flag("val_spec_at_recall", into=("search",), help="trial score to maximise; val_spec_at_recall = val specificity at the "
-                        "threshold reaching --target-recall", choices=list(METRICS), section="search")
-    target_recall: float = _flag(0.98, "pneumonia recall the decision threshold must reach on val", config_key="target_recall", section="final model")
+    metric: str = _flag(DEFAULT_METRIC, into=("search", "budget"), help="trial score: val_loss (log-loss) is minimised, every other "
+                        "maximised; val_spec_at_recall = val specificity at the threshold reaching --target-recall; "
+                        "val_shift_* = the same val films under fixed acquisition perturbations (cxr.shift)",
+                        choices=list(MONITORS), section="search")
+    target_recall: float = _flag(0.98, "pneumonia recall the decision threshold must reach on val", config_key="target_recall",
+                                  section="final model")
     trial_scheduler: str = _flag("asha", into=("search",), help="asha stops weak trials early; fifo runs all to the end (not the LR schedule: "
                                  "that is the config key 'scheduler')", choices=list(TRIAL_SCHEDULERS),
                                  renamed_from=["--scheduler"], section="search")

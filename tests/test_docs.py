@@ -101,3 +101,8 @@ def test_the_guide_shows_the_report_and_the_readme_the_guide():
     assert "](docs/img/guide.png)" in (REPO / "README.md").read_text()
     for image in ("report.png", "guide.png"):
         assert (REPO / "docs" / "img" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_readme_stays_a_front_door():
+    """A newcomer reads it in five minutes: the detail belongs in docs/."""
+    assert len((REPO / "README.md").read_text().splitlines()) <= 150

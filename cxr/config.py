@@ -19,26 +19,26 @@ CONTRAST_NORMS = ("none", "equalize", "clahe")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    backbone: str = "resnet18"
-    pretrained: bool = True
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
-    scheduler: str = "step"
+    backbone: str = "resnet18"  # any timm model name; grayscale films are fed as 3 identical channels
+    pretrained: bool = True  # start from ImageNet weights (timm hub or --weights-dir); false: random init
+    lr: float = 1e-4  # peak learning rate of the head and the unfrozen blocks
+    weight_decay: float = 0.0  # L2 penalty (decoupled with adamw)
+    optimizer: str = "adam"  # adam or adamw
+    scheduler: str = "step"  # the LR schedule (not the trial scheduler, --trial-scheduler)
     step_size: int = 5  # step: epochs between decays
     gamma: float = 0.1  # step: decay factor; plateau: reduction factor
     plateau_patience: int = 2  # plateau: epochs without val_loss improvement before reducing
     warmup_epochs: int = 0  # cosine: linear warm-up epochs
     pct_start: float = 0.3  # onecycle: fraction of steps spent increasing the LR
-    dropout: float = 0.0
+    dropout: float = 0.0  # dropout before the classifier head
     ema_decay: float = 0.0  # exponential moving average of the weights (timm ModelEmaV3, with warm-up); 0: off
     unfrozen_blocks: int | None = None  # None: everything trains
     head_epochs: int = 0  # linear probe, then fine-tune (LP-FT): the first head_epochs epochs train the head alone
     lr_decay: float = 1.0  # layer-wise: each unfrozen block's LR is lr_decay times the next block's (head: lr); 1: off
-    batch_size: int = 32
-    image_size: int = 224
+    batch_size: int = 32  # films per optimizer step (split across the workers of a data-parallel trial)
+    image_size: int = 224  # films are squashed to image_size x image_size (aspect ratio not kept)
     precision: str = "auto"  # autocast of training and inference; auto: bf16 or fp16 by the GPU, fp32 on CPU
-    epochs: int = 10
+    epochs: int = 10  # epoch budget of a trial (ASHA's max_t) and of a final member unless --final-epochs
     augment: float = 0.5  # strength in [0, 1] of rotation, crop, brightness/contrast together
     # acquisition-like augmentation (cxr.augment): each 0 is off
     aug_gamma: float = 0.0  # gamma drawn from [1 / (1 + v), 1 + v]
@@ -52,10 +52,10 @@ class TrainConfig:
     hflip: bool = True  # mirror half the training films when any augmentation is on
     contrast_norm: str = "none"  # contrast normalisation of every film the model sees (training and prediction)
     pos_weight: float | None = None  # None: balanced (negatives / positives in train)
-    seed: int = 0
+    seed: int = 0  # seed of initialisation, batch order and augmentation
     early_stopping_patience: int = 5  # 0: off
     monitor: str = "val_loss"  # early stopping and best-epoch selection
-    target_recall: float = 0.98
+    target_recall: float = 0.98  # the recall val_spec_at_recall and the decision threshold aim at
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -89,6 +89,11 @@ def invalid_value(key: str, value: Any) -> str | None:
         return None
     kind, check, expected = _RULES[key]
     return None if _is_kind(value, kind) and check(value) else expected
+
+
+def key_rule(key: str) -> str:
+    """What key's rule expects, in words (the guide's config reference prints it)."""
+    return _RULES[key][2]
 
 
 def _between(lo: float, hi: float) -> Callable[[float], bool]:

@@ -1,11 +1,11 @@
 """A space for a machine without a GPU: five small ImageNet-pretrained backbones fine-tuned at 128-192 px for 4 epochs.
 
-Same searched keys as search_spaces/full.py (lr, scheduler and its parameters, dropout, unfrozen blocks, weight
-decay, weight averaging, the augmentation families, contrast normalisation, LP-FT and layer-wise LR decay), plus the
-image size: the EfficientNet-Lite weights were trained at 224-260 px, so a larger film may pay for its cost (about
-(size / 128)^2 times the time of 128 px). Films are decoded once at 192 px and smaller trials resize them on the
-device. Batch size is fixed at 32 for CPU memory and speed. Narrow the backbones with --backbones (e.g.
---backbones tf_efficientnet_lite0 when only its weights are at hand).
+The searched keys of search_spaces/full.py (lr, scheduler and its parameters, dropout, unfrozen blocks, weight
+decay, weight averaging, the augmentation families, contrast normalisation, LP-FT and layer-wise LR decay) but batch
+size, fixed at 32 for CPU memory and speed, and without the plateau schedule; plus the image size: the
+EfficientNet-Lite weights were trained at 224-260 px, so a larger film may pay for its cost (about (size / 128)^2
+times the time of 128 px). Films are decoded once at 192 px and smaller trials resize them on the device. Narrow the
+backbones with --backbones (e.g. --backbones tf_efficientnet_lite0 when only its weights are at hand).
 """
 
 from cxr.models import count_blocks

@@ -51,7 +51,7 @@ def test_the_precision_flag_reaches_every_trial_s_config(tmp_path, argv, expecte
     import optuna
 
     from tune.experiment import _overrides
-    from tune.run import create_parser
+    from tune.parser import create_parser
     from tune.spaces import load_space, sample
 
     args = create_parser().parse_args(["--dataset", "synthetic", "--results-dir", str(tmp_path), *argv])

@@ -23,85 +23,95 @@ FINAL_KINDS = ("seeds", "folds")
 DEFAULT_TRIALS = 8
 
 
-def _flag(default, help: str, into: tuple[str, ...] | dict[str, str] = (), place: bool = False, **argparse: object):
-    """A RunSettings field and its command-line flag (--<field-name> unless argparse names another). into: the parts
-    of the run it sets ("search", "final", "budget"), under its own name or {part: name there}; place: where things
-    are on this machine, not how the run runs (not logged as a parameter of the run)."""
-    return dataclasses.field(default=default, metadata={"help": help, "into": into, "place": place, **argparse})
+# the groups of --help and of the flag reference, in this order
+SECTIONS = ("data", "search", "resources", "final model", "tracking", "cluster", "output")
+
+
+def _flag(default, help: str, *, section: str, into: tuple[str, ...] | dict[str, str] = (), place: bool = False,
+          **argparse: object):
+    """A RunSettings field and its command-line flag (--<field-name> unless argparse names another). section: its
+    group in --help (one of SECTIONS); into: the parts of the run it sets ("search", "final", "budget"), under its own
+    name or {part: name there}; place: where things are on this machine, not how the run runs (not logged as a
+    parameter of the run); exclusive: one of the flags that name the data (at most one is given); renamed_from: the
+    flag's old names, still accepted with a note."""
+    assert section in SECTIONS, section
+    return dataclasses.field(default=default, metadata={"help": help, "section": section, "into": into, "place": place,
+                                                        **argparse})
 
 
 @dataclass(frozen=True)
 class RunSettings:
     """Everything a run was asked for; saved as run.json so --resume repeats it exactly."""
 
-    space: str = _flag("smoke", "search space: a name in search_spaces/ or a path to a .py file defining space(trial)")
-    backbones: str | None = _flag(None, "comma-separated subset of the space's backbones to search (only these need weights)")
+    space: str = _flag("smoke", "search space: a name in search_spaces/ or a path to a .py file defining space(trial)", section="search")
+    backbones: str | None = _flag(None, "comma-separated subset of the space's backbones to search (only these need weights)", section="search")
     data_dir: str | None = _flag(None, "Kaggle chest_xray folder (<dir>/{train,val,test}/{NORMAL,PNEUMONIA}, JPEG/PNG/DICOM) "
-                                 "or a CSV/parquet manifest (path, label[, patient, split])", group="data")
+                                 "or a CSV/parquet manifest (path, label[, patient, split])", exclusive=True, section="data")
     dataset: str | None = _flag(None, "use a generated CXR-like data set (made once in the cache folder)",
-                                choices=["synthetic"], group="data")
-    num_samples: int | None = _flag(None, into=("search",), help="number of trials (default 8; with --time-budget an upper bound, default: as "
-                                    "many as fit, at most 1000)")
+                                choices=["synthetic"], exclusive=True, section="data")
+    num_samples: int | None = _flag(None, into=("search",), help="number of trials (default 8; with --time-budget an upper bound, and "
+                                    "when not given as many as fit, at most 1000)", section="search")
     time_budget: str | None = _flag(None, "the whole command aims to end within this (e.g. 45m, 2h, 90s): trials stop "
-                                    "starting when what is left is what the final stage needs", metavar="DURATION")
+                                    "starting when what is left is what the final stage needs", metavar="DURATION", section="search")
     max_epochs: int | None = _flag(None, "epoch budget per trial (ASHA's max_t); default: the space's epochs",
-                                   config_key="epochs")
-    image_size: int | None = _flag(None, "override the space's image size (e.g. small for a CPU check)", config_key="image_size")
+                                   config_key="epochs", section="search")
+    image_size: int | None = _flag(None, "override the space's image size (e.g. small for a CPU check)", config_key="image_size", section="search")
     precision: str | None = _flag(None, "arithmetic of training and inference (config key precision): auto = bf16 on "
                                   "GPUs with native bfloat16 (compute capability 8.0+), fp16 with loss scaling on "
                                   "older GPUs, fp32 on CPU; default: the space's, else auto", config_key="precision",
-                                  choices=list(PRECISIONS))
+                                  choices=list(PRECISIONS), section="resources")
     metric: str = _flag(DEFAULT_METRIC, into=("search", "budget"), help="trial score: val_loss (log-loss) is minimised, every other "
                         "maximised; val_spec_at_recall = val specificity at the threshold reaching --target-recall; "
                         "val_shift_* = the same val films under fixed acquisition perturbations (cxr.shift)",
-                        choices=list(MONITORS))
-    target_recall: float = _flag(0.98, "pneumonia recall the decision threshold must reach on val", config_key="target_recall")
+                        choices=list(MONITORS), section="search")
+    target_recall: float = _flag(0.98, "pneumonia recall the decision threshold must reach on val", config_key="target_recall",
+                                  section="final model")
     trial_scheduler: str = _flag("asha", into=("search",), help="asha stops weak trials early; fifo runs all to the end (not the LR schedule: "
                                  "that is the config key 'scheduler')", choices=list(TRIAL_SCHEDULERS),
-                                 aliases=["--scheduler"])
-    cpus_per_trial: float = _flag(1.0, "CPUs reserved per trial", into=("search",))
+                                 renamed_from=["--scheduler"], section="search")
+    cpus_per_trial: float = _flag(1.0, "CPUs reserved per trial", into=("search",), section="resources")
     gpus_per_trial: float = _flag(0.0, "GPUs per trial; fractions pack trials on one GPU (0.25 = four per GPU)",
-                                  into=("search",))
+                                  into=("search",), section="resources")
     workers_per_trial: int = _flag(1, into=("search",), help="data-parallel processes per trial (Ray Train, NCCL on GPUs, gloo on CPU); "
-                                   "--cpus/--gpus-per-trial are then per worker")
-    max_concurrent: int = _flag(0, "trials running at once (0: as many as resources allow)", into=("search",))
-    results_dir: str = _flag("results", "experiment folders are created here", place=True)
+                                   "--cpus/--gpus-per-trial are then per worker", section="resources")
+    max_concurrent: int = _flag(0, "trials running at once (0: as many as resources allow)", into=("search",), section="resources")
+    results_dir: str = _flag("results", "experiment folders are created here", place=True, section="output")
     name: str | None = _flag(None, "experiment name (default: <space>-<timestamp>); an existing name needs --resume",
-                             place=True)
+                             place=True, section="output")
     seed: int = _flag(0, "seed of the sampler, the train/val split and training", config_key="seed",
-                      into=("search", "final"))
+                      into=("search", "final"), section="search")
     val_fraction: float = _flag(0.2, "share of train patients held out for validation",
-                                into={"final": "inner_fraction"})
+                                into={"final": "inner_fraction"}, section="data")
     weights_dir: str | None = _flag(None, "folder of <backbone>.safetensors files used instead of the timm hub",
-                                    place=True)
-    pretrained: bool = _flag(True, "train from random initialisation", flag="--no-pretrained", action="store_false")
-    cache_dir: str | None = _flag(None, "decoded-image cache (default: $CXR_CACHE_DIR or ~/.cache/cxr)", place=True)
+                                    place=True, section="search")
+    pretrained: bool = _flag(True, "train from random initialisation", flag="--no-pretrained", action="store_false", section="search")
+    cache_dir: str | None = _flag(None, "decoded-image cache (default: $CXR_CACHE_DIR or ~/.cache/cxr)", place=True, section="data")
     max_pixels: int | None = _flag(None, "a film whose header claims more pixels stops the run, unread (default: "
-                                   "cxr.images.MAX_PIXELS, 60 million)")
-    address: str | None = _flag(None, place=True, help="join an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one")
+                                   "cxr.images.MAX_PIXELS, 60 million)", section="data")
+    address: str | None = _flag(None, place=True, help="join an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one", section="cluster")
     storage_path: str | None = _flag(None, place=True, help="where Ray Tune keeps trials and checkpoints (local path, NFS, s3://, gs://); "
-                                     "default: the experiment folder")
+                                     "default: the experiment folder", section="cluster")
     final_kind: str = _flag("seeds", into={"final": "kind"}, flag="--final", help="final model: seeds = K members of the best config with new seeds on train, operating "
                        "point fitted on val; folds = one member per patient fold of train + val, operating point fitted "
-                       "on their out-of-fold predictions", choices=list(FINAL_KINDS))
+                       "on their out-of-fold predictions", choices=list(FINAL_KINDS), section="final model")
     final_members: int = _flag(3, into={"final": "n_members", "budget": "final_members"}, help="ensemble members K of the final model, trained in parallel (folds: K folds)",
-                               aliases=["--final-seeds"], metavar="K")
+                               renamed_from=["--final-seeds"], metavar="K", section="final model")
     final_epochs: int | None = _flag(None, "epochs of each final member (default: the best config's)", metavar="N",
                                      into={"final": "epochs"},
-                                     config_key="epochs")
+                                     config_key="epochs", section="final model")
     mlflow: str | None = _flag(None, place=True, help="track the experiment in MLflow: a parent run, a child run per trial, the final "
                                "model (pip install -e \".[mlflow]\"); URI default: $MLFLOW_TRACKING_URI, else "
-                               "sqlite:///<results-dir>/mlflow.db", nargs="?", const="", metavar="URI")
+                               "sqlite:///<results-dir>/mlflow.db", nargs="?", const="", metavar="URI", section="tracking")
     register: str | None = _flag(None, place=True, help="with --mlflow: register the final model as a new version of this MLflow model",
-                                 metavar="NAME")
+                                 metavar="NAME", section="tracking")
     threshold_rule: str = _flag(DEFAULT_THRESHOLD_RULE, into=("final",), help="how the threshold is fixed on val (or the out-of-fold films): "
                                 "exact: the highest whose recall on further films reaches --target-recall with "
                                 "--recall-confidence (the k-th lowest pneumonia score); bootstrap: the highest whose "
                                 "patient-bootstrap lower bound does; point: val's own recall does (in-sample: on real "
                                 "films it missed the target on the next films about half the time, BENCHMARKS.md)",
-                                choices=list(THRESHOLD_RULES))
+                                choices=list(THRESHOLD_RULES), section="final model")
     recall_confidence: float | None = _flag(None, into=("final",), help="confidence C of the exact and bootstrap threshold rules (default 0.95)",
-                                            metavar="C")
+                                            metavar="C", section="final model")
 
 
 def fed_into(part: str, settings: RunSettings) -> dict:

@@ -88,7 +88,7 @@ def search_on(cluster: LoopbackCluster, args, faults: bool, work: Path, ready=No
     results, root = work / "results", work / "results" / "chaos"
     command = [sys.executable, "-m", "tune.run", "--address", cluster.address, "--space", "smoke", "--dataset",
                "synthetic", "--image-size", "32", "--max-epochs", str(args.epochs), "--num-samples", str(args.trials),
-               "--trial-scheduler", args.trial_scheduler, "--final-members", "1", "--final-epochs", "1",
+               "--trial-scheduler", args.trial_scheduler, "--final-members", "1", "--no-robustness", "--final-epochs", "1",
                "--results-dir", str(results), "--name", "chaos", "--cache-dir", str(work / "cache")]
     print(f"cluster {cluster.address} ({'with' if faults else 'without'} faults)", flush=True)
     ready = ready or (lambda folder: any((folder / "tune").glob("trial_*/result.json")))

@@ -100,7 +100,7 @@ def run(faults: int, trials: int, epochs: int, address: str | None, node_kill=No
     (work / "space.py").write_text(SPACE.replace("FAILING", str(faults)))
     members = faults + 1
     args = ["--space", str(work / "space.py"), "--dataset", "synthetic", "--image-size", "32", "--trial-scheduler", "fifo",
-            "--num-samples", str(trials), "--max-epochs", str(epochs), "--final-members", str(members),
+            "--num-samples", str(trials), "--max-epochs", str(epochs), "--final-members", str(members), "--no-robustness",
             "--cpus-per-trial", "2" if address is None else "1", "--results-dir", str(work), "--name", "f"]
     if address:
         args += ["--address", address]

@@ -69,7 +69,7 @@ _Required = TypedDict("_Required", {
     "n_boot": int, "bootstrap_seed": int, "calibration": dict, "test": dict | None, "test_at_0.5": dict | None,
     "subgroups": dict, "class_balance": dict, "out_of_sample": OutOfSample, "rule_cost": dict, "warnings": list,
     "members": list, "ensemble": OwnThreshold, "tta": Tta, "n_members": int, "final_epochs": int, "final_kind": str,
-    "final_stage_s": Number, "robustness": Robustness,
+    "final_stage_s": Number,
 })
 
 
@@ -77,6 +77,7 @@ class FinalMetrics(_Required, total=False):
     val: dict  # the films that chose the threshold: val (--final seeds) ...
     oof: dict  # ... or the fold members' out-of-fold predictions (--final folds)
     folds: dict  # --final folds only
+    robustness: Robustness  # absent when the run skipped it (--no-robustness)
 
 
 def from_json(value: Any, where: str = "metrics.json") -> FinalMetrics:

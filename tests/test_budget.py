@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from tune.budget import FINISH_S, MEMBER_START_S, SCORING_EPOCHS, Budget, parse_duration
+from tune.budget import FINISH_S, MEMBER_START_S, ROBUSTNESS_EPOCHS, SCORING_EPOCHS, Budget, parse_duration
 
 
 class FakeClock:
@@ -34,8 +36,11 @@ def test_trials_stop_starting_when_what_is_left_is_what_the_final_stage_needs():
         budget.note_epoch(seconds)
     epoch, bound = budget.epoch_estimate(), budget.next_epoch_bound()
     assert epoch == 10 and 12 < bound <= 30
-    final = MEMBER_START_S + 2 * 4 * epoch + 3 * SCORING_EPOCHS * epoch + FINISH_S  # 3 members, 2 at once: 2 waves
+    scoring = SCORING_EPOCHS + ROBUSTNESS_EPOCHS  # the robustness bank is on unless --no-robustness
+    final = MEMBER_START_S + 2 * 4 * epoch + 3 * scoring * epoch + FINISH_S  # 3 members, 2 at once: 2 waves
     assert budget.final_estimate() == pytest.approx(final)
+    skipping = dataclasses.replace(budget, robustness=False)
+    assert skipping.final_estimate() == pytest.approx(final - 3 * ROBUSTNESS_EPOCHS * epoch)
     clock.now += 600 - final - MEMBER_START_S - bound - 1  # a new trial's first epoch still fits
     assert not budget.decide_no_more_trials() and budget.decision is None
     assert not budget.decide_stop("a")  # in flight: one more epoch fits too
@@ -60,7 +65,8 @@ def test_the_first_wave_starts_processes_as_long_as_the_search_s_first_trial_wai
     clock.now += 50
     budget.note_epoch(10)  # later epochs measure nothing more
     assert budget.start_up_s == pytest.approx(12)
-    assert budget.final_estimate() == pytest.approx(12 + 3 * 2 * 10 + 3 * SCORING_EPOCHS * 10 + FINISH_S)  # 3 waves, one start
+    scoring = SCORING_EPOCHS + ROBUSTNESS_EPOCHS
+    assert budget.final_estimate() == pytest.approx(12 + 3 * 2 * 10 + 3 * scoring * 10 + FINISH_S)  # 3 waves, one start
 
 
 def test_a_resumed_session_continues_with_what_is_left_and_extend_gets_a_budget_of_its_own(tmp_path):

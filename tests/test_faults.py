@@ -60,11 +60,11 @@ def _epochs_reported(trial_dir: Path) -> list[int]:
 
 def test_a_trial_that_fails_on_every_attempt_is_an_error_row_and_a_fail_in_the_journal(tmp_path, run_cli):
     """The baseline whose model the workers cannot build errors (after its retries), named; the search goes on and
-    the final model is built from the other trial."""
+    the final model is built from the other trial (with --no-robustness: without the robustness bank's scores)."""
     space = tmp_path / "faulty.py"
     space.write_text(FAILING_SPACE)
     proc = run_cli("--space", str(space), *TINY, "--max-epochs", "1", "--num-samples", "2", "--final-members", "1",
-                   "--final-epochs", "1", "--results-dir", str(tmp_path / "r"), "--name", "f")
+                   "--final-epochs", "1", "--no-robustness", "--results-dir", str(tmp_path / "r"), "--name", "f")
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = load(tmp_path / "r" / "f")
     failing = results.trials["backbone"] == "cxr_fault_net"
@@ -72,6 +72,7 @@ def test_a_trial_that_fails_on_every_attempt_is_an_error_row_and_a_fail_in_the_j
     assert len(failed) == 1 and (failed["status"] == "error").all() and failed["error"].str.contains("InputError").all()
     assert len(trained) == 1 and (trained["status"] == "completed").all()
     assert results.best["config"]["backbone"] == "test_efficientnet" and results.metrics["test"] is not None
+    assert "robustness" not in results.metrics
     study = optuna.load_study(study_name="f", storage=open_study_storage(tmp_path / "r" / "f" / "optuna.journal"))
     assert [t.state.name for t in study.trials].count("FAIL") == len(failed)
 
@@ -110,7 +111,7 @@ def test_driver_killed_mid_search_and_in_the_final_stage_resumes_without_repeati
     # one trial or member at a time (2 CPUs each on a 2-CPU machine), so each kill lands between two of them
     store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     args = ["--space", "smoke", *TINY, "--num-samples", "2", "--cpus-per-trial", "2", "--final", "folds",
-            "--final-members", "2", "--final-epochs", "2", "--results-dir", str(tmp_path), "--name", "k",
+            "--final-members", "2", "--no-robustness", "--final-epochs", "2", "--results-dir", str(tmp_path), "--name", "k",
             "--mlflow", store, "--register", "cxr-k"]
     tune_dir, members = tmp_path / "k" / "tune", tmp_path / "k" / "member-checkpoints"
     driver = _start(args)

@@ -55,7 +55,6 @@ def test_a_value_that_is_no_object_or_misses_a_key_is_refused_naming_it():
 
 
 ROBUSTNESS_BREAKS = {
-    "missing": (lambda m: m.pop("robustness"), "key 'robustness' is missing"),
     "unknown": (lambda m: m["robustness"].update(bank="x"), "'robustness': key 'bank' is not in the metrics.json schema"),
     "not a list": (lambda m: m["robustness"].update(perturbations={}), "'perturbations' = {} is invalid: expected a list"),
     "entry type": (lambda m: m["robustness"]["perturbations"][1].update(strength="strong"),

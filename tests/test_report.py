@@ -62,9 +62,9 @@ def test_strings_from_the_data_the_search_space_and_the_machine_are_escaped_in_r
     assert page.count(escape(SCRIPT)) == 3  # the patient id, the leaderboard's backbone and the plan's path
 
 
-def test_a_finished_experiment_s_report_shows_its_robustness_and_its_minimised_metric(tmp_path, assembled, synthetic_data):
+def _finished(folder, assembled, synthetic_data, metrics: dict) -> ExperimentPaths:
     """A folder made here: the synthetic set, two trials searched on val_loss, the final stage of made-up members."""
-    paths = ExperimentPaths(tmp_path / "finished")
+    paths = ExperimentPaths(folder)
     write_table(paths.splits, synthetic_data.manifest)
     records = [TrialRecord(t, i, {"lr": 1e-3}, pd.DataFrame({"epoch": [1, 2], "time_total_s": [1.0, 2.0], "val_loss": losses,
                                                              "val_auroc": [0.8, 0.9]}), None)
@@ -75,11 +75,20 @@ def test_a_finished_experiment_s_report_shows_its_robustness_and_its_minimised_m
     write_json(paths.run, {"name": "finished", "metric": "val_loss"})
     write_json(paths.best, {"trial_id": "low", "metric": "val_loss", "config": {}})
     paths.final.mkdir()
-    write_metrics(paths.metrics, assembled.metrics)
+    write_metrics(paths.metrics, metrics)
     write_table(paths.predictions, assembled.predictions)
-    page = write_report(paths.root).read_text()
+    return paths
+
+
+def _robustness_section(page: str) -> str:
     section = page[page.index('<section id="robustness-to-acquisition-shift">'):]
-    section = section[:section.index("</section>")]
+    return section[:section.index("</section>")]
+
+
+def test_a_finished_experiment_s_report_shows_its_robustness_and_its_minimised_metric(tmp_path, assembled, synthetic_data):
+    paths = _finished(tmp_path / "finished", assembled, synthetic_data, assembled.metrics)
+    page = write_report(paths.root).read_text()
+    section = _robustness_section(page)
     assert '<img alt="robustness"' in section and "none (clean)" in section
     for p in ROBUSTNESS_BANK:
         assert f"<td>{p.family} {p.magnitude:g}</td><td>{p.strength}</td>" in section, p.name
@@ -88,6 +97,15 @@ def test_a_finished_experiment_s_report_shows_its_robustness_and_its_minimised_m
     leaderboard = page[page.index("<h3>Leaderboard"):]
     assert "by best val_loss,\nlowest first" in leaderboard
     assert leaderboard.index("<td>low</td>") < leaderboard.index("<td>high</td>")
+
+
+def test_a_run_without_the_robustness_step_has_a_report_that_says_so(tmp_path, assembled, synthetic_data):
+    """--no-robustness: metrics.json without "robustness" fits the schema, and the report names the flag."""
+    metrics = {k: v for k, v in assembled.metrics.items() if k != "robustness"}
+    paths = _finished(tmp_path / "skipped", assembled, synthetic_data, metrics)
+    page = write_report(paths.root).read_text()
+    assert "<code>--no-robustness</code>" in _robustness_section(page) and '<img alt="robustness"' not in page
+    assert "robustness.png" not in json.loads((paths.report / "report.json").read_text())["figures"]
 
 
 @pytest.mark.slow

@@ -102,5 +102,6 @@ def test_the_search_and_final_settings_take_every_flag_they_share_with_the_run_f
     assert set(fed_into("final", run)) == {f.name for f in dataclasses.fields(FinalSettings)}  # all from flags
     final = FinalSettings(**fed_into("final", run))
     assert (final.n_members, final.inner_fraction, final.kind, final.seed) == (5, 0.3, "folds", 7)
-    assert fed_into("search", run)["cpus_per_trial"] == 0.5 and fed_into("budget", run) == {"final_members": 5, "metric": run.metric}
+    assert fed_into("search", run)["cpus_per_trial"] == 0.5 and fed_into("budget", run) == {"final_members": 5, "metric": run.metric,
+                                                                                            "robustness": True}
     assert "results_dir" not in RUN_PARAMETERS and {"final_members", "time_budget", "seed"} <= set(RUN_PARAMETERS)

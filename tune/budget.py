@@ -25,9 +25,11 @@ from cxr.monitors import DEFAULT_METRIC, improves
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # calibrated on the demo (BENCHMARKS.md, time budget): the rest of a run beyond its members' epochs
 MEMBER_START_S = 5.0  # a process start and data fetch, until the search's first trial has measured one
-# each member scores val and test, mirrored, then calibration, intervals and tables (0.25), and the robustness bank:
-# ten more passes over val and test per member (cxr.robustness), about one epoch on Kaggle's split (README)
-SCORING_EPOCHS = 1.25
+# each member scores val and test, mirrored, then calibration, intervals and tables (0.25 epoch) ...
+SCORING_EPOCHS = 0.25
+# ... and, unless --no-robustness, the robustness bank: ten more passes over val and test per member (cxr.robustness),
+# about one epoch on Kaggle's split
+ROBUSTNESS_EPOCHS = 1.0
 FINISH_S = 5.0  # the report and Ray's shutdown
 MAX_TRIALS = 1000  # --num-samples when a budget is given without it ("as many as fit")
 
@@ -52,6 +54,7 @@ class Budget:
     final_epochs: int
     member_slots: int  # final members that run at once
     metric: str = DEFAULT_METRIC  # the trial score: its direction (cxr.monitors) names the leading trial
+    robustness: bool = True  # the final stage scores the robustness bank
     spent_before_s: float = 0.0
     clock: callable = time.monotonic
     started: float = field(default=None)
@@ -119,7 +122,8 @@ class Budget:
         waves = math.ceil(self.final_members / max(1, self.member_slots))
         per_member = self.final_epochs if epochs is None else epochs
         start = MEMBER_START_S if self.start_up_s is None else self.start_up_s
-        return start + waves * per_member * epoch + self.final_members * SCORING_EPOCHS * epoch + FINISH_S
+        scoring = SCORING_EPOCHS + (ROBUSTNESS_EPOCHS if self.robustness else 0.0)
+        return start + waves * per_member * epoch + self.final_members * scoring * epoch + FINISH_S
 
     def epochs_that_fit(self, planned: int) -> int:
         """When the search is over: the most epochs per member (at most planned, at least 1) whose final stage fits in

@@ -39,6 +39,7 @@ class FinalSettings:
     kind: str = "seeds"  # or "folds" (tune.settings.FINAL_KINDS)
     inner_fraction: float = 0.2  # folds: share of a member's training patients held out to choose its epoch
     threshold_rule: str = DEFAULT_THRESHOLD_RULE
+    robustness: bool = True  # score the model under cxr.shift's robustness bank (--no-robustness: skip)
 
 
 def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, weight_refs: dict,
@@ -73,7 +74,8 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     model, metrics, predictions, history = assemble(config, [members[s] for s in seeds], data, folds=folds,
                                                     recall_confidence=final.recall_confidence,
                                                     rule=final.threshold_rule, seed=final.seed)
-    metrics["robustness"] = assess_robustness(model, data, predictions, metrics, folds)
+    if final.robustness:
+        metrics["robustness"] = assess_robustness(model, data, predictions, metrics, folds)
     metrics["final_stage_s"] = time.monotonic() - started  # this session's part when resumed
     tables = {paths.predictions: predictions, paths.history: history}
     if folds is not None:

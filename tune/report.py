@@ -80,7 +80,8 @@ def _final_figures(metrics: dict, predictions, figure, plots) -> str:
     figure("threshold_sweep", plots.threshold_sweep(predictions, metrics["threshold"]))
     figure("reliability", plots.reliability(predictions))
     figure("members", plots.members(metrics))
-    figure("robustness", plots.robustness(metrics))
+    if "robustness" in metrics:  # --no-robustness skips it
+        figure("robustness", plots.robustness(metrics))
     return scored
 
 

@@ -218,7 +218,8 @@ METRICS_KEYS: dict[str, str] = {
     "n_members": "members K",
     "final_epochs": "epochs of each member",
     "final_stage_s": "wall time of the final stage",
-    "robustness": "the shipped model under acquisition shift (`cxr.robustness`): `seed` of the perturbations' noise "
+    "robustness": "absent when the run was started with `--no-robustness`; else the shipped model under acquisition "
+                  "shift (`cxr.robustness`): `seed` of the perturbations' noise "
                   "and `perturbations`, one entry per perturbation of `cxr.shift.ROBUSTNESS_BANK` in order: `family` "
                   "(gamma, contrast, blur, noise, resolution), `magnitude`, `strength` (1 mild, 2 strong), and "
                   "`chosen` (the fit set) and `test` (null without a test split) each with `auroc`, `recall`, "

@@ -1,0 +1,113 @@
+"""benchmarks/bench_shift.py without a search: its scoring on a saved final model and made-up films, the banks it
+judges on, issue 30's rule for a default, and each arm's tune.run command against tune.run's own parser and checks."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from benchmarks.bench_shift import (ARMS, BACKBONE, BASELINE_ARM, TODAY_SPACE, arm_command, beats, check_banks_disjoint,
+                                    score_model, summarise)
+from cxr.shift import FAMILIES, ROBUSTNESS_BANK, SELECTION_BANK
+from search_spaces._levers import OFF
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def made_up_films(n: int = 48, size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Textured films at the final_model_folder's size (32 px), half pneumonia, two films per patient."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+    return images, np.arange(n) % 2, np.arange(n) // 2
+
+
+def test_the_score_is_the_shipped_models_at_its_threshold_and_moves_under_the_bank(final_model_folder):
+    from cxr import load_model
+    from cxr.metrics import ranking, rates
+
+    images, labels, patients = made_up_films()
+    scores = score_model(final_model_folder, images, labels, patients, n_boot=20)
+    model = load_model(final_model_folder)
+    probs = model.probabilities(images)
+    expected = {**ranking(labels, probs), **rates(labels, probs, model.threshold)}
+    assert {k: scores["plain"][k] for k in ("auroc", "recall", "specificity")} == pytest.approx(
+        {k: expected[k] for k in ("auroc", "recall", "specificity")})
+    shifted = scores["perturbations"]
+    assert [(p["family"], p["magnitude"]) for p in shifted] == [(p.family, p.magnitude) for p in ROBUSTNESS_BANK]
+    # every family reaches the members: its strong perturbation moves the films' ranking (the mild blur, a fifth of
+    # a pixel at 32 px, may not)
+    assert all(p["auroc"] != pytest.approx(scores["plain"]["auroc"], abs=1e-9) for p in shifted if p["strength"] == 2)
+    assert scores["shifted"]["auroc"] == pytest.approx(np.mean([p["auroc"] for p in shifted]))
+    by_family = {f: np.mean([p["specificity"] for p in shifted if p["family"] == f]) for f in FAMILIES}
+    assert scores["worst"]["specificity"] == pytest.approx(min(by_family.values()))
+    assert by_family[scores["worst"]["family"]] == pytest.approx(min(by_family.values()))
+
+
+def test_the_pseudo_test_is_judged_on_no_perturbation_of_selection(monkeypatch):
+    import cxr.shift
+
+    check_banks_disjoint()
+    monkeypatch.setattr(cxr.shift, "ROBUSTNESS_BANK", (*ROBUSTNESS_BANK, SELECTION_BANK[3]))
+    with pytest.raises(ValueError, match="contrast=1.4"):
+        check_banks_disjoint()
+
+
+@pytest.mark.parametrize(("arm", "today", "expected"), [
+    ([0.80, 0.70, 0.75], [0.79, 0.69, 0.74], True),  # higher in every seed, by less than the spread
+    ([0.95, 0.80, 0.95], [0.60, 0.80, 0.60], True),  # a tie in one seed, higher on average by more than the spread
+    ([0.80, 0.70, 0.78], [0.79, 0.72, 0.75], False),  # lower in one seed, higher on average by less than the spread
+    ([0.70, 0.70, 0.70], [0.70, 0.70, 0.70], False),
+])
+def test_an_arm_beats_today_in_every_seed_or_by_more_than_the_spread(arm, today, expected):
+    assert beats(arm, today) is expected
+
+
+def test_the_summary_applies_the_rule_to_shifted_specificity_paired_by_seed():
+    shifted = {"today": [0.60, 0.80, 0.60], "levers": [0.95, 0.80, 0.95], "levers+shift": [0.61, 0.79, 0.61]}
+    runs = pd.DataFrame([{"arm": arm, "seed": seed, "auroc": 0.9, "specificity": 0.9, "shifted_auroc": 0.8,
+                          "shifted_specificity": value}
+                         for arm, values in shifted.items() for seed, value in zip([2, 0, 1], values)])
+    summary = summarise(runs.iloc[::-1]).set_index("arm")  # rows in any order: seeds pair by number
+    assert summary["beats_today"].to_dict() == {"today": None, "levers": True, "levers+shift": False}
+    assert summary.loc["levers", ["shifted_specificity_min", "shifted_specificity_max"]].tolist() == [0.80, 0.95]
+
+
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_each_arm_is_a_command_tune_run_accepts(arm, tmp_path, monkeypatch):
+    from tune.parser import create_parser
+    from tune.settings import RunSettings, check_flags
+    from tune.spaces import load_space
+
+    monkeypatch.chdir(REPO)  # the today space is named relative to the repository, where the benchmark runs tune.run
+    manifest, weights = tmp_path / "search.csv", tmp_path / "weights"
+    manifest.write_text("path,label,patient,split\n")
+    weights.mkdir()
+    args = create_parser().parse_args(arm_command(arm, 2, manifest, "10m", weights, tmp_path / "results", ["--final-members", "2"]))
+    settings = RunSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RunSettings)})
+    check_flags(settings)
+    load_space(settings.space).with_backbones([BACKBONE])
+    assert (settings.seed, settings.time_budget, settings.target_recall, settings.final_members) == (2, "10m", 0.98, 2)
+    assert settings.metric == ("val_shift_spec_at_recall" if arm == "levers+shift" else "val_spec_at_recall")
+
+
+def sampled(space_name: str, n: int = 12) -> list[dict]:
+    from tune.spaces import load_space, sample, validate
+
+    space = load_space(space_name)
+    validate(space)  # its baselines too
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    return [sample(space, study.ask()) for _ in range(n)]
+
+
+def test_today_is_the_cpu_space_with_every_lever_off_and_augment_searched():
+    today, cpu = sampled(str(TODAY_SPACE)), sampled("cpu")
+    assert set().union(*today) == set().union(*cpu)  # the same keys (a scheduler's own keys come with it)
+    assert all(config[key] == off for config in today for key, off in OFF.items())
+    assert all(any(config[key] != off for config in cpu) for key, off in OFF.items())  # cpu searches every lever
+    assert len({config["augment"] for config in today}) == len(today) and all(0 <= c["augment"] <= 0.6 for c in today)
+    assert BASELINE_ARM == "today"

@@ -265,7 +265,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--time-budget", default="10m", help="tune.run --time-budget of every run")
     p.add_argument("--fraction", type=float, default=0.3, help="share of the non-pseudo-test patients searched on")
     p.add_argument("--test-share", type=float, default=0.15, help="share of all patients held out as the pseudo-test")
-    return p.parse_args(argv), extra
+    args = p.parse_args(argv)
+    # tune.run runs in the repository: the paths it is given must not depend on where this script was started
+    args.data_dir, args.weights_dir, args.out = (path.resolve() for path in (args.data_dir, args.weights_dir, args.out))
+    return args, extra
 
 
 def main(argv: list[str] | None = None) -> int:

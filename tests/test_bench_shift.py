@@ -4,6 +4,7 @@ judges on, issue 30's rule for a default, and each arm's tune.run command agains
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +27,18 @@ def made_up_films(n: int = 48, size: int = 32) -> tuple[np.ndarray, np.ndarray, 
     return images, np.arange(n) % 2, np.arange(n) // 2
 
 
-def test_the_score_is_the_shipped_models_at_its_threshold_and_moves_under_the_bank(final_model_folder):
+def test_the_score_is_the_shipped_models_at_its_threshold_and_moves_under_the_bank(final_model_folder, tmp_path):
     from cxr import load_model
+    from cxr.jsonio import read_json, write_json
     from cxr.metrics import ranking, rates
 
     images, labels, patients = made_up_films()
-    scores = score_model(final_model_folder, images, labels, patients, n_boot=20)
-    model = load_model(final_model_folder)
-    probs = model.probabilities(images)
+    folder = Path(shutil.copytree(final_model_folder, tmp_path / "final"))
+    probs = load_model(folder).probabilities(images)
+    # a threshold amid the films' probabilities, away from 0.5 (where the temperature would not matter)
+    write_json(folder / "model.json", read_json(folder / "model.json") | {"threshold": float(np.quantile(probs, 0.3))})
+    scores = score_model(folder, images, labels, patients, n_boot=20)
+    model = load_model(folder)
     expected = {**ranking(labels, probs), **rates(labels, probs, model.threshold)}
     assert {k: scores["plain"][k] for k in ("auroc", "recall", "specificity")} == pytest.approx(
         {k: expected[k] for k in ("auroc", "recall", "specificity")})
@@ -68,12 +73,15 @@ def test_an_arm_beats_today_in_every_seed_or_by_more_than_the_spread(arm, today,
 
 
 def test_the_summary_applies_the_rule_to_shifted_specificity_paired_by_seed():
-    shifted = {"today": [0.60, 0.80, 0.60], "levers": [0.95, 0.80, 0.95], "levers+shift": [0.61, 0.79, 0.61]}
+    by_seed = {"today": {0: 0.80, 1: 0.60, 2: 0.60},
+               "levers": {0: 0.80, 1: 0.95, 2: 0.95},  # a tie in seed 0, higher by more than the spread
+               "levers+shift": {0: 0.81, 1: 0.61, 2: 0.61},  # higher in every seed (not in the rows' order)
+               "worse": {0: 0.79, 1: 0.61, 2: 0.61}}
+    order = {"today": [2, 0, 1], "levers": [0, 1, 2], "levers+shift": [1, 2, 0], "worse": [0, 1, 2]}
     runs = pd.DataFrame([{"arm": arm, "seed": seed, "auroc": 0.9, "specificity": 0.9, "shifted_auroc": 0.8,
-                          "shifted_specificity": value}
-                         for arm, values in shifted.items() for seed, value in zip([2, 0, 1], values)])
-    summary = summarise(runs.iloc[::-1]).set_index("arm")  # rows in any order: seeds pair by number
-    assert summary["beats_today"].to_dict() == {"today": None, "levers": True, "levers+shift": False}
+                          "shifted_specificity": by_seed[arm][seed]} for arm in by_seed for seed in order[arm]])
+    summary = summarise(runs).set_index("arm")
+    assert summary["beats_today"].to_dict() == {"today": None, "levers": True, "levers+shift": True, "worse": False}
     assert summary.loc["levers", ["shifted_specificity_min", "shifted_specificity_max"]].tolist() == [0.80, 0.95]
 
 
@@ -95,19 +103,22 @@ def test_each_arm_is_a_command_tune_run_accepts(arm, tmp_path, monkeypatch):
     assert settings.metric == ("val_shift_spec_at_recall" if arm == "levers+shift" else "val_spec_at_recall")
 
 
-def sampled(space_name: str, n: int = 12) -> list[dict]:
+def sampled(space_name: str, n: int = 12) -> list[tuple[dict, dict]]:
+    """(config, the keys Optuna searched) of n random draws of the space, once validate() has passed it."""
     from tune.spaces import load_space, sample, validate
 
     space = load_space(space_name)
     validate(space)  # its baselines too
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    return [sample(space, study.ask()) for _ in range(n)]
+    return [(sample(space, trial), trial.params) for trial in (study.ask() for _ in range(n))]
 
 
 def test_today_is_the_cpu_space_with_every_lever_off_and_augment_searched():
     today, cpu = sampled(str(TODAY_SPACE)), sampled("cpu")
-    assert set().union(*today) == set().union(*cpu)  # the same keys (a scheduler's own keys come with it)
-    assert all(config[key] == off for config in today for key, off in OFF.items())
-    assert all(any(config[key] != off for config in cpu) for key, off in OFF.items())  # cpu searches every lever
-    assert len({config["augment"] for config in today}) == len(today) and all(0 <= c["augment"] <= 0.6 for c in today)
+    assert set().union(*(c for c, _ in today)) == set().union(*(c for c, _ in cpu))  # the same keys (a scheduler's own come with it)
+    assert all(config[key] == off for config, _ in today for key, off in OFF.items())
+    assert not set(OFF) & set().union(*(searched for _, searched in today))  # fixed, not drawn and then overwritten
+    assert all(any(config[key] != off for config, _ in cpu) for key, off in OFF.items())  # cpu searches every lever
+    augment = [config["augment"] for config, _ in today]
+    assert len(set(augment)) == len(augment) and all(0 <= a <= 0.6 for a in augment)
     assert BASELINE_ARM == "today"

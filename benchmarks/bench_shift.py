@@ -20,12 +20,18 @@
    arm beats today only if its shifted pseudo-test specificity beats today's in every seed, or on average by more
    than the seeds' spread (the larger of the two arms' max - min).
 
-Sized for about two hours on a 2-core CPU with the defaults (3 arms x 3 seeds x 10 min, plus decoding and scoring).
-Every run whose final model exists is read back, not run again (--out keeps them); a run that stopped part-way runs
-again from the start (a budget resumed is not the same budget). Arguments after `--` go to every tune.run as they are.
+Sized for about two hours on a 2-core CPU with the defaults: 3 arms x 3 seeds of an 8-minute budget (a run ends a
+minute or two past it: the final stage's estimate is short) and about 3.5 minutes of scoring each; every run at 128 px
+with a one-member final model (SIZING; flags after `--` override it). A check with a 4-minute budget, 15 % of the
+other patients searched, a 5 % pseudo-test (266 films) and `-- --max-epochs 2` took 158-493 s per run and 108-323 s
+of scoring per run, on 2 cores shared with another engineer's jobs: the full size is an estimate.
+
+Every run that this same command finished is read back, not run again (--out keeps them); a run that stopped
+part-way runs again from the start (a budget resumed is not the same budget); a finished run of other flags is
+refused. Arguments after `--` go to every tune.run as they are.
 
     CXR_CACHE_DIR=benchmarks/out/cache python benchmarks/bench_shift.py --out benchmarks/out/shift [--seeds 0 1 2]
-        [--time-budget 10m] [--fraction 0.3] [--test-share 0.15] [-- <more tune.run flags>]
+        [--time-budget 8m] [--fraction 0.2] [--test-share 0.1] [-- <more tune.run flags>]
 
 Writes to --out: search.csv and pseudo-test.csv (the manifests), results/<arm>-seed<k>/ (the experiments), logs/,
 scores/<arm>-seed<k>.json (the pseudo-test scores, per perturbation too), runs.csv, summary.csv and shift.md.
@@ -53,6 +59,10 @@ ARMS = {  # arm: the flags that make it (each names its --metric, so a changed d
     "levers+shift": ["--space", "cpu", "--metric", "val_shift_spec_at_recall"],
 }
 BASELINE_ARM = "today"
+# what makes 3 arms x 3 seeds fit about two hours on 2 CPU cores, the same for every arm (flags after `--` win): films
+# at 128 px (cpu draws 128-192; the size is no lever) and a final model of one member (scoring costs 11 mirrored
+# passes of every member over the pseudo-test: one member at 128 px took 108 s for 266 films on 2 shared cores)
+SIZING = ["--image-size", "128", "--final-members", "1"]
 BACKBONE = "tf_efficientnet_lite0"  # the one backbone whose weights every machine here has at ../shared/weights
 TARGET_RECALL = 0.98
 TEST_SEED = 30  # of the pseudo-test's patients: the same films for every arm and seed
@@ -88,7 +98,7 @@ def arm_command(arm: str, seed: int, manifest: Path, time_budget: str, weights_d
     """The tune.run arguments of one arm and seed (after `python -m tune.run`)."""
     return [*ARMS[arm], "--backbones", BACKBONE, "--weights-dir", str(weights_dir), "--data-dir", str(manifest),
             "--time-budget", time_budget, "--target-recall", str(TARGET_RECALL), "--seed", str(seed),
-            "--results-dir", str(results), "--name", run_name(arm, seed), *extra]
+            "--results-dir", str(results), "--name", run_name(arm, seed), *SIZING, *extra]
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -96,14 +106,16 @@ def run_name(arm: str, seed: int) -> str:
 
 
 def run_arm(command: list[str], out: Path) -> float:
-    """The experiment's wall time: read back when its final model exists from this same command, else measured by
-    running it (what an earlier run left, its folder and its scores, is removed first)."""
+    """The experiment's wall time: read back when this same command finished it, else measured by running it (what a
+    stopped run left, its folder and its scores, is removed first). A finished run of another command is refused,
+    never removed: it is a measurement."""
     name = command[command.index("--name") + 1]
     folder, timing = out / "results" / name, out / "logs" / f"{name}.json"
     if (folder / "final" / "model.json").is_file() and timing.is_file():
         saved = json.loads(timing.read_text())
-        if saved["command"] == command:  # another budget or flag: run again
-            return saved["wall_s"]
+        if saved["command"] != command:
+            raise SystemExit(f"{folder} was made by another command ({timing}): pass another --out")
+        return saved["wall_s"]
     shutil.rmtree(folder, ignore_errors=True)
     (out / "scores" / f"{name}.json").unlink(missing_ok=True)
     timing.parent.mkdir(parents=True, exist_ok=True)
@@ -177,15 +189,18 @@ def shift_summary(perturbations: list[dict]) -> dict:
 
 
 def score_run(folder: Path, pseudo_test: pd.DataFrame, out: Path) -> dict:
-    """score_model of one experiment's final model, read back from scores/ when it was scored before."""
+    """score_model of one experiment's final model with the seconds it took (decoding included: the benchmark's
+    own cost beside the runs'), read back from scores/ when it was scored before."""
     from cxr.images import load_images
 
     saved = out / "scores" / f"{folder.name}.json"
     if saved.is_file():
         return json.loads(saved.read_text())
+    started = time.monotonic()
     final = folder / "final"
     images = load_images(pseudo_test["path"], model_image_size(final), cache_dir())
     scores = score_model(final, images, pseudo_test["label"], pseudo_test["patient"])
+    scores["score_s"] = round(time.monotonic() - started, 1)
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(scores, indent=1))
     return scores
@@ -198,6 +213,7 @@ def run_row(arm: str, seed: int, folder: Path, wall_s: float, scores: dict) -> d
     results = load(folder)
     plain, shifted = scores["plain"], scores["shifted"]
     return {"arm": arm, "seed": seed, "trials": len(results.trials), "wall_s": round(wall_s),
+            "final_stage_s": round(results.metrics["final_stage_s"]),
             "image_size": results.best["config"].get("image_size"),
             "best_val_spec_at_recall": results.best["val"].get("val_spec_at_recall"),
             "best_val_shift_spec_at_recall": results.best["val"].get("val_shift_spec_at_recall"),
@@ -206,7 +222,7 @@ def run_row(arm: str, seed: int, folder: Path, wall_s: float, scores: dict) -> d
             "specificity": plain["specificity"], "specificity_ci95": plain["specificity_ci95"],
             "shifted_auroc": shifted["auroc"], "shifted_recall": shifted["recall"],
             "shifted_specificity": shifted["specificity"], "worst_family": scores["worst"]["family"],
-            "worst_specificity": scores["worst"]["specificity"]}
+            "worst_specificity": scores["worst"]["specificity"], "score_s": scores["score_s"]}
 
 
 def beats(arm: list[float], today: list[float]) -> bool:
@@ -262,9 +278,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--out", type=Path, default=OUT / "shift")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="tune.run --seed of each repeat")
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    p.add_argument("--time-budget", default="10m", help="tune.run --time-budget of every run")
-    p.add_argument("--fraction", type=float, default=0.3, help="share of the non-pseudo-test patients searched on")
-    p.add_argument("--test-share", type=float, default=0.15, help="share of all patients held out as the pseudo-test")
+    p.add_argument("--time-budget", default="8m", help="tune.run --time-budget of every run")
+    p.add_argument("--fraction", type=float, default=0.2, help="share of the non-pseudo-test patients searched on")
+    p.add_argument("--test-share", type=float, default=0.1, help="share of all patients held out as the pseudo-test")
     args = p.parse_args(argv)
     # tune.run runs in the repository: the paths it is given must not depend on where this script was started
     args.data_dir, args.weights_dir, args.out = (path.resolve() for path in (args.data_dir, args.weights_dir, args.out))

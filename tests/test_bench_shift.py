@@ -4,6 +4,7 @@ judges on, issue 30's rule for a default, and each arm's tune.run command agains
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.bench_shift import (ARMS, BACKBONE, BASELINE_ARM, TODAY_SPACE, arm_command, beats, check_banks_disjoint,
-                                    score_model, summarise)
+                                    run_arm, score_model, summarise)
 from cxr.shift import FAMILIES, ROBUSTNESS_BANK, SELECTION_BANK
 from search_spaces._levers import OFF
 
@@ -102,6 +103,21 @@ def test_each_arm_is_a_command_tune_run_accepts(arm, tmp_path, monkeypatch):
     assert (settings.seed, settings.time_budget, settings.target_recall) == (2, "10m", 0.98)
     assert (settings.image_size, settings.final_members) == (128, 2)  # the benchmark's sizing, a flag after -- wins
     assert settings.metric == ("val_shift_spec_at_recall" if arm == "levers+shift" else "val_spec_at_recall")
+
+
+def test_a_finished_run_is_read_back_and_one_of_other_flags_refused_not_removed(tmp_path):
+    def command(budget: str) -> list[str]:
+        return arm_command("today", 0, tmp_path / "search.csv", budget, tmp_path, tmp_path / "results", [])
+
+    final = tmp_path / "results" / "today-seed0" / "final"
+    final.mkdir(parents=True)
+    (final / "model.json").write_text("{}")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "today-seed0.json").write_text(json.dumps({"command": command("8m"), "wall_s": 1.5}))
+    assert run_arm(command("8m"), tmp_path) == 1.5
+    with pytest.raises(SystemExit, match="another command"):
+        run_arm(command("9m"), tmp_path)
+    assert (final / "model.json").is_file()
 
 
 def sampled(space_name: str, n: int = 12) -> list[tuple[dict, dict]]:

@@ -167,6 +167,7 @@ def score_model(folder: Path, images: np.ndarray, labels, patients, n_boot: int 
     members = [f"member_{i}" for i in range(len(model.members))]
     # cxr.robustness scores the rows of split "test" and runs a member on the rows its column has a number in: all
     films = pd.DataFrame({"split": "test", "label": labels, "patient": patients, **dict.fromkeys(members, 1.0)})
+    # the shipped operating point; "val" names films this frame has none of, so only the pseudo-test is scored
     evaluation = {"threshold_chosen_on": "val", "threshold": model.threshold, "temperature": model.temperature,
                   "n_boot": n_boot, "bootstrap_seed": 0}
     perturbed = robustness(model.members, images, films, members, evaluation, tta=model.tta,

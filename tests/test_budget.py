@@ -30,16 +30,16 @@ def test_not_durations(text):
 
 def test_trials_stop_starting_when_what_is_left_is_what_the_final_stage_needs():
     clock = FakeClock()
-    budget = Budget(total_s=600, final_members=3, final_epochs=4, member_slots=2, clock=clock)
+    budget = Budget(total_s=600, final_members=3, final_epochs=4, member_slots=2, robustness_passes=40, clock=clock)
     assert budget.final_estimate() is None and not budget.decide_no_more_trials()  # nothing measured: go on
     for seconds in (10, 10, 10, 12, 30):  # epochs measured so far: the members at the median, one more at the p90
         budget.note_epoch(seconds)
     epoch, bound = budget.epoch_estimate(), budget.next_epoch_bound()
     assert epoch == 10 and 12 < bound <= 30
-    scoring = SCORING_EPOCHS + ROBUSTNESS_EPOCHS  # the robustness bank is on unless --no-robustness
+    scoring = SCORING_EPOCHS + ROBUSTNESS_EPOCHS  # no shifted val pass measured: the robustness bank at one epoch
     final = MEMBER_START_S + 2 * 4 * epoch + 3 * scoring * epoch + FINISH_S  # 3 members, 2 at once: 2 waves
     assert budget.final_estimate() == pytest.approx(final)
-    skipping = dataclasses.replace(budget, robustness=False)
+    skipping = dataclasses.replace(budget, robustness_passes=0)  # --no-robustness
     assert skipping.final_estimate() == pytest.approx(final - 3 * ROBUSTNESS_EPOCHS * epoch)
     clock.now += 600 - final - MEMBER_START_S - bound - 1  # a new trial's first epoch still fits
     assert not budget.decide_no_more_trials() and budget.decision is None
@@ -57,7 +57,7 @@ def test_trials_stop_starting_when_what_is_left_is_what_the_final_stage_needs():
 
 def test_the_first_wave_starts_processes_as_long_as_the_search_s_first_trial_waited_for_its_first_epoch():
     clock = FakeClock()
-    budget = Budget(total_s=600, final_members=3, final_epochs=2, member_slots=1, clock=clock)
+    budget = Budget(total_s=600, final_members=3, final_epochs=2, member_slots=1, robustness_passes=40, clock=clock)
     clock.now += 30  # imports, data, Ray
     budget.note_search_start()
     clock.now += 12 + 10  # the first trial's process start, then its first epoch of 10 s
@@ -67,6 +67,21 @@ def test_the_first_wave_starts_processes_as_long_as_the_search_s_first_trial_wai
     assert budget.start_up_s == pytest.approx(12)
     scoring = SCORING_EPOCHS + ROBUSTNESS_EPOCHS
     assert budget.final_estimate() == pytest.approx(12 + 3 * 2 * 10 + 3 * scoring * 10 + FINISH_S)  # 3 waves, one start
+
+
+def test_the_robustness_step_is_planned_at_the_leading_trial_s_shifted_val_pass():
+    """robustness_passes shifted val passes per member, at the median pass of the trial with the best score (the
+    members train its config), not at an epoch: what the step costs depends on the val and test films, not train's."""
+    budget = Budget(total_s=600, final_members=2, final_epochs=1, member_slots=2, robustness_passes=40,
+                    clock=FakeClock())
+    budget.note_epoch(10, "slow", 0.5, shift_s=2.0)
+    budget.note_epoch(10, "slow", 0.6, shift_s=4.0)
+    assert budget.robustness_estimate(10) == pytest.approx(40 * 3.0)
+    budget.note_epoch(10, "fast", 0.9, shift_s=0.5)  # the new leader
+    budget.note_epoch(10, "slow", 0.7, shift_s=3.0)  # still behind it
+    assert budget.robustness_estimate(10) == pytest.approx(40 * 0.5)
+    assert budget.final_estimate() == pytest.approx(MEMBER_START_S + 10 + 2 * (SCORING_EPOCHS * 10 + 40 * 0.5) + FINISH_S)
+    assert dataclasses.replace(budget, robustness_passes=0).robustness_estimate(10) == 0  # --no-robustness
 
 
 def test_a_resumed_session_continues_with_what_is_left_and_extend_gets_a_budget_of_its_own(tmp_path):
@@ -85,10 +100,10 @@ def test_a_resumed_session_continues_with_what_is_left_and_extend_gets_a_budget_
 
 def test_when_the_final_stage_does_not_fit_its_members_get_the_epochs_that_do():
     clock = FakeClock()
-    budget = Budget(total_s=100, final_members=1, final_epochs=4, member_slots=1, clock=clock)
+    budget = Budget(total_s=100, final_members=1, final_epochs=4, member_slots=1, robustness_passes=40, clock=clock)
     assert budget.epochs_that_fit(4) == 4  # nothing measured: as planned
     budget.note_epoch(10)
-    assert budget.epochs_that_fit(4) == 4  # 5 + 40 + 12.5 + 5 s fit in 100
+    assert budget.epochs_that_fit(4) == 4  # 5 + 40 + 12.5 (scoring, the robustness bank at an epoch) + 5 s fit in 100
     clock.now += 50
     assert budget.epochs_that_fit(4) == 2  # 50 s left: 5 + 20 + 12.5 + 5
     clock.now += 40

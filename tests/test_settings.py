@@ -91,7 +91,7 @@ def test_the_search_and_final_settings_take_every_flag_they_share_with_the_run_f
 
     run = RunSettings(final_members=5, val_fraction=0.3, final_kind="folds", seed=7, cpus_per_trial=0.5)
     derived = {"search": {"max_epochs", "storage_path", "journal_path", "study_name", "local_cluster"},
-               "final": set(), "budget": {"total_s", "final_epochs", "member_slots"}}
+               "final": set(), "budget": {"total_s", "final_epochs", "member_slots", "robustness_passes"}}
     for part, cls in (("search", SearchSettings), ("final", FinalSettings), ("budget", Budget)):
         given = fed_into(part, run)
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -102,6 +102,5 @@ def test_the_search_and_final_settings_take_every_flag_they_share_with_the_run_f
     assert set(fed_into("final", run)) == {f.name for f in dataclasses.fields(FinalSettings)}  # all from flags
     final = FinalSettings(**fed_into("final", run))
     assert (final.n_members, final.inner_fraction, final.kind, final.seed) == (5, 0.3, "folds", 7)
-    assert fed_into("search", run)["cpus_per_trial"] == 0.5 and fed_into("budget", run) == {"final_members": 5, "metric": run.metric,
-                                                                                            "robustness": True}
+    assert fed_into("search", run)["cpus_per_trial"] == 0.5 and fed_into("budget", run) == {"final_members": 5, "metric": run.metric}
     assert "results_dir" not in RUN_PARAMETERS and {"final_members", "time_budget", "seed"} <= set(RUN_PARAMETERS)

@@ -27,8 +27,8 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MEMBER_START_S = 5.0  # a process start and data fetch, until the search's first trial has measured one
 # each member scores val and test, mirrored, then calibration, intervals and tables (0.25 epoch) ...
 SCORING_EPOCHS = 0.25
-# ... and, unless --no-robustness, the robustness bank: ten more passes over val and test per member (cxr.robustness),
-# about one epoch on Kaggle's split
+# ... and, unless --no-robustness, the robustness bank (cxr.robustness): planned at the leading trial's shifted val
+# pass (shift_time_s) times Budget.robustness_passes; one epoch per member until a trial has measured one
 ROBUSTNESS_EPOCHS = 1.0
 FINISH_S = 5.0  # the report and Ray's shutdown
 MAX_TRIALS = 1000  # --num-samples when a budget is given without it ("as many as fit")
@@ -54,13 +54,16 @@ class Budget:
     final_epochs: int
     member_slots: int  # final members that run at once
     metric: str = DEFAULT_METRIC  # the trial score: its direction (cxr.monitors) names the leading trial
-    robustness: bool = True  # the final stage scores the robustness bank
+    # the final stage's robustness step per member, in shifted val passes (the experiment derives it from the bank and
+    # the split sizes); 0: --no-robustness
+    robustness_passes: float = 0.0
     spent_before_s: float = 0.0
     clock: callable = time.monotonic
     started: float = field(default=None)
     epoch_s: list[float] = field(default_factory=list)
     trial_epoch_s: dict[str, list[float]] = field(default_factory=dict)
     trial_best: dict[str, float] = field(default_factory=dict)  # each trial's best score so far
+    trial_shift_s: dict[str, list[float]] = field(default_factory=dict)  # each trial's shifted val passes
     search_started_s: float | None = None  # spent() when this session's search started
     start_up_s: float | None = None  # the first trial's wait for its first epoch, less the epoch: a process start
     stopped: set[str] = field(default_factory=set)  # trials stopped by the budget
@@ -69,6 +72,7 @@ class Budget:
     spending: dict = field(default_factory=dict)  # search_s, final_stage_s, ... of the sessions so far
     _p90: float | None = field(default=None, repr=False)
     _median: float | None = field(default=None, repr=False)
+    _shift_median: float | None = field(default=None, repr=False)
     _leader: str | None = field(default=None, repr=False)  # the trial with the best score so far (the metric's direction)
 
     def __post_init__(self):
@@ -84,8 +88,10 @@ class Budget:
     def note_search_start(self) -> None:
         self.search_started_s = self.spent()
 
-    def note_epoch(self, seconds: float, trial_id: str | None = None, score: float | None = None) -> None:
-        """Every epoch of every trial (the stopper's hot path): the planning estimates are updated here, once."""
+    def note_epoch(self, seconds: float, trial_id: str | None = None, score: float | None = None,
+                   shift_s: float | None = None) -> None:
+        """Every epoch of every trial (the stopper's hot path): the planning estimates are updated here, once.
+        shift_s: the epoch's shifted val pass (shift_time_s), what the robustness step is planned with."""
         if seconds and seconds > 0:
             if self.start_up_s is None and self.search_started_s is not None:
                 self.start_up_s = max(0.0, self.spent() - self.search_started_s - seconds)
@@ -101,6 +107,11 @@ class Budget:
                     if self._leader is None or improves(self.metric, score, self.trial_best[self._leader]):
                         self._leader = trial_id
             self._median = statistics.median(self.trial_epoch_s[self._leader] if self._leader else self.epoch_s)
+            if trial_id is not None and isinstance(shift_s, (int, float)) and shift_s > 0:
+                self.trial_shift_s.setdefault(trial_id, []).append(float(shift_s))
+            shifts = self.trial_shift_s.get(self._leader or trial_id)
+            if shifts:
+                self._shift_median = statistics.median(shifts)
 
     def epoch_estimate(self) -> float | None:
         """The members' epoch time the final stage is planned with: the median epoch of the leading trial (the
@@ -122,8 +133,17 @@ class Budget:
         waves = math.ceil(self.final_members / max(1, self.member_slots))
         per_member = self.final_epochs if epochs is None else epochs
         start = MEMBER_START_S if self.start_up_s is None else self.start_up_s
-        scoring = SCORING_EPOCHS + (ROBUSTNESS_EPOCHS if self.robustness else 0.0)
-        return start + waves * per_member * epoch + self.final_members * scoring * epoch + FINISH_S
+        scoring = SCORING_EPOCHS * epoch + self.robustness_estimate(epoch)
+        return start + waves * per_member * epoch + self.final_members * scoring + FINISH_S
+
+    def robustness_estimate(self, epoch: float) -> float:
+        """One member's robustness step: robustness_passes shifted val passes at the leading trial's median (the
+        members score with its config), one epoch while no trial has measured a pass, none under --no-robustness."""
+        if not self.robustness_passes:
+            return 0.0
+        if self._shift_median is None:
+            return ROBUSTNESS_EPOCHS * epoch
+        return self.robustness_passes * self._shift_median
 
     def epochs_that_fit(self, planned: int) -> int:
         """When the search is over: the most epochs per member (at most planned, at least 1) whose final stage fits in

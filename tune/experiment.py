@@ -15,6 +15,7 @@ from cxr.images import MAX_PIXELS, default_cache_dir
 from cxr.intervals import interval_text, value_text
 from cxr.models import pretrained_state
 from cxr.monitors import minimised
+from cxr.shift import ROBUSTNESS_BANK
 from cxr.synthetic import create_synthetic
 from cxr.jsonio import read_json, write_json
 from tune import budget as budget_module
@@ -48,7 +49,7 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
     status, budget = "FAILED", None
     try:
         cluster.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial, experiment.workers_per_trial)
-        budget = _budget(experiment, paths, checked.max_epochs, started, fresh=bool(extend))
+        budget = _budget(experiment, paths, checked.max_epochs, started, fresh=bool(extend), data=data)
         settings = dataclasses.replace(_settings(experiment, checked.max_epochs, paths), config_keys=checked.common_keys,
                                        trials_at_once=_trials_at_once(experiment, budget))
         cluster.check_storage(settings.storage_path)
@@ -99,7 +100,7 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
 
 
 def _budget(experiment: RunSettings, paths: ExperimentPaths, max_epochs: int, started: float | None,
-            fresh: bool) -> budget_module.Budget | None:
+            fresh: bool, data: CxrData) -> budget_module.Budget | None:
     """--time-budget: this session's budget (after --resume: what is left of it; --extend: a budget of its own),
     opened for the session: the experiment owns it and hands it to the searcher, the stopper and the tracking
     callback."""
@@ -108,10 +109,22 @@ def _budget(experiment: RunSettings, paths: ExperimentPaths, max_epochs: int, st
     settings = dict(**fed_into("budget", experiment), total_s=budget_module.parse_duration(experiment.time_budget),
                     final_epochs=experiment.final_epochs or max_epochs,
                     member_slots=cluster.trial_slots(experiment.cpus_per_trial, experiment.gpus_per_trial),
+                    robustness_passes=_robustness_passes(experiment, data),
                     **({"started": started} if started is not None else {}))
     budget = budget_module.Budget.resumed(paths.budget, fresh=fresh, **settings)
     budget.open()
     return budget
+
+
+def _robustness_passes(experiment: RunSettings, data: CxrData) -> float:
+    """The final stage's robustness step per member, in the shifted val passes trials measure (shift_time_s): every
+    perturbation of the bank, mirrored too (mirroring is chosen later: planned as on), over the films that choose the
+    threshold (val; with --final folds every pool film) and test; 0 with --no-robustness."""
+    if not experiment.robustness:
+        return 0.0
+    n_val, n_test = len(data.indices("val")), len(data.indices("test"))
+    chosen = n_val if experiment.final_kind == "seeds" else n_val + len(data.indices("train"))
+    return len(ROBUSTNESS_BANK) * 2 * (chosen + n_test) / max(1, n_val)
 
 
 def _trials_at_once(experiment: RunSettings, budget: budget_module.Budget | None) -> int | None:

@@ -397,7 +397,8 @@ class BudgetStopper(Stopper):
     def __call__(self, trial_id: str, result: dict) -> bool:
         if self.budget is None:
             return False
-        self.budget.note_epoch(result.get("time_this_iter_s"), trial_id, result.get(self.metric))
+        self.budget.note_epoch(result.get("time_this_iter_s"), trial_id, result.get(self.metric),
+                               result.get("shift_time_s"))
         end_trial_starts(self.budget)
         planned = planned_epochs(result.get("config") or {})
         if result.get("stopped_early") or result.get("epoch", 0) >= planned or not self.budget.decide_stop(trial_id):

@@ -102,7 +102,7 @@ class RunSettings:
     robustness: bool = _flag(True, "skip scoring the final model under the robustness bank (cxr.robustness: ten passes "
                              "of every member over val and test, about one training epoch per member); metrics.json then "
                              "has no 'robustness' and the report says it was skipped", flag="--no-robustness",
-                             action="store_false", into=("final", "budget"), section="final model")
+                             action="store_false", into=("final",), section="final model")
     mlflow: str | None = _flag(None, place=True, help="track the experiment in MLflow: a parent run, a child run per trial, the final "
                                "model (pip install -e \".[mlflow]\"); URI default: $MLFLOW_TRACKING_URI, else "
                                "sqlite:///<results-dir>/mlflow.db", nargs="?", const="", metavar="URI", section="tracking")

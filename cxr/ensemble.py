@@ -20,7 +20,7 @@ from cxr.intervals import N_BOOT
 from cxr.metrics import compute_metrics, threshold_for_recall
 from cxr.models import create_model
 from cxr.package import FinalModel
-from cxr.robustness import robustness
+from cxr.robustness import robustness_of_scores, shifted_probabilities
 from cxr.shift import ROBUSTNESS_BANK, Perturbation
 
 _SEED_STREAM = 0xF1A1  # tags the member seeds' stream, so they never follow the run seed's own sequence
@@ -49,16 +49,22 @@ def member_seeds(base_seed: int, k: int, taken: set[int]) -> list[int]:
 
 
 def train_member(config: TrainConfig, data: CxrData, *, backbone_state: dict | None = None,
-                 on_epoch_end: EpochCallback | None = None, fold: int | None = None) -> Member:
+                 on_epoch_end: EpochCallback | None = None, fold: int | None = None,
+                 bank: tuple[Perturbation, ...] = ()) -> Member:
     """A seed member (data's own splits), or fold member `fold` (data's splits from cxr.splits.fold_roles: it
-    scores its "oof" rows, never trained on nor used to pick its epoch)."""
+    scores its "oof" rows, never trained on nor used to pick its epoch). With a bank it also scores those films under
+    each perturbation ("<split>@<perturbation>" and its mirrored key; assess_robustness): here, on the member's own
+    device, rather than on the driver."""
     result = fit(config, data, on_epoch_end, backbone_state=backbone_state)
+    scoring = dict(image_size=config.image_size, contrast_norm=config.contrast_norm, precision=config.precision)
     probs = {}
     for split in ("val" if fold is None else "oof", "test"):
         images = data.images[data.indices(split)]
         for name, films in ((split, images), (f"{split}_mirrored", mirror(images))):
-            probs[name] = predict(result.model, films, image_size=config.image_size, contrast_norm=config.contrast_norm,
-                                  precision=config.precision)
+            probs[name] = predict(result.model, films, **scoring)
+        for perturbation in bank:  # mirrored too: whether the ensemble mirrors is chosen once every member is in
+            key = f"{split}@{perturbation.name}"
+            probs[key], probs[f"{key}_mirrored"] = shifted_probabilities(result.model, images, perturbation, scoring)
     return Member(config.seed, result.best_epoch, result.best_state, result.history, probs, fold)
 
 
@@ -66,15 +72,17 @@ def member_probs(member: Member, split: str, tta: bool) -> np.ndarray:
     return mirror_mean(member.probs[split], member.probs[f"{split}_mirrored"]) if tta else member.probs[split]
 
 
-def fit_columns(members: list[Member], data: CxrData, folds: np.ndarray | None, tta: bool) -> tuple[np.ndarray, np.ndarray]:
+def fit_columns(members: list[Member], data: CxrData, folds: np.ndarray | None, tta: bool,
+                shifted: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(rows that choose the threshold, (K, rows) member probabilities on it): val for seed members; for fold members the pool,
-    each row scored by the one member that held its fold out (NaN for the others)."""
+    each row scored by the one member that held its fold out (NaN for the others). shifted: "@<perturbation>" for the
+    films under it."""
     rows = _chosen_rows(data, folds)
     if folds is None:
-        return rows, np.stack([member_probs(m, "val", tta) for m in members])
+        return rows, np.stack([member_probs(m, "val" + shifted, tta) for m in members])
     columns = np.full((len(members), len(rows)), np.nan)
     for i, m in enumerate(members):
-        columns[i, folds[rows] == m.fold] = member_probs(m, "oof", tta)  # both in manifest order
+        columns[i, folds[rows] == m.fold] = member_probs(m, "oof" + shifted, tta)  # both in manifest order
     return rows, columns
 
 
@@ -149,14 +157,20 @@ def training_precision(members: list[Member]) -> str:
     return ", ".join(sorted(used))
 
 
-def assess_robustness(model: FinalModel, data: CxrData, predictions: pd.DataFrame, metrics: dict,
+def assess_robustness(members: list[Member], data: CxrData, predictions: pd.DataFrame, metrics: dict,
                       folds: np.ndarray | None = None, bank: tuple[Perturbation, ...] = ROBUSTNESS_BANK) -> dict:
-    """metrics.json's "robustness": the assembled model on the films of assemble's predictions, each perturbed by every
-    perturbation of bank (cxr.robustness); the final stage's step after assemble, and the one that runs the members."""
-    images = data.images[np.concatenate([_chosen_rows(data, folds), data.indices("test")])]
-    return robustness(model.members, images, predictions, _member_columns(len(model.members)), metrics,
-                      tta=model.tta, image_size=model.image_size, contrast_norm=model.config.contrast_norm,
-                      precision=model.config.precision, bank=bank)
+    """metrics.json's "robustness": the ensemble as assembled (its mirroring, temperature, threshold) on the rows of
+    assemble's predictions under every perturbation of bank, from the scores the members computed where they trained
+    (train_member's bank); reads no pixel."""
+    tta = metrics["tta"]["used"]
+
+    def shifted(perturbation: Perturbation) -> np.ndarray:
+        key = f"@{perturbation.name}"
+        _, chosen = fit_columns(members, data, folds, tta, key)
+        test = np.stack([member_probs(m, "test" + key, tta) for m in members])
+        return np.nanmean(np.concatenate([chosen, test], axis=1), axis=0)  # assemble's row order; NaN: out of fold
+
+    return robustness_of_scores(shifted, predictions, metrics, bank)
 
 
 def fold_summary(predictions: pd.DataFrame, metrics: dict, member_columns: list[str]) -> dict:

@@ -161,9 +161,11 @@ def png_header():
 
 def _made_up_members(data: CxrData, config, k: int = 3) -> list:
     """k final-stage members of untrained config.backbone weights whose val and test probabilities are made up
-    (pneumonia scored higher, with noise; mirrored a little differently), seeds 100, 101, ..."""
+    (pneumonia scored higher, with noise; mirrored a little differently; under each perturbation of the robustness
+    bank noisier the stronger it is), seeds 100, 101, ..."""
     from cxr.ensemble import Member
     from cxr.models import create_model
+    from cxr.shift import ROBUSTNESS_BANK
 
     rng = np.random.default_rng(0)
     out = []
@@ -174,6 +176,10 @@ def _made_up_members(data: CxrData, config, k: int = 3) -> list:
             labels = data.labels[data.indices(split)]
             probs[split] = np.clip(0.3 + 0.4 * labels + rng.normal(0, 0.15, len(labels)), 0.01, 0.99)
             probs[f"{split}_mirrored"] = np.clip(probs[split] + rng.normal(0, 0.05, len(labels)), 0.01, 0.99)
+            for p in ROBUSTNESS_BANK:
+                for key in (split, f"{split}_mirrored"):
+                    shifted = probs[key] + rng.normal(0, 0.1 * p.strength, len(labels))
+                    probs[key.replace(split, f"{split}@{p.name}", 1)] = np.clip(shifted, 0.01, 0.99)
         out.append(Member(100 + i, 2, state, [{"epoch": 1}, {"epoch": 2}], probs))
     return out
 
@@ -195,15 +201,14 @@ class Assembled:
 @pytest.fixture(scope="session")
 def assembled(synthetic_data: CxrData) -> Assembled:
     """cxr.ensemble.assemble and assess_robustness, as the final stage runs them, on three made-up members of the
-    synthetic set (at 16 px: the robustness bank costs each member ten more passes over val and test; 200
-    resamples); treat as read-only."""
+    synthetic set (200 resamples); treat as read-only."""
     from cxr.config import TrainConfig
     from cxr.ensemble import assemble, assess_robustness
 
     config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=16, target_recall=0.95)
     members = _made_up_members(synthetic_data, config)
     model, metrics, predictions, history = assemble(config, members, synthetic_data, n_boot=200)
-    robustness = assess_robustness(model, synthetic_data, predictions, metrics)
+    robustness = assess_robustness(members, synthetic_data, predictions, metrics)
     return Assembled(members, model, {**metrics, "robustness": robustness, "final_stage_s": 1.0}, predictions, history)
 
 

@@ -7,10 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cxr.augment import mirror
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
-from cxr.engine import predict
 from cxr.ensemble import Member, assemble, assess_robustness, choose_tta, member_seeds, train_member
 from cxr.final_metrics import to_json
 from cxr.models import create_model
@@ -96,6 +94,8 @@ def _fold_members(data: CxrData, config: TrainConfig, folds: np.ndarray) -> list
         for split, rows in (("oof", np.flatnonzero(folds == k)), ("test", data.indices("test"))):
             probs[split] = np.clip(0.3 + 0.4 * data.labels[rows], 0, 1) - 0.1 * (np.arange(len(rows)) % 3) / 3 + k / 100
             probs[f"{split}_mirrored"] = probs[split]
+            for p in ROBUSTNESS_BANK:  # under shift, every score a little lower
+                probs[f"{split}@{p.name}"] = probs[f"{split}@{p.name}_mirrored"] = probs[split] * 0.9
         out.append(Member(200 + k, 1, state, [{"epoch": 1}], probs, fold=k))
     return out
 
@@ -107,7 +107,7 @@ def test_fold_ensemble_scores_each_pool_film_by_the_member_that_held_it_out(synt
     folds = patient_folds(synthetic_data.manifest, 3, seed=0)
     members = _fold_members(synthetic_data, config, folds)
     model, metrics, predictions, history = assemble(config, members, synthetic_data, folds=folds, n_boot=200)
-    metrics["robustness"] = assess_robustness(model, synthetic_data, predictions, metrics, folds)
+    metrics["robustness"] = assess_robustness(members, synthetic_data, predictions, metrics, folds)
     oof = predictions[predictions["split"] == "oof"]
     assert len(oof) == (folds >= 0).sum() and set(predictions["split"]) == {"oof", "test"}
     columns = [f"prob_member_{k}" for k in range(3)]
@@ -124,31 +124,64 @@ def test_fold_ensemble_scores_each_pool_film_by_the_member_that_held_it_out(synt
 
 
 @pytest.mark.parametrize("kind", ["seeds", "folds"])
-def test_under_a_perturbation_that_changes_no_film_the_robustness_is_the_shipped_evaluation(synthetic_data, kind):
-    """Gamma 1 changes no film: the robustness step scores the films that chose the threshold (val, or each pool film
-    by the member that held its fold out) and test as the shipped model does (members, mirroring, temperature,
-    threshold, patient resamples, contrast normalisation), so every number equals the evaluation's."""
+def test_under_a_perturbation_that_changes_no_film_the_robustness_is_the_shipped_evaluation(synthetic_data, kind,
+                                                                                          monkeypatch):
+    """Gamma 1 changes no film: each member scores the films that choose the threshold (val, or its own pool fold)
+    and test under the bank where it trains (train_member, its training patched out), and assess_robustness
+    combines them as the shipped model does (members, mirroring, temperature, threshold, patient resamples, contrast
+    normalisation), so every number equals the evaluation's."""
+    import cxr.ensemble
+    from cxr.engine import FitResult
     from cxr.splits import patient_folds
 
     config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=16, target_recall=0.9,
                          contrast_norm="equalize")
     folds = patient_folds(synthetic_data.manifest, 2, seed=0) if kind == "folds" else None
-    members = []
+    manifest, members = synthetic_data.manifest, []
     for k, seed in enumerate(MIRRORED_SEEDS):
         torch.manual_seed(seed)
         model = create_model(config.backbone, pretrained=False).eval()
-        probs = {}
-        for split, rows in (("val", synthetic_data.indices("val")) if folds is None else ("oof", np.flatnonzero(folds == k)),
-                            ("test", synthetic_data.indices("test"))):
-            images = synthetic_data.images[rows]
-            probs[split] = predict(model, images, image_size=16, contrast_norm="equalize")
-            probs[f"{split}_mirrored"] = predict(model, mirror(images), image_size=16, contrast_norm="equalize")
-        members.append(Member(seed, 1, model.state_dict(), [{"epoch": 1}], probs, None if folds is None else k))
+        monkeypatch.setattr(cxr.ensemble, "fit", lambda *args, m=model, **kwargs: FitResult(m, [{}], 1, {}, m.state_dict()))
+        data = synthetic_data if folds is None else CxrData(synthetic_data.images, manifest.assign(
+            split=np.where(folds == k, "oof", np.where(manifest["split"] == "test", "test", "train"))))
+        members.append(train_member(config.replace(seed=seed), data, fold=None if folds is None else k,
+                                    bank=(Perturbation("gamma", 1.0),)))
     model, metrics, predictions, _ = assemble(config, members, synthetic_data, folds=folds, n_boot=100)
-    robustness = assess_robustness(model, synthetic_data, predictions, metrics, folds, bank=(Perturbation("gamma", 1.0),))
+    robustness = assess_robustness(members, synthetic_data, predictions, metrics, folds, bank=(Perturbation("gamma", 1.0),))
     assert metrics["tta"]["used"] or kind == "folds"  # these seeds' members mirror on val: so must the robustness step
     (entry,) = robustness["perturbations"]
     for key, split in (("chosen", metrics["threshold_chosen_on"]), ("test", "test")):
         for name in SCORES:
             assert entry[key][name] == metrics[split][name], (split, name)
             assert entry[key][f"{name}_ci95"] == metrics[split][f"{name}_ci95"], (split, name)
+
+
+def test_what_members_score_under_shift_where_they_train_is_what_the_shipped_model_scores_here(synthetic_data,
+                                                                                            monkeypatch):
+    """assess_robustness, from the scores each member computed under the bank where it trained, equals
+    cxr.robustness.robustness running the shipped model on the perturbed films here: the same films, members,
+    mirroring, contrast normalisation and rows (families without noise, whose seed is a film's position)."""
+    import cxr.ensemble
+    from cxr.engine import FitResult
+    from cxr.robustness import robustness
+
+    bank = (Perturbation("gamma", 2.0, 2), Perturbation("blur", 0.015, 2))
+    config = TrainConfig(backbone="test_efficientnet", pretrained=False, image_size=16, target_recall=0.9,
+                         contrast_norm="equalize")
+    members = []
+    for seed in MIRRORED_SEEDS:
+        torch.manual_seed(seed)
+        model = create_model(config.backbone, pretrained=False).eval()
+        monkeypatch.setattr(cxr.ensemble, "fit", lambda *args, m=model, **kwargs: FitResult(m, [{}], 1, {}, m.state_dict()))
+        members.append(train_member(config.replace(seed=seed), synthetic_data, bank=bank))
+    model, metrics, predictions, _ = assemble(config, members, synthetic_data, n_boot=100)
+    rows = np.concatenate([synthetic_data.indices("val"), synthetic_data.indices("test")])
+    here = robustness(model.members, synthetic_data.images[rows], predictions, [f"prob_member_{i}" for i in range(2)],
+                      metrics, tta=model.tta, image_size=16, contrast_norm="equalize", bank=bank)
+    there = assess_robustness(members, synthetic_data, predictions, metrics, bank=bank)
+    for ours, theirs in zip(there["perturbations"], here["perturbations"]):
+        for split in ("chosen", "test"):
+            assert ours[split].keys() == theirs[split].keys()
+            for name, value in ours[split].items():
+                assert value == pytest.approx(theirs[split][name], abs=1e-9), (ours["family"], split, name)
+    assert there["perturbations"][0]["test"]["auroc"] != metrics["test"]["auroc"]  # the bank changes what is scored

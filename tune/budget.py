@@ -27,8 +27,8 @@ UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MEMBER_START_S = 5.0  # a process start and data fetch, until the search's first trial has measured one
 # each member scores val and test, mirrored, then calibration, intervals and tables (0.25 epoch) ...
 SCORING_EPOCHS = 0.25
-# ... and, unless --no-robustness, the robustness bank (cxr.robustness): planned at the leading trial's shifted val
-# pass (shift_time_s) times Budget.robustness_passes; one epoch per member until a trial has measured one
+# ... and, unless --no-robustness, each member scores its films under the robustness bank where it trains: planned at
+# the leading trial's shifted val pass (shift_time_s) times Budget.robustness_passes; one epoch until one is measured
 ROBUSTNESS_EPOCHS = 1.0
 FINISH_S = 5.0  # the report and Ray's shutdown
 MAX_TRIALS = 1000  # --num-samples when a budget is given without it ("as many as fit")
@@ -133,8 +133,9 @@ class Budget:
         waves = math.ceil(self.final_members / max(1, self.member_slots))
         per_member = self.final_epochs if epochs is None else epochs
         start = MEMBER_START_S if self.start_up_s is None else self.start_up_s
-        scoring = SCORING_EPOCHS * epoch + self.robustness_estimate(epoch)
-        return start + waves * per_member * epoch + self.final_members * scoring + FINISH_S
+        # each member scores its films under the robustness bank in its own task, so that step runs in the waves too
+        member = per_member * epoch + self.robustness_estimate(epoch)
+        return start + waves * member + self.final_members * SCORING_EPOCHS * epoch + FINISH_S
 
     def robustness_estimate(self, epoch: float) -> float:
         """One member's robustness step: robustness_passes shifted val passes at the leading trial's median (the

@@ -19,6 +19,7 @@ from cxr.cli import DEFAULT_THRESHOLD_RULE
 from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.ensemble import Member, assemble, assess_robustness, member_seeds
+from cxr.shift import ROBUSTNESS_BANK
 from cxr.final_metrics import write_metrics
 from cxr.model_card import render_model_card
 from cxr.package import FinalModel
@@ -63,7 +64,8 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     task = member_task.options(num_cpus=search.cpus_per_trial, num_gpus=search.gpus_per_trial)
     roles = {} if folds is None else {k: fold_roles(data.manifest, folds, k, final.inner_fraction, final.seed)
                                       for k in range(final.n_members)}  # what each member is sent, and what is saved
-    running = {task.remote(config.replace(seed=s), data_ref, weight_refs, fold_of[s], roles.get(fold_of[s])): s
+    bank = ROBUSTNESS_BANK if final.robustness else ()  # scored by each member where it trains
+    running = {task.remote(config.replace(seed=s), data_ref, weight_refs, fold_of[s], roles.get(fold_of[s]), bank): s
                for s in pending}
     while running:
         (done,), _ = ray.wait(list(running), num_returns=1)
@@ -71,11 +73,12 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
         _save_member(paths.member_checkpoints, member)
         members[member.seed] = member
         del running[done]
-    model, metrics, predictions, history = assemble(config, [members[s] for s in seeds], data, folds=folds,
+    ordered = [members[s] for s in seeds]
+    model, metrics, predictions, history = assemble(config, ordered, data, folds=folds,
                                                     recall_confidence=final.recall_confidence,
                                                     rule=final.threshold_rule, seed=final.seed)
     if final.robustness:
-        metrics["robustness"] = assess_robustness(model, data, predictions, metrics, folds)
+        metrics["robustness"] = assess_robustness(ordered, data, predictions, metrics, folds)
     metrics["final_stage_s"] = time.monotonic() - started  # this session's part when resumed
     tables = {paths.predictions: predictions, paths.history: history}
     if folds is not None:

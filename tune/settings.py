@@ -99,9 +99,10 @@ class RunSettings:
     final_epochs: int | None = _flag(None, "epochs of each final member (default: the best config's)", metavar="N",
                                      into={"final": "epochs"},
                                      config_key="epochs", section="final model")
-    robustness: bool = _flag(True, "skip scoring the final model under the robustness bank (cxr.robustness: ten passes "
-                             "of every member over val and test, about one training epoch per member); metrics.json then "
-                             "has no 'robustness' and the report says it was skipped", flag="--no-robustness",
+    robustness: bool = _flag(True, "skip scoring the final model under the robustness bank (cxr.robustness: each member "
+                             "scores val and test under ten perturbations, plain and mirrored, where it trains; about one "
+                             "training epoch per member); metrics.json then has no 'robustness' and the report says it "
+                             "was skipped", flag="--no-robustness",
                              action="store_false", into=("final",), section="final model")
     mlflow: str | None = _flag(None, place=True, help="track the experiment in MLflow: a parent run, a child run per trial, the final "
                                "model (pip install -e \".[mlflow]\"); URI default: $MLFLOW_TRACKING_URI, else "

@@ -19,6 +19,7 @@ from cxr.config import TrainConfig
 from cxr.dataset import CxrData
 from cxr.engine import fit
 from cxr.ensemble import Member, train_member
+from cxr.shift import Perturbation
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,10 @@ LOST_MEMBER_RETRIES = 3
 
 @ray.remote(max_retries=LOST_MEMBER_RETRIES)
 def member_task(config: TrainConfig, data: CxrData, weight_refs: dict[str, ray.ObjectRef], fold: int | None = None,
-                roles: np.ndarray | None = None) -> Member:
+                roles: np.ndarray | None = None, bank: tuple[Perturbation, ...] = ()) -> Member:
     """One final-stage member: the best config with its own seed, trained in this task's process; a fold member
-    sees data with the split column cxr.splits.fold_roles gave it (val is then its inner hold-out)."""
+    sees data with the split column cxr.splits.fold_roles gave it (val is then its inner hold-out). bank: the
+    robustness bank its films are also scored under, here on the member's device (cxr.ensemble.train_member)."""
     name = f"member seed {config.seed}" + ("" if fold is None else f" (fold {fold})")
 
     def log(epoch: int, metrics: dict, _save) -> None:
@@ -104,4 +106,5 @@ def member_task(config: TrainConfig, data: CxrData, weight_refs: dict[str, ray.O
 
     if roles is not None:
         data = CxrData(data.images, data.manifest.assign(split=roles))
-    return train_member(config, data, backbone_state=backbone_state(config, weight_refs), on_epoch_end=log, fold=fold)
+    return train_member(config, data, backbone_state=backbone_state(config, weight_refs), on_epoch_end=log, fold=fold,
+                        bank=bank)

@@ -150,7 +150,7 @@ class BatchPipeline(nn.Module):
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         if shift is not None:
-            x = shift(x).clamp_(0, 1)
+            x = shift(x)  # cxr.shift.Shift keeps the films in [0, 1]
         if train:
             x = self.acquisition(x).clamp_(0, 1)
         x = self.contrast(x)

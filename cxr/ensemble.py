@@ -86,6 +86,15 @@ def fit_columns(members: list[Member], data: CxrData, folds: np.ndarray | None, 
     return rows, columns
 
 
+def scored_columns(members: list[Member], data: CxrData, folds: np.ndarray | None, tta: bool,
+                   shifted: str = "") -> tuple[np.ndarray, np.ndarray, int]:
+    """(manifest rows, (K, rows) member probabilities, how many rows choose the threshold): those films first, then
+    test's, the row order of assemble's predictions (and so of the robustness step's). shifted: as fit_columns."""
+    fit_rows, fit = fit_columns(members, data, folds, tta, shifted)
+    test = np.stack([member_probs(m, "test" + shifted, tta) for m in members])
+    return np.concatenate([fit_rows, data.indices("test")]), np.concatenate([fit, test], axis=1), len(fit_rows)
+
+
 def _chosen_rows(data: CxrData, folds: np.ndarray | None) -> np.ndarray:
     """The manifest rows of the films that choose the threshold: val, or the pool (every row with a fold)."""
     return data.indices("val") if folds is None else np.flatnonzero(folds >= 0)
@@ -117,16 +126,14 @@ def assemble(config: TrainConfig, members: list[Member], data: CxrData, *, folds
     films and test rows, every member's history). Reads no pixel: the members' scores are given."""
     chosen_on = _chosen_on(folds)
     tta = choose_tta(members, data, folds)
-    fit_rows, fit_probs = fit_columns(members, data, folds, tta["used"])
-    test_rows = data.indices("test")
-    rows = np.concatenate([fit_rows, test_rows])
+    rows, columns, n_chosen = scored_columns(members, data, folds, tta["used"])
     predictions = data.manifest.iloc[rows][["path", "patient", "split", "label"]].reset_index(drop=True)
-    predictions["split"] = [chosen_on] * len(fit_rows) + ["test"] * len(test_rows)
+    predictions["split"] = [chosen_on] * n_chosen + ["test"] * (len(rows) - n_chosen)
     if folds is not None:
         predictions["fold"] = folds[rows]
     member_columns = _member_columns(len(members))
-    for i, m in enumerate(members):
-        predictions[member_columns[i]] = np.concatenate([fit_probs[i], member_probs(m, "test", tta["used"])])
+    for i, column in enumerate(member_columns):
+        predictions[column] = columns[i]
     predictions["probability_raw"] = predictions[member_columns].mean(axis=1)  # skips NaN: one member out of fold
     metrics = evaluate(predictions, target_recall=config.target_recall, recall_confidence=recall_confidence,
                        rule=rule, n_boot=n_boot, seed=seed, manifest=data.manifest, chosen_on=chosen_on)
@@ -162,13 +169,9 @@ def assess_robustness(members: list[Member], data: CxrData, predictions: pd.Data
     """metrics.json's "robustness": the ensemble as assembled (its mirroring, temperature, threshold) on the rows of
     assemble's predictions under every perturbation of bank, from the scores the members computed where they trained
     (train_member's bank); reads no pixel."""
-    tta = metrics["tta"]["used"]
-
     def shifted(perturbation: Perturbation) -> np.ndarray:
-        key = f"@{perturbation.name}"
-        _, chosen = fit_columns(members, data, folds, tta, key)
-        test = np.stack([member_probs(m, "test" + key, tta) for m in members])
-        return np.nanmean(np.concatenate([chosen, test], axis=1), axis=0)  # assemble's row order; NaN: out of fold
+        _, columns, _ = scored_columns(members, data, folds, metrics["tta"]["used"], f"@{perturbation.name}")
+        return np.nanmean(columns, axis=0)  # NaN: a fold member outside its fold
 
     return robustness_of_scores(shifted, predictions, metrics, bank)
 

@@ -37,7 +37,8 @@ def robustness(models: list[CxrNet], images: np.ndarray, predictions: pd.DataFra
     def shifted(perturbation: Perturbation) -> np.ndarray:
         columns = np.full((len(models), len(predictions)), np.nan)
         for i, (model, rows) in enumerate(zip(models, scorers)):
-            plain, mirrored = shifted_probabilities(model.to(default_device()), images[rows], perturbation, scoring)
+            plain, mirrored = shifted_probabilities(model.to(default_device()), images[rows], perturbation, scoring,
+                                                    mirrored=tta)
             columns[i, rows] = mirror_mean(plain, mirrored) if tta else plain
         return np.nanmean(columns, axis=0)
 

@@ -182,8 +182,14 @@ def process_rows(backbone: str, plan: Plan, folder: Path, device) -> list[dict]:
 
 
 def shared_device_rates(config, folder: Path, val: int, device: str, n: int) -> list[float]:
-    """Train images/s of n spawned processes training config at once on device (their second epochs together)."""
+    """Train images/s of n spawned processes training config at once on device (their second epochs together); one
+    alone trains in this process (the same work, without a second Python and torch start-up)."""
     import torch
+
+    from cxr.engine import fit
+
+    if n == 1:
+        return [fit(config, load_films(folder, val), device=torch.device(device)).history[1]["train_images_per_s"]]
 
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     barrier, results = context.Barrier(n), context.Queue()

@@ -77,3 +77,23 @@ def test_mlflow_without_the_extra_and_register_without_mlflow_are_refused(main_i
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
     code, err = main_in_process(*args, "--mlflow")
     assert_input_error(code, err, 'pip install -e ".[mlflow]"')
+
+
+def test_register_logs_the_onnx_graph_only_of_a_model_cxr_export_can_carry(tmp_path, final_model_with):
+    """--register: a CLAHE model's version gets no graph (cxr.export refuses it), an equalising model's gets one."""
+    from pathlib import Path
+
+    from tune.results import ExperimentPaths
+    from tune.tracking import Tracker, _log_onnx
+
+    logged = []
+
+    class Client:
+        def log_artifact(self, run_id: str, path: str, folder: str) -> None:
+            logged.append((run_id, Path(path).name, folder))
+
+    tracker = Tracker("sqlite:///unused.db", "0", parent_id="parent")
+    for contrast_norm, graph in (("clahe", False), ("equalize", True)):
+        final_model_with(tmp_path / contrast_norm / "final", contrast_norm=contrast_norm)
+        assert _log_onnx(Client(), tracker, ExperimentPaths(tmp_path / contrast_norm)) is graph, contrast_norm
+    assert logged == [("parent", "model.onnx", "final")]

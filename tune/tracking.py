@@ -242,11 +242,13 @@ def _log_onnx(client, tracker: Tracker, paths: ExperimentPaths) -> bool:
 
     if importlib.util.find_spec("onnxruntime") is None:
         return False
-    from cxr.export import ONNX_CONTRAST_NORMS, TOLERANCE, export_checked
+    from cxr.export import TOLERANCE, check_exportable, export_checked
     from cxr.package import load_model
 
     model = load_model(paths.final)
-    if model.config.contrast_norm not in ONNX_CONTRAST_NORMS:
+    try:
+        check_exportable(model)
+    except InputError:
         return False  # cxr.export refuses it (CLAHE): the registered version has no graph, its tag says so
     with tempfile.TemporaryDirectory() as folder:
         target = Path(folder) / "model.onnx"

@@ -1,13 +1,13 @@
 """How close to its --time-budget does a whole `python -m tune.run` command end, and where did the budget go?
 
-    python benchmarks/bench_time_budget.py --repeats 3                       # the demo: 75 s, --num-samples 50
-    python benchmarks/bench_time_budget.py --repeats 3 --conditions quiet busy  # also with one core kept busy
+    python benchmarks/bench_time_budget.py --repeats 3     # the demo, --num-samples 50: quiet, then one core kept busy
+    python benchmarks/bench_time_budget.py --repeats 3 --conditions quiet   # quiet only
     python benchmarks/bench_time_budget.py --real ../shared/data/kermany224 --budget 30m -- --final-members 2 --final-epochs 2
 
 The real run: `--space cpu --backbones tf_efficientnet_lite0 --weights-dir ../shared/weights` on the given folder.
 Arguments after `--` go to tune.run as they are. Prints, per run, the wall time of the command and its ratio to the
 budget, the trials run and their states, budget.json's spending (search, final stage, start-up, the final
-stage's estimate) and the cores other processes took meanwhile. Condition "busy" keeps one core busy with a spinning
+stage's estimate as it started, for the epochs its members ran) and the cores other processes took meanwhile. Condition "busy" keeps one core busy with a spinning
 process for the whole command (another user of a shared machine); the rounds of the conditions interleave.
 """
 
@@ -51,12 +51,14 @@ def run_once(args: list[str], work: Path, budget: str, foreign: tuple[int, ...] 
     wall = time.monotonic() - started
     if code != 0:
         raise SystemExit(f"tune.run exited {code}; the end of its log:\n{(work / 'run.log').read_text()[-3000:]}")
-    spent = json.loads((work / "b" / "budget.json").read_text())["spending"]
+    saved = json.loads((work / "b" / "budget.json").read_text())
+    spent, plan = saved["spending"], saved.get("final_plan") or {}
     trials = pd.read_parquet(work / "b" / "trials.parquet")
     return {"budget s": parse_duration(budget), "wall s": round(wall, 1), "x budget": round(wall / parse_duration(budget), 3),
             "trials": len(trials), "states": ", ".join(f"{k} {v}" for k, v in trials["status"].value_counts().items()),
             "search s": spent["search_s"], "final stage s": spent["final_stage_s"],
-            "final estimate s": spent.get("final_estimate_s"), "start-up s": spent["other_s"],
+            "member epochs": plan.get("epochs"), "final estimate s": spent.get("final_estimate_s"),
+            "start-up s": spent["other_s"],
             "final model": (work / "b" / "final" / "model.json").is_file(), "other processes' cores": round(others.cores, 2)}
 
 
@@ -68,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--budget", default="75s")
     p.add_argument("--real", metavar="DATA_DIR", help="the real-data run on this folder instead of the demo")
-    p.add_argument("--conditions", nargs="+", choices=("quiet", "busy"), default=["quiet"],
-                   help="busy: one core kept busy by a spinning process during each run")
+    p.add_argument("--conditions", nargs="+", choices=("quiet", "busy"),
+                   help="busy: one core kept busy by a spinning process during each run (default: both; --real: quiet)")
     args = p.parse_args(argv)
+    args.conditions = args.conditions or (["quiet"] if args.real else ["quiet", "busy"])
     if args.real:
         base = ["--space", "cpu", "--backbones", "tf_efficientnet_lite0", "--weights-dir", str(DEFAULT_WEIGHTS),
                 "--data-dir", args.real]

@@ -132,3 +132,18 @@ def test_with_a_minimised_metric_the_lowest_scoring_trial_leads():
     assert budget.epoch_estimate() == 30  # "big" leads with 0.4
     budget.note_epoch(6, "small", 0.2)
     assert budget.epoch_estimate() == 6
+
+
+def test_the_final_plan_is_estimated_for_the_epochs_the_members_run_and_saved(tmp_path):
+    import json
+
+    clock = FakeClock()
+    budget = Budget(total_s=100, final_members=1, final_epochs=4, member_slots=1, clock=clock,
+                    path=tmp_path / "budget.json")
+    budget.note_epoch(10)
+    clock.now += 50
+    budget.note_final_plan(budget.epochs_that_fit(4))  # 50 s left: 5 + 3 x 10 + 2.5 + 5 fit, 4 epochs do not
+    assert budget.final_plan == {"epochs": 3, "left_s": 50.0, "estimate_s": 42.5}
+    assert budget.final_estimate() == 52.5  # the planned 4 epochs' estimate, what the decision would have said
+    budget.save()
+    assert json.loads((tmp_path / "budget.json").read_text())["final_plan"] == budget.final_plan

@@ -99,7 +99,8 @@ def test_the_guide_shows_the_report_and_the_readme_the_guide():
     report_page = (REPO / "docs" / "report.md").read_text()
     assert "](img/report.png)" in report_page
     assert "](docs/img/guide.png)" in (REPO / "README.md").read_text()
-    for image in ("report.png", "guide.png"):
+    assert "](img/report-robustness.png)" in report_page  # the robustness section, as headless Chromium renders it
+    for image in ("report.png", "report-robustness.png", "guide.png"):
         assert (REPO / "docs" / "img" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

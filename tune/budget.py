@@ -68,6 +68,7 @@ class Budget:
     start_up_s: float | None = None  # the first trial's wait for its first epoch, less the epoch: a process start
     stopped: set[str] = field(default_factory=set)  # trials stopped by the budget
     decision: dict | None = None  # when and why the search stopped starting trials
+    final_plan: dict | None = None  # the final stage as it started: its members' epochs, their estimate, the time left
     path: Path | None = None  # budget.json of the experiment (what --resume continues from)
     spending: dict = field(default_factory=dict)  # search_s, final_stage_s, ... of the sessions so far
     _p90: float | None = field(default=None, repr=False)
@@ -153,6 +154,13 @@ class Budget:
             return planned
         return next((e for e in range(planned, 0, -1) if self.final_estimate(e) <= self.left()), 1)
 
+    def note_final_plan(self, epochs: int) -> None:
+        """The final stage starts with `epochs` per member: what it is estimated to take then (the decision's estimate
+        was for the planned epochs, at what had been measured by that moment)."""
+        estimate = self.final_estimate(epochs)
+        self.final_plan = {"epochs": epochs, "left_s": round(self.left(), 1),
+                           "estimate_s": None if estimate is None else round(estimate, 1)}
+
     def starts_trials(self) -> bool:
         """Whether trials may still start (no decision yet). A question: nothing changes."""
         return self.decision is None
@@ -198,7 +206,7 @@ class Budget:
         from cxr.jsonio import write_json
 
         write_json(self.path, {"total_s": self.total_s, "spent_s": round(self.spent(), 1), "stopped": sorted(self.stopped),
-                               "decision": self.decision, "spending": self.spending})
+                               "decision": self.decision, "final_plan": self.final_plan, "spending": self.spending})
 
     @classmethod
     def resumed(cls, path: Path, fresh: bool = False, **settings) -> Budget:

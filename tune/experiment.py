@@ -142,9 +142,11 @@ def _account(budget: budget_module.Budget, paths: ExperimentPaths, search_ended:
     spending["total_s"] = round(budget.spent(), 1)
     spending["other_s"] = round(spending["total_s"] - spending["search_s"] - spending["final_stage_s"], 1)
     spending["budget_s"] = budget.total_s
-    if budget.decision:
-        spending["final_estimate_s"] = budget.decision["final_estimate_s"]
-        spending["final_estimate_error_s"] = round(rest - budget.decision["final_estimate_s"], 1)
+    # the estimate for the epochs the members ran, made as the final stage started (else the decision's)
+    planned = (budget.final_plan or {}).get("estimate_s") or (budget.decision or {}).get("final_estimate_s")
+    if planned is not None:
+        spending["final_estimate_s"] = planned
+        spending["final_estimate_error_s"] = round(rest - planned, 1)
     spending["trials_stopped_by_budget"] = len(budget.stopped)
     budget.save()
     off = f", estimated {spending['final_estimate_s']:.0f} s" if "final_estimate_s" in spending else ""
@@ -204,6 +206,8 @@ def _final_stage(experiment: RunSettings, best: dict, trials: pd.DataFrame, data
         if epochs < planned:
             print(f"time budget: {budget.left():.0f} s left: the final members train {epochs} epoch(s) instead of the "
                   f"best config's {planned} (what fits; --final-epochs sets them)", flush=True)
+    if budget:
+        budget.note_final_plan(epochs or planned_epochs(best["config"]))
     final = dataclasses.replace(FinalSettings(**fed_into("final", experiment)), epochs=epochs)
     size = TrainConfig.from_dict(best["config"]).image_size
     if size != data.image_size:

@@ -36,9 +36,10 @@ FILES: dict[str, str] = {
                   "and test), shown in the report",
     "budget.json": "`--time-budget` only: `total_s`, `spent_s` (over every session so far), `stopped` (the trials "
                    "the budget stopped, status `budget`), `decision` (when the search stopped starting trials, with "
-                   "`left_s`, `at_s`, `final_estimate_s`, `epoch_estimate_s`) and `spending` (`search_s`, "
-                   "`final_stage_s`, `other_s`, `total_s`, `budget_s`, `final_estimate_s` and "
-                   "`final_estimate_error_s`: how far off the final stage's estimate was, `trials_stopped_by_budget`); "
+                   "`left_s`, `at_s`, `final_estimate_s`, `epoch_estimate_s`), `final_plan` (as the final stage started: "
+                   "the members' `epochs`, `left_s`, `estimate_s`) and `spending` (`search_s`, "
+                   "`final_stage_s`, `other_s`, `total_s`, `budget_s`, `final_estimate_s` (the final plan's, else the "
+                   "decision's) and `final_estimate_error_s`: how far off it was, `trials_stopped_by_budget`); "
                    "`--resume` continues from it",
     "mlflow.json": "`--mlflow` only: the tracking `uri`, `experiment_id` and the parent run's `parent_id`, so "
                    "`--resume` and `--extend` continue the same parent run",

@@ -20,11 +20,11 @@
    arm beats today only if its shifted pseudo-test specificity beats today's in every seed, or on average by more
    than the seeds' spread (the larger of the two arms' max - min).
 
-Sized for about two hours on a 2-core CPU with the defaults: 3 arms x 3 seeds of an 8-minute budget (a run ends a
-minute or two past it: the final stage's estimate is short) and about 3.5 minutes of scoring each; every run at 128 px
-with a one-member final model (SIZING; flags after `--` override it). A check with a 4-minute budget, 15 % of the
-other patients searched, a 5 % pseudo-test (266 films) and `-- --max-epochs 2` took 158-493 s per run and 108-323 s
-of scoring per run, on 2 cores shared with another engineer's jobs: the full size is an estimate.
+Sized for about two hours on a 2-core CPU with the defaults: 3 arms x 3 seeds of an 8-minute budget and a few
+minutes of scoring each; every run at 128 px with a one-member final model (SIZING; flags after `--` override it).
+Measured with `--time-budget 6m` (BENCHMARKS.md):
+9 runs in 4,668 s, each 4.2-6.4 min and 1.2-2.8 min of scoring on a quiet machine; 3-8 trials a run, so TPE (from the
+11th trial) never steered: a comparison of what TPE finds needs four to five times the budget.
 
 Every run that this same command finished is read back, not run again (--out keeps them); a run that stopped
 part-way runs again from the start (a budget resumed is not the same budget); a finished run of other flags is

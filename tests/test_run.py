@@ -208,7 +208,8 @@ def test_extend_adds_trials_the_study_keeps_and_archives_the_previous_report_wit
     assert [t.number for t in study.trials] == list(range(n)) and all(t.state.is_finished() for t in study.trials)
     states = {t.number + 1: t.state.name for t in study.trials}
     stopped = after.trials[after.trials["status"] == "budget"]
-    spent = json.loads((folder / "budget.json").read_text())["spending"]
+    saved = json.loads((folder / "budget.json").read_text())
+    spent, plan = saved["spending"], saved["final_plan"]
     assert len(stopped) == spent["trials_stopped_by_budget"]
     assert all(states[i] == "COMPLETE" for i in stopped["trial_index"])  # stopped by the clock, not judged weak
     parts = spent["search_s"] + spent["final_stage_s"] + spent["other_s"]
@@ -216,6 +217,7 @@ def test_extend_adds_trials_the_study_keeps_and_archives_the_previous_report_wit
     assert (folder / "report-1" / "report.html").is_file() and "Time budget" in (folder / "report" / "report.html").read_text()
     best_changed = after.best["trial_id"] != before.best["trial_id"]
     assert (folder / "final-1" / "model.json").is_file() == best_changed  # kept only when a new final/ replaced it
+    assert (plan is not None) == best_changed and (plan is None or plan["epochs"] >= 1)  # the final stage's own plan
     assert (folder / "final" / "model.json").is_file() and after.metrics is not None
     assert _digest(demo.folder / "final") == _digest(folder / ("final-1" if best_changed else "final"))
 

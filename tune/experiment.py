@@ -206,8 +206,8 @@ def _final_stage(experiment: RunSettings, best: dict, trials: pd.DataFrame, data
         if epochs < planned:
             print(f"time budget: {budget.left():.0f} s left: the final members train {epochs} epoch(s) instead of the "
                   f"best config's {planned} (what fits; --final-epochs sets them)", flush=True)
-    if budget:
-        budget.note_final_plan(epochs or planned_epochs(best["config"]))
+    if budget:  # epochs is set here: the user's --final-epochs or what fits
+        budget.note_final_plan(epochs)
     final = dataclasses.replace(FinalSettings(**fed_into("final", experiment)), epochs=epochs)
     size = TrainConfig.from_dict(best["config"]).image_size
     if size != data.image_size:

@@ -29,6 +29,7 @@ from cxr.metrics import compute_metrics
 from cxr.models import CxrNet, create_model, data_config
 from cxr.monitors import improves
 from cxr.precision import autocast, create_scaler, resolve_precision
+from cxr.run_share import run_share, sched_times
 from cxr.schedules import create_lr_scheduler, create_optimizer
 from cxr.shift import Shift, selection_scores, selection_shift
 
@@ -142,6 +143,7 @@ class _Run:
 
     def train_one_epoch(self) -> dict:
         start = time.perf_counter()
+        sched = sched_times() if self.device.type == "cpu" else None  # on a GPU the cores are not what it waits for
         train_loss = self._train_pass()
         train_time = time.perf_counter() - start
         val_probs, val_loss = _predict(
@@ -164,6 +166,7 @@ class _Run:
             "train_images_per_s": len(self.train_idx) / train_time,
             "shift_time_s": shift_time,  # the shifted val pass (cxr.shift), part of epoch_time_s
             "epoch_time_s": time.perf_counter() - start,
+            "cpu_run_share": run_share(sched, sched and sched_times()),
             "training_precision": self.precision,
         }
         if self.device.type == "cuda":

@@ -105,9 +105,9 @@ def test_when_the_final_stage_does_not_fit_its_members_get_the_epochs_that_do():
     budget = Budget(total_s=100, final_members=1, final_epochs=4, member_slots=1, robustness_passes=40, clock=clock)
     assert budget.epochs_that_fit(4) == 4  # nothing measured: as planned
     budget.note_epoch(10)
-    assert budget.epochs_that_fit(4) == 4  # 5 + 40 + 12.5 (scoring, the robustness bank at an epoch) + 5 s fit in 100
+    assert budget.epochs_that_fit(4) == 4  # 5 + 40 + 12.5 (scoring, the robustness bank at an epoch) + 7 s fit in 100
     clock.now += 50
-    assert budget.epochs_that_fit(4) == 2  # 50 s left: 5 + 20 + 12.5 + 5
+    assert budget.epochs_that_fit(4) == 2  # 50 s left: 5 + 20 + 12.5 + 7
     clock.now += 40
     assert budget.epochs_that_fit(4) == 1  # nothing fits: one epoch, never none
 
@@ -142,8 +142,34 @@ def test_the_final_plan_is_estimated_for_the_epochs_the_members_run_and_saved(tm
                     path=tmp_path / "budget.json")
     budget.note_epoch(10)
     clock.now += 50
-    budget.note_final_plan(budget.epochs_that_fit(4))  # 50 s left: 5 + 3 x 10 + 2.5 + 5 fit, 4 epochs do not
-    assert budget.final_plan == {"epochs": 3, "left_s": 50.0, "estimate_s": 42.5}
-    assert budget.final_estimate() == 52.5  # the planned 4 epochs' estimate, what the decision would have said
+    budget.note_final_plan(budget.epochs_that_fit(4))  # 50 s left: 5 + 3 x 10 + 2.5 + 7 fit, 4 epochs do not
+    assert budget.final_plan == {"epochs": 3, "left_s": 50.0, "estimate_s": 44.5}
+    assert budget.final_estimate() == 54.5  # the planned 4 epochs' estimate, what the decision would have said
     budget.save()
     assert json.loads((tmp_path / "budget.json").read_text())["final_plan"] == budget.final_plan
+
+
+def test_a_last_wave_of_fewer_members_is_planned_faster_where_the_trials_waited_for_cores():
+    """3 members in 2 slots: 2, then 1. Where the trials' threads got half the time they were ready to run (other
+    processes competed for the cores), the lone member gets more of its time; where they got all of it, it does not."""
+    def planned(share, **changes):
+        budget = Budget(**{"total_s": 600, "final_members": 3, "final_epochs": 2, "member_slots": 2,
+                           "clock": FakeClock(), **changes})
+        budget.note_epoch(10, "a", 0.5, run_share=share)
+        return budget
+
+    quiet, member = planned(1.0), 2 * 10
+    assert quiet.final_estimate() == pytest.approx(MEMBER_START_S + 2 * member + 3 * SCORING_EPOCHS * 10 + FINISH_S)
+    assert quiet.wave_factor(1) == 1 and planned(float("nan")).wave_factor(1) == 1  # all of its time, or unknown
+    # 2 trials at once at share 0.5: 2 other threads' worth competed for 2 trials' worth of cores; a member alone
+    # gets 2 / (1 + 2) of its time, so its wave takes 0.5 / (2/3) = 3/4 of a full wave's
+    busy = planned(0.5)
+    assert busy.wave_factor(1) == pytest.approx(0.75) and busy.wave_factor(2) == 1
+    assert busy.final_estimate() == pytest.approx(quiet.final_estimate() - member / 4)
+    assert planned(0.5, trials_at_once=1).wave_factor(1) == 1  # --max-concurrent 1: a wave of one is no smaller
+    wide = planned(0.5, member_slots=4)  # one wave of 3 members where the search ran 4 trials at once
+    assert wide.wave_factor(3) == pytest.approx(0.5 / (4 / 7))
+    assert wide.final_estimate() == pytest.approx(MEMBER_START_S + member * 0.5 / (4 / 7) + 7.5 + FINISH_S)
+    leader = planned(0.5)
+    leader.note_epoch(10, "b", 0.9, run_share=1.0)  # the members train "b"'s config: its share plans them
+    assert leader.wave_factor(1) == 1

@@ -4,6 +4,7 @@ the fp16 loss scaler (real on the CPU), the diverged-loss error, batches loaded 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from cxr.models import create_model
 from cxr.shift import ROBUSTNESS_BANK, everywhere, selection_shift
 
 CPU = torch.device("cpu")
-TIMING_KEYS = {"train_images_per_s", "epoch_time_s", "shift_time_s"}
+TIMING_KEYS = {"train_images_per_s", "epoch_time_s", "shift_time_s", "cpu_run_share"}
 
 
 def _config(**changes) -> TrainConfig:
@@ -120,6 +121,8 @@ def test_every_epoch_scores_the_val_films_under_the_selection_bank(trained: FitR
     assert roc_auc_score(labels, shifted) == pytest.approx(best["val_shift_auroc"], abs=1e-9)
     assert best["val_shift_auroc"] < best["val_auroc"]
     assert all(0 < h["shift_time_s"] < h["epoch_time_s"] for h in trained.history)
+    if sys.platform.startswith("linux"):  # cxr.run_share reads Linux's schedstat
+        assert all(0 < h["cpu_run_share"] <= 1 for h in trained.history)
     clean = roc_auc_score(labels, predict(trained.model, synthetic_data.images[val], contrast_norm="none"))
     strong = [p for p in ROBUSTNESS_BANK if p.strength == 2]
     aurocs = {p.name: roc_auc_score(labels, predict(trained.model, synthetic_data.images[val], contrast_norm="none", shift=everywhere(p, len(val))))

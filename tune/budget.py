@@ -3,7 +3,9 @@
 The whole command aims to end within the budget. The search stops starting trials once the time left is what the
 rest needs: the final stage (K members of E epochs, in waves of the slots free for them, at the epoch time measured
 so far, plus the start-up of the first wave's processes, measured on the search's first trial) and the fixed finish
-(the report, Ray's shutdown). A trial in flight stops at the first
+(the report, Ray's shutdown, the process's exit). A last wave of fewer members than the search ran trials at once
+is planned faster where the trials' threads waited for cores (cxr.run_share): fewer compete for them then. A trial in
+flight stops at the first
 epoch boundary after which one more epoch would no longer fit; it is "budget"-stopped, its best epoch counts.
 
 One Budget per session, made and opened by the experiment and handed to what needs it (the searcher's gate, the
@@ -30,7 +32,7 @@ SCORING_EPOCHS = 0.25
 # ... and, unless --no-robustness, each member scores its films under the robustness bank where it trains: planned at
 # the leading trial's shifted val pass (shift_time_s) times Budget.robustness_passes; one epoch until one is measured
 ROBUSTNESS_EPOCHS = 1.0
-FINISH_S = 5.0  # the report and Ray's shutdown
+FINISH_S = 7.0  # the report, Ray's shutdown and the process's exit (6-7 s on the demo)
 MAX_TRIALS = 1000  # --num-samples when a budget is given without it ("as many as fit")
 
 
@@ -53,6 +55,7 @@ class Budget:
     final_members: int
     final_epochs: int
     member_slots: int  # final members that run at once
+    trials_at_once: int | None = None  # trials the search runs at once (--max-concurrent, if lower); None: member_slots
     metric: str = DEFAULT_METRIC  # the trial score: its direction (cxr.monitors) names the leading trial
     # the final stage's robustness step per member, in shifted val passes (the experiment derives it from the bank and
     # the split sizes); 0: --no-robustness
@@ -64,6 +67,7 @@ class Budget:
     trial_epoch_s: dict[str, list[float]] = field(default_factory=dict)
     trial_best: dict[str, float] = field(default_factory=dict)  # each trial's best score so far
     trial_shift_s: dict[str, list[float]] = field(default_factory=dict)  # each trial's shifted val passes
+    trial_run_share: dict[str, list[float]] = field(default_factory=dict)  # each trial's epochs' cpu_run_share
     search_started_s: float | None = None  # spent() when this session's search started
     start_up_s: float | None = None  # the first trial's wait for its first epoch, less the epoch: a process start
     stopped: set[str] = field(default_factory=set)  # trials stopped by the budget
@@ -74,6 +78,7 @@ class Budget:
     _p90: float | None = field(default=None, repr=False)
     _median: float | None = field(default=None, repr=False)
     _shift_median: float | None = field(default=None, repr=False)
+    _share_median: float | None = field(default=None, repr=False)
     _leader: str | None = field(default=None, repr=False)  # the trial with the best score so far (the metric's direction)
 
     def __post_init__(self):
@@ -90,9 +95,10 @@ class Budget:
         self.search_started_s = self.spent()
 
     def note_epoch(self, seconds: float, trial_id: str | None = None, score: float | None = None,
-                   shift_s: float | None = None) -> None:
+                   shift_s: float | None = None, run_share: float | None = None) -> None:
         """Every epoch of every trial (the stopper's hot path): the planning estimates are updated here, once.
-        shift_s: the epoch's shifted val pass (shift_time_s), what the robustness step is planned with."""
+        shift_s: the epoch's shifted val pass (shift_time_s), what the robustness step is planned with; run_share:
+        its cpu_run_share, what a last wave of fewer members is planned with."""
         if seconds and seconds > 0:
             if self.start_up_s is None and self.search_started_s is not None:
                 self.start_up_s = max(0.0, self.spent() - self.search_started_s - seconds)
@@ -110,9 +116,14 @@ class Budget:
             self._median = statistics.median(self.trial_epoch_s[self._leader] if self._leader else self.epoch_s)
             if trial_id is not None and isinstance(shift_s, (int, float)) and shift_s > 0:
                 self.trial_shift_s.setdefault(trial_id, []).append(float(shift_s))
+            if trial_id is not None and isinstance(run_share, (int, float)) and 0 < run_share <= 1:
+                self.trial_run_share.setdefault(trial_id, []).append(float(run_share))
             shifts = self.trial_shift_s.get(self._leader or trial_id)
             if shifts:
                 self._shift_median = statistics.median(shifts)
+            shares = self.trial_run_share.get(self._leader or trial_id)
+            if shares:
+                self._share_median = statistics.median(shares)
 
     def epoch_estimate(self) -> float | None:
         """The members' epoch time the final stage is planned with: the median epoch of the leading trial (the
@@ -131,12 +142,25 @@ class Budget:
         epoch = epoch or self.epoch_estimate()
         if epoch is None:
             return None
-        waves = math.ceil(self.final_members / max(1, self.member_slots))
+        full, last = divmod(self.final_members, max(1, self.member_slots))
         per_member = self.final_epochs if epochs is None else epochs
         start = MEMBER_START_S if self.start_up_s is None else self.start_up_s
         # each member scores its films under the robustness bank in its own task, so that step runs in the waves too
         member = per_member * epoch + self.robustness_estimate(epoch)
-        return start + waves * member + self.final_members * SCORING_EPOCHS * epoch + FINISH_S
+        waves = full * member + (member * self.wave_factor(last) if last else 0.0)
+        return start + waves + self.final_members * SCORING_EPOCHS * epoch + FINISH_S
+
+    def wave_factor(self, members: int) -> float:
+        """A wave of `members` members' time over one of as many as the search ran trials at once. Each thread ready
+        to run gets cores / ready threads: the leading trial's median run share says how many other threads competed
+        (in trials' threads, the cores being member_slots trials' worth), and with fewer members each gets more, at
+        most all of its time. 1 when the trials never waited for a core (or it is unknown) or the wave is no
+        smaller. (Pessimistic: the driver's Tune loop, one of those others, idles in the final stage.)"""
+        share, at_once = self._share_median, self.trials_at_once or self.member_slots
+        if share is None or share >= 1 or members >= at_once:
+            return 1.0
+        others = max(0.0, self.member_slots / share - at_once)
+        return share / min(1.0, self.member_slots / (members + others))
 
     def robustness_estimate(self, epoch: float) -> float:
         """One member's robustness step: robustness_passes shifted val passes at the leading trial's median (the

@@ -51,7 +51,7 @@ def run_experiment(experiment: RunSettings, *, resume: bool = False, extend: int
         cluster.check_resources(experiment.cpus_per_trial, experiment.gpus_per_trial, experiment.workers_per_trial)
         budget = _budget(experiment, paths, checked.max_epochs, started, fresh=bool(extend), data=data)
         settings = dataclasses.replace(_settings(experiment, checked.max_epochs, paths), config_keys=checked.common_keys,
-                                       trials_at_once=_trials_at_once(experiment, budget))
+                                       trials_at_once=budget and budget.trials_at_once)
         cluster.check_storage(settings.storage_path)
         if not (resume or extend):
             _create(paths, experiment, data)
@@ -106,9 +106,11 @@ def _budget(experiment: RunSettings, paths: ExperimentPaths, max_epochs: int, st
     callback."""
     if not experiment.time_budget:
         return None
+    slots = cluster.trial_slots(experiment.cpus_per_trial, experiment.gpus_per_trial)
     settings = dict(**fed_into("budget", experiment), total_s=budget_module.parse_duration(experiment.time_budget),
-                    final_epochs=experiment.final_epochs or max_epochs,
-                    member_slots=cluster.trial_slots(experiment.cpus_per_trial, experiment.gpus_per_trial),
+                    final_epochs=experiment.final_epochs or max_epochs, member_slots=slots,
+                    # the trials that fit at once (--max-concurrent, if lower): what the start-up cap plans with
+                    trials_at_once=min(slots, experiment.max_concurrent or slots),
                     robustness_passes=_robustness_passes(experiment, data),
                     **({"started": started} if started is not None else {}))
     budget = budget_module.Budget.resumed(paths.budget, fresh=fresh, **settings)
@@ -125,13 +127,6 @@ def _robustness_passes(experiment: RunSettings, data: CxrData) -> float:
     n_val, n_test = len(data.indices("val")), len(data.indices("test"))
     chosen = n_val if experiment.final_kind == "seeds" else n_val + len(data.indices("train"))
     return len(ROBUSTNESS_BANK) * 2 * (chosen + n_test) / max(1, n_val)
-
-
-def _trials_at_once(experiment: RunSettings, budget: budget_module.Budget | None) -> int | None:
-    """--time-budget: the trials that fit at once (--max-concurrent, if lower), what the start-up cap plans with."""
-    if budget is None:
-        return None
-    return min(budget.member_slots, experiment.max_concurrent or budget.member_slots)
 
 
 def _account(budget: budget_module.Budget, paths: ExperimentPaths, search_ended: float) -> None:

@@ -123,6 +123,8 @@ COLUMNS: dict[str, dict[str, str]] = {
         "train_images_per_s": "training throughput of the epoch",
         "epoch_time_s": "wall time of the epoch",
         "shift_time_s": "the part of `epoch_time_s` spent on the shifted val pass of `val_shift_*`",
+        "cpu_run_share": "on CPUs (Linux): the share of the time the trial's threads were ready to run that they got a "
+                         "core; below 1 when other processes competed for the cores (NaN elsewhere)",
         "training_precision": "the arithmetic the epoch trained in (fp32, bf16, fp16)",
         "stopped_early": "whether early stopping ended the trial after this epoch",
         "best_epoch": "the best epoch so far by the config's `monitor`",
@@ -165,6 +167,7 @@ COLUMNS: dict[str, dict[str, str]] = {
         "train_images_per_s": "as in epochs.parquet",
         "epoch_time_s": "as in epochs.parquet",
         "shift_time_s": "as in epochs.parquet",
+        "cpu_run_share": "as in epochs.parquet",
         "training_precision": "as in epochs.parquet",
         "stopped_early": "as in epochs.parquet",
         "best_epoch": "as in epochs.parquet",

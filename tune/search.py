@@ -398,7 +398,7 @@ class BudgetStopper(Stopper):
         if self.budget is None:
             return False
         self.budget.note_epoch(result.get("time_this_iter_s"), trial_id, result.get(self.metric),
-                               result.get("shift_time_s"))
+                               result.get("shift_time_s"), result.get("cpu_run_share"))
         end_trial_starts(self.budget)
         planned = planned_epochs(result.get("config") or {})
         if result.get("stopped_early") or result.get("epoch", 0) >= planned or not self.budget.decide_stop(trial_id):

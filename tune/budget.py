@@ -4,7 +4,8 @@ The whole command aims to end within the budget. The search stops starting trial
 rest needs: the final stage (K members of E epochs, in waves of the slots free for them, at the epoch time measured
 so far, plus the start-up of the first wave's processes, measured on the search's first trial) and the fixed finish
 (the report, Ray's shutdown, the process's exit). A last wave of fewer members than the search ran trials at once
-is planned faster where the trials' threads waited for cores (cxr.run_share): fewer compete for them then. A trial in
+is planned faster where the trials' threads waited for cores (cxr.run_share): fewer members share what the trials
+had. A trial in
 flight stops at the first
 epoch boundary after which one more epoch would no longer fit; it is "budget"-stopped, its best epoch counts.
 
@@ -151,16 +152,15 @@ class Budget:
         return start + waves + self.final_members * SCORING_EPOCHS * epoch + FINISH_S
 
     def wave_factor(self, members: int) -> float:
-        """A wave of `members` members' time over one of as many as the search ran trials at once. Each thread ready
-        to run gets cores / ready threads: the leading trial's median run share says how many other threads competed
-        (in trials' threads, the cores being member_slots trials' worth), and with fewer members each gets more, at
-        most all of its time. 1 when the trials never waited for a core (or it is unknown) or the wave is no
-        smaller. (Pessimistic: the driver's Tune loop, one of those others, idles in the final stage.)"""
+        """A wave of `members` members' time over one of as many as the search ran trials at once. Ray starts its
+        workers at nice 15 (RAY_worker_niceness), so other processes take the cores they want first and the trials
+        share what is left: at_once trials at the leading trial's median run share had at_once x share trials'
+        worth of cores, which fewer members split, each getting at most all of its time. 1 when the trials never waited
+        for a core (or it is unknown) or the wave is no smaller."""
         share, at_once = self._share_median, self.trials_at_once or self.member_slots
         if share is None or share >= 1 or members >= at_once:
             return 1.0
-        others = max(0.0, self.member_slots / share - at_once)
-        return share / min(1.0, self.member_slots / (members + others))
+        return share / min(1.0, at_once * share / members)
 
     def robustness_estimate(self, epoch: float) -> float:
         """One member's robustness step: robustness_passes shifted val passes at the leading trial's median (the
@@ -193,14 +193,16 @@ class Budget:
         return trial_id in self.stopped
 
     def decide_no_more_trials(self) -> bool:
-        """Decides, once, that no trial starts any more when the time left only covers the rest (a new trial's first
-        epoch included); True from that decision on."""
+        """Decides, once, that no trial starts any more when the time left only covers the rest (a new trial's process
+        start and first epoch included); True from that decision on."""
         if self.decision is not None:
             return True
         final, left = self.final_estimate(), self.left()
         if final is None:
             return left <= 0
-        if left > final + MEMBER_START_S + self.next_epoch_bound():
+        # a trial started now first starts its process, as the search's first trial did
+        start = MEMBER_START_S if self.start_up_s is None else self.start_up_s
+        if left > final + start + self.next_epoch_bound():
             return False
         self.decision = {"at_s": round(self.spent(), 1), "left_s": round(left, 1), "final_estimate_s": round(final, 1),
                          "epoch_estimate_s": round(self.epoch_estimate(), 2), "epochs_measured": len(self.epoch_s)}

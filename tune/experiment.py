@@ -137,11 +137,12 @@ def _account(budget: budget_module.Budget, paths: ExperimentPaths, search_ended:
     spending["total_s"] = round(budget.spent(), 1)
     spending["other_s"] = round(spending["total_s"] - spending["search_s"] - spending["final_stage_s"], 1)
     spending["budget_s"] = budget.total_s
-    # the estimate for the epochs the members ran, made as the final stage started (else the decision's)
+    # the estimate for the epochs the members ran, made as the final stage started (else the decision's), less the
+    # finish that final_stage_s does not hold yet (the report, Ray's shutdown, the exit)
     planned = (budget.final_plan or {}).get("estimate_s") or (budget.decision or {}).get("final_estimate_s")
     if planned is not None:
-        spending["final_estimate_s"] = planned
-        spending["final_estimate_error_s"] = round(rest - planned, 1)
+        spending["final_estimate_s"] = round(planned - budget_module.FINISH_S, 1)
+        spending["final_estimate_error_s"] = round(rest - spending["final_estimate_s"], 1)
     spending["trials_stopped_by_budget"] = len(budget.stopped)
     budget.save()
     off = f", estimated {spending['final_estimate_s']:.0f} s" if "final_estimate_s" in spending else ""

@@ -39,7 +39,8 @@ FILES: dict[str, str] = {
                    "`left_s`, `at_s`, `final_estimate_s`, `epoch_estimate_s`), `final_plan` (as the final stage started: "
                    "the members' `epochs`, `left_s`, `estimate_s`) and `spending` (`search_s`, "
                    "`final_stage_s`, `other_s`, `total_s`, `budget_s`, `final_estimate_s` (the final plan's, else the "
-                   "decision's) and `final_estimate_error_s`: how far off it was, `trials_stopped_by_budget`); "
+                   "decision's, less the finish allowance: what `final_stage_s` measures) and `final_estimate_error_s`: "
+                   "how far off it was, `trials_stopped_by_budget`); "
                    "`--resume` continues from it",
     "mlflow.json": "`--mlflow` only: the tracking `uri`, `experiment_id` and the parent run's `parent_id`, so "
                    "`--resume` and `--extend` continue the same parent run",

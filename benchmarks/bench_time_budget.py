@@ -1,6 +1,6 @@
 """How close to its --time-budget does a whole `python -m tune.run` command end, and where did the budget go?
 
-    python benchmarks/bench_time_budget.py --repeats 3     # the demo, --num-samples 50, 150 s: quiet, then one core busy
+    python benchmarks/bench_time_budget.py --repeats 3     # the demo, as many trials as fit in 150 s: quiet, then one core busy
     python benchmarks/bench_time_budget.py --repeats 3 --conditions quiet   # quiet only
     python benchmarks/bench_time_budget.py --real ../shared/data/kermany224 --budget 30m -- --final-members 2 --final-epochs 2
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         base = ["--space", "cpu", "--backbones", "tf_efficientnet_lite0", "--weights-dir", str(DEFAULT_WEIGHTS),
                 "--data-dir", args.real]
     else:
-        base = ["--space", "smoke", "--dataset", "synthetic", "--num-samples", "50"]
+        base = ["--space", "smoke", "--dataset", "synthetic"]  # no --num-samples: as many trials as fit
     rows = []
     for _ in range(args.repeats):
         for condition in args.conditions:

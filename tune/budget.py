@@ -193,16 +193,15 @@ class Budget:
         return trial_id in self.stopped
 
     def decide_no_more_trials(self) -> bool:
-        """Decides, once, that no trial starts any more when the time left only covers the rest (a new trial's process
-        start and first epoch included); True from that decision on."""
+        """Decides, once, that no trial starts any more when the time left only covers the rest (a new trial's first
+        epoch included); True from that decision on."""
         if self.decision is not None:
             return True
         final, left = self.final_estimate(), self.left()
         if final is None:
             return left <= 0
-        # a trial started now first starts its process, as the search's first trial did
-        start = MEMBER_START_S if self.start_up_s is None else self.start_up_s
-        if left > final + start + self.next_epoch_bound():
+        # a trial started now: its start (CPU trials reuse a finished trial's process) and first epoch
+        if left > final + MEMBER_START_S + self.next_epoch_bound():
             return False
         self.decision = {"at_s": round(self.spent(), 1), "left_s": round(left, 1), "final_estimate_s": round(final, 1),
                          "epoch_estimate_s": round(self.epoch_estimate(), 2), "epochs_measured": len(self.epoch_s)}

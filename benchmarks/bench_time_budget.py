@@ -62,6 +62,12 @@ def run_once(args: list[str], work: Path, budget: str, foreign: tuple[int, ...] 
             "final model": (work / "b" / "final" / "model.json").is_file(), "other processes' cores": round(others.cores, 2)}
 
 
+def _kept(root: Path, condition: str, repeat: int) -> str:
+    work = root / f"{condition}-{repeat}"
+    work.mkdir(parents=True)  # never over an earlier run's
+    return str(work)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -70,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--budget", default="150s", help="the demo's smallest final stage (3 one-epoch members) takes ~40 s quiet, ~70 s busy")
     p.add_argument("--real", metavar="DATA_DIR", help="the real-data run on this folder instead of the demo")
+    p.add_argument("--keep", type=Path, metavar="DIR", help="keep each run's folder under DIR (run.log, the experiment)")
     p.add_argument("--conditions", nargs="+", choices=("quiet", "busy"),
                    help="busy: one core kept busy by a spinning process during each run (default: both; --real: quiet)")
     args = p.parse_args(argv)
@@ -80,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         base = ["--space", "smoke", "--dataset", "synthetic"]  # no --num-samples: as many trials as fit
     rows = []
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         for condition in args.conditions:
-            with tempfile.TemporaryDirectory(prefix="bench-budget-") as work, \
-                    one_core_busy() if condition == "busy" else contextlib.nullcontext() as spinner:
+            folder = contextlib.nullcontext(_kept(args.keep, condition, repeat)) if args.keep else \
+                tempfile.TemporaryDirectory(prefix="bench-budget-")
+            with folder as work, one_core_busy() if condition == "busy" else contextlib.nullcontext() as spinner:
                 cache = [] if args.real else ["--cache-dir", str(Path(work) / "cache")]  # real films: the usual cache
                 foreign = (spinner,) if spinner else ()
                 rows.append({"condition": condition, **run_once([*base, *extra, *cache], Path(work), args.budget, foreign)})

@@ -171,6 +171,19 @@ def test_a_last_wave_of_fewer_members_is_planned_faster_where_the_trials_waited_
     wide = planned(0.5, member_slots=4)  # one wave of 3 members where the search ran 4 trials at once: 2 cores' worth
     assert wide.wave_factor(3) == pytest.approx(0.5 / (2 / 3))
     assert wide.final_estimate() == pytest.approx(MEMBER_START_S + member * 0.75 + 7.5 + FINISH_S)
-    leader = planned(0.5)
-    leader.note_epoch(10, "b", 0.9, run_share=1.0)  # the members train "b"'s config: its share plans them
-    assert leader.wave_factor(1) == 1
+
+
+def test_a_leading_trial_that_ran_beside_lighter_ones_is_planned_at_the_trials_typical_contention():
+    """Trials typically got half the time their threads were ready to run; the leader, beside idle or light slots,
+    all of it. Members run beside members: its 5 s epochs plan as 10 s (its shifted val pass likewise), and a member
+    alone in the last wave gets all of its time again."""
+    budget = Budget(total_s=600, final_members=3, final_epochs=2, member_slots=2, robustness_passes=10,
+                    clock=FakeClock())
+    for trial, score in (("a", 0.1), ("b", 0.2), ("c", 0.3)):
+        budget.note_epoch(10, trial, score, shift_s=1.0, run_share=0.5)
+    budget.note_epoch(5, "lead", 0.9, shift_s=0.5, run_share=1.0)
+    assert budget.contention_ratio() == pytest.approx(2) and budget.epoch_estimate() == pytest.approx(10)
+    assert budget.robustness_estimate(10) == pytest.approx(10 * 0.5 * 2)
+    assert budget.wave_factor(1) == pytest.approx(0.5)
+    member = 2 * 10 + 10
+    assert budget.final_estimate() == pytest.approx(MEMBER_START_S + member * 1.5 + 3 * SCORING_EPOCHS * 10 + FINISH_S)

@@ -69,6 +69,7 @@ class Budget:
     trial_best: dict[str, float] = field(default_factory=dict)  # each trial's best score so far
     trial_shift_s: dict[str, list[float]] = field(default_factory=dict)  # each trial's shifted val passes
     trial_run_share: dict[str, list[float]] = field(default_factory=dict)  # each trial's epochs' cpu_run_share
+    run_shares: list[float] = field(default_factory=list)  # every epoch's: how much the trials got of the cores
     search_started_s: float | None = None  # spent() when this session's search started
     start_up_s: float | None = None  # the first trial's wait for its first epoch, less the epoch: a process start
     stopped: set[str] = field(default_factory=set)  # trials stopped by the budget
@@ -79,7 +80,8 @@ class Budget:
     _p90: float | None = field(default=None, repr=False)
     _median: float | None = field(default=None, repr=False)
     _shift_median: float | None = field(default=None, repr=False)
-    _share_median: float | None = field(default=None, repr=False)
+    _share_median: float | None = field(default=None, repr=False)  # the leading trial's
+    _typical_share: float | None = field(default=None, repr=False)  # every trial's epochs'
     _leader: str | None = field(default=None, repr=False)  # the trial with the best score so far (the metric's direction)
 
     def __post_init__(self):
@@ -119,6 +121,8 @@ class Budget:
                 self.trial_shift_s.setdefault(trial_id, []).append(float(shift_s))
             if trial_id is not None and isinstance(run_share, (int, float)) and 0 < run_share <= 1:
                 self.trial_run_share.setdefault(trial_id, []).append(float(run_share))
+                self.run_shares.append(float(run_share))
+                self._typical_share = statistics.median(self.run_shares)
             shifts = self.trial_shift_s.get(self._leader or trial_id)
             if shifts:
                 self._shift_median = statistics.median(shifts)
@@ -129,8 +133,16 @@ class Budget:
     def epoch_estimate(self) -> float | None:
         """The members' epoch time the final stage is planned with: the median epoch of the leading trial (the
         members train its config; a small config's epochs are a fraction of a large one's), of every trial until one
-        has a score."""
-        return self._median
+        has a score; at the trials' typical contention for the cores (contention_ratio)."""
+        return None if self._median is None else self._median * self.contention_ratio()
+
+    def contention_ratio(self) -> float:
+        """The leading trial's median run share over every trial's: a trial that ran beside lighter ones (or idle
+        slots) got more of the cores than members beside members will, so its epochs are planned that much slower.
+        The work of an epoch (run share x wall time) is the same either way. 1 while either is unknown."""
+        if self._share_median is None or self._typical_share is None:
+            return 1.0
+        return self._share_median / self._typical_share
 
     def next_epoch_bound(self) -> float | None:
         """What one more epoch of some trial may take: the 90th percentile of the epochs measured so far."""
@@ -154,22 +166,23 @@ class Budget:
     def wave_factor(self, members: int) -> float:
         """A wave of `members` members' time over one of as many as the search ran trials at once. Ray starts its
         workers at nice 15 (RAY_worker_niceness), so other processes take the cores they want first and the trials
-        share what is left: at_once trials at the leading trial's median run share had at_once x share trials'
-        worth of cores, which fewer members split, each getting at most all of its time. 1 when the trials never waited
-        for a core (or it is unknown) or the wave is no smaller."""
-        share, at_once = self._share_median, self.trials_at_once or self.member_slots
+        share what is left: at_once trials at the trials' typical run share had at_once x share trials' worth of
+        cores, which fewer members split, each getting at most all of its time. 1 when the trials never waited for a
+        core (or it is unknown) or the wave is no smaller."""
+        share, at_once = self._typical_share, self.trials_at_once or self.member_slots
         if share is None or share >= 1 or members >= at_once:
             return 1.0
         return share / min(1.0, at_once * share / members)
 
     def robustness_estimate(self, epoch: float) -> float:
         """One member's robustness step: robustness_passes shifted val passes at the leading trial's median (the
-        members score with its config), one epoch while no trial has measured a pass, none under --no-robustness."""
+        members score with its config; at the typical contention, as its epochs), one epoch while no trial has
+        measured a pass, none under --no-robustness."""
         if not self.robustness_passes:
             return 0.0
         if self._shift_median is None:
             return ROBUSTNESS_EPOCHS * epoch
-        return self.robustness_passes * self._shift_median
+        return self.robustness_passes * self._shift_median * self.contention_ratio()
 
     def epochs_that_fit(self, planned: int) -> int:
         """When the search is over: the most epochs per member (at most planned, at least 1) whose final stage fits in

@@ -69,7 +69,7 @@ _Required = TypedDict("_Required", {
     "n_boot": int, "bootstrap_seed": int, "calibration": dict, "test": dict | None, "test_at_0.5": dict | None,
     "subgroups": dict, "class_balance": dict, "out_of_sample": OutOfSample, "rule_cost": dict, "warnings": list,
     "members": list, "ensemble": OwnThreshold, "tta": Tta, "n_members": int, "final_epochs": int, "final_kind": str,
-    "final_stage_s": Number,
+    "final_stage_s": Number, "members_s": Number,
 })
 
 

@@ -125,6 +125,9 @@ def test_final_stage_trains_new_seeds_and_keeps_every_member(demo):
     history = pd.read_parquet(demo.folder / "final" / "history.parquet")
     assert sorted(history["seed"].unique()) == sorted(seeds)
     assert not (demo.folder / "member-checkpoints").exists()
+    assert 0 < metrics["members_s"] < metrics["final_stage_s"]  # the members, then the driver's part
+    if sys.platform.startswith("linux"):  # cxr.run_share reads Linux's schedstat
+        assert history["cpu_run_share"].between(0, 1, inclusive="right").all()
 
 
 @pytest.mark.slow

@@ -73,6 +73,7 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
         _save_member(paths.member_checkpoints, member)
         members[member.seed] = member
         del running[done]
+    members_s = time.monotonic() - started
     ordered = [members[s] for s in seeds]
     model, metrics, predictions, history = assemble(config, ordered, data, folds=folds,
                                                     recall_confidence=final.recall_confidence,
@@ -80,6 +81,7 @@ def run_final_stage(best: dict, trials: pd.DataFrame, data: CxrData, data_ref, w
     if final.robustness:
         metrics["robustness"] = assess_robustness(ordered, data, predictions, metrics, folds)
     metrics["final_stage_s"] = time.monotonic() - started  # this session's part when resumed
+    metrics["members_s"] = members_s
     tables = {paths.predictions: predictions, paths.history: history}
     if folds is not None:
         tables[paths.folds] = _fold_table(data, folds, roles)

@@ -223,6 +223,8 @@ METRICS_KEYS: dict[str, str] = {
     "n_members": "members K",
     "final_epochs": "epochs of each member",
     "final_stage_s": "wall time of the final stage",
+    "members_s": "the part of `final_stage_s` until the last member returned (the rest: the driver's assembly, "
+                 "calibration, robustness assessment and writing)",
     "robustness": "absent when the run was started with `--no-robustness`; else the shipped model under acquisition "
                   "shift (`cxr.robustness`): `seed` of the perturbations' noise "
                   "and `perturbations`, one entry per perturbation of `cxr.shift.ROBUSTNESS_BANK` in order: `family` "

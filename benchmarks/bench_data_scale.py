@@ -350,7 +350,7 @@ def stage_evaluation(c: Collection):
     paths = ExperimentPaths(c.root)
     # the robustness step runs the members (a network stage, like scoring): here with no perturbation, for the report
     metrics["robustness"] = assess_robustness(model, data, predictions, metrics, bank=())
-    write_final(paths, model, metrics | {"final_stage_s": 0.0}, {paths.predictions: predictions, paths.history: history}, "")
+    write_final(paths, model, metrics | {"final_stage_s": 0.0, "members_s": 0.0}, {paths.predictions: predictions, paths.history: history}, "")
 
 
 def experiment_folder(c: Collection) -> Path:
@@ -651,14 +651,15 @@ def median_of_repeats(frame):
 def print_table(frame) -> None:
     rows = []
     for r in frame.itertuples():
-        wall = _number(r.wall_s, 2) if not r.error else ": ".join(p.strip() for p in r.error.split(":")[:2])
-        if not r.error and r.runs > 1:
+        failed = isinstance(r.error, str)  # NaN where the stage ran (pandas' string columns)
+        wall = ": ".join(p.strip() for p in r.error.split(":")[:2]) if failed else _number(r.wall_s, 2)
+        if not failed and r.runs > 1:
             wall += f" ({r.wall_min:.2f}-{r.wall_max:.2f}, {r.runs} runs)"
         workers = _number(r.children_peak_mib) + (f" ({r.children})" if isinstance(r.children, str) else "")
         rows.append({"stage": r.stage, "films": f"{r.films:,}", "wall s": wall, "peak RSS MiB": _number(r.peak_mib),
                      "above baseline MiB": _number(r.above_baseline_mib), "workers' peak MiB": workers,
                      "process s": _number(r.process_s), "other users' cores": _number(r.other_cores, 2),
-                     "note": (r.error or "")[:160]})
+                     "note": r.error[:160] if failed else ""})
     print()
     print_markdown(rows)
 

@@ -5,9 +5,8 @@ rest needs: the final stage (K members of E epochs, in waves of the slots free f
 so far, plus the start-up of the first wave's processes, measured on the search's first trial) and the fixed finish
 (the report, Ray's shutdown, the process's exit). A last wave of fewer members than the search ran trials at once
 is planned faster where the trials' threads waited for cores (cxr.run_share): fewer members share what the trials
-had. A trial in
-flight stops at the first
-epoch boundary after which one more epoch would no longer fit; it is "budget"-stopped, its best epoch counts.
+had. A trial in flight stops at the first epoch boundary after which one more epoch would no longer fit; it is
+"budget"-stopped, its best epoch counts.
 
 One Budget per session, made and opened by the experiment and handed to what needs it (the searcher's gate, the
 stopper, the tracking callback, the final stage). Its questions (starts_trials, was_stopped, left, ...) change

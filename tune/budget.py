@@ -122,12 +122,9 @@ class Budget:
                 self.trial_run_share.setdefault(trial_id, []).append(float(run_share))
                 self.run_shares.append(float(run_share))
                 self._typical_share = statistics.median(self.run_shares)
-            shifts = self.trial_shift_s.get(self._leader or trial_id)
-            if shifts:
-                self._shift_median = statistics.median(shifts)
-            shares = self.trial_run_share.get(self._leader or trial_id)
-            if shares:
-                self._share_median = statistics.median(shares)
+            lead = self._leader or trial_id
+            self._shift_median = _median_of(self.trial_shift_s.get(lead), self._shift_median)
+            self._share_median = _median_of(self.trial_run_share.get(lead), self._share_median)
 
     def epoch_estimate(self) -> float | None:
         """The members' epoch time the final stage is planned with: the median epoch of the leading trial (the
@@ -271,6 +268,11 @@ class Budget:
         # Ray pickles the searcher, the stopper and the callbacks with the Tune experiment and unpickles them on
         # --resume: they get the budget the resuming session opened, not a copy of the first session's
         return session_budget, (_key(self.path),)
+
+
+def _median_of(values: list[float] | None, current: float | None) -> float | None:
+    """The leading trial's median of what it measured; what was planned with before while it has measured none."""
+    return statistics.median(values) if values else current
 
 
 # The budgets open in this driver process, by budget.json path: read only when Ray unpickles what holds one.

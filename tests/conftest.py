@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cxr.dataset import CxrData, load_dataset
 from cxr.synthetic import create_synthetic
@@ -29,6 +30,30 @@ REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC_PATIENTS = 200
 SYNTHETIC_SIZE = 96
 CACHED_SIZE = 64  # image size the session's decoded data set is cached at
+
+
+LONG_RUNS = ("slow", "benchmark", "scale")  # markers of the end-to-end runs (tens of seconds each)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker: its share of the cores for torch, here and in the commands it starts (Ray does the
+    same for a trial, from --cpus-per-trial). torch's default, a thread per core in every worker, leaves the threads
+    of one waiting on the other's (the engine's fit fixture took 86 s beside the other worker instead of 15 s)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The suite runs in pytest-xdist workers (pyproject's addopts): the long runs go first, so the workers are not
+    left waiting on one of them at the end, and every test that reads the demo's experiment runs in one worker, so
+    the demo runs once."""
+    items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in LONG_RUNS))
+    for item in items:
+        if "demo" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("demo"))
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tune.loopback import bind_to_loopback, ensure_private_token, requested_address
+from tune.loopback import bind_to_loopback, ensure_private_token, requested_address, write_private_token
 
 SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
@@ -52,6 +52,15 @@ def test_an_existing_token_is_kept_and_an_open_one_noted(tmp_path, capsys):
     assert ensure_private_token(tmp_path) == token
     assert token.read_text() == "mine" and token.stat().st_mode & 0o777 == 0o644
     assert f"chmod 600 {token}" in capsys.readouterr().err
+
+
+def test_a_token_another_run_wrote_first_is_kept_whole(tmp_path):
+    """Two runs started at once on a fresh machine (or two test workers): the one that writes second keeps the
+    first one's token and leaves no draft behind."""
+    token = write_private_token(tmp_path / ".ray" / "auth_token")
+    first = token.read_text()
+    assert write_private_token(token) == token and token.read_text() == first
+    assert [p.name for p in token.parent.iterdir()] == ["auth_token"]
 
 
 def test_token_from_the_environment_or_auth_off_writes_nothing(tmp_path, monkeypatch):

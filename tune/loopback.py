@@ -49,9 +49,17 @@ def ensure_private_token(home: Path | None = None) -> Path | None:
 
 
 def write_private_token(path: Path) -> Path:
-    """A new token at path, readable by its owner alone from the moment it exists."""
+    """A new token at path, readable by its owner alone and whole from the moment it exists. Two runs started at
+    once on a fresh machine both get here: the second keeps the first one's token (Ray may already be using it)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(_TOKEN_BYTES))
+    try:
+        os.link(draft, path)  # fails if the path exists: never replaces a token
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
     return path

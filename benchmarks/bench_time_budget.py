@@ -1,6 +1,6 @@
 """How close to its --time-budget does a whole `python -m tune.run` command end, and where did the budget go?
 
-    python benchmarks/bench_time_budget.py --repeats 3     # the demo, as many trials as fit in 150 s: quiet, then one core busy
+    python benchmarks/bench_time_budget.py --repeats 3     # the demo, as many trials as fit in 300 s: quiet, then one core busy
     python benchmarks/bench_time_budget.py --repeats 3 --conditions quiet   # quiet only
     python benchmarks/bench_time_budget.py --real ../shared/data/kermany224 --budget 30m -- --final-members 2 --final-epochs 2
 
@@ -54,9 +54,12 @@ def run_once(args: list[str], work: Path, budget: str, foreign: tuple[int, ...] 
     saved = json.loads((work / "b" / "budget.json").read_text())
     spent, plan = saved["spending"], saved.get("final_plan") or {}
     trials = pd.read_parquet(work / "b" / "trials.parquet")
+    metrics = work / "b" / "final" / "metrics.json"  # members_s: the final stage until the last member returned
+    members_s = json.loads(metrics.read_text()).get("members_s") if metrics.is_file() else None
     return {"budget s": parse_duration(budget), "wall s": round(wall, 1), "x budget": round(wall / parse_duration(budget), 3),
             "trials": len(trials), "states": ", ".join(f"{k} {v}" for k, v in trials["status"].value_counts().items()),
             "search s": spent["search_s"], "final stage s": spent["final_stage_s"],
+            "members s": None if members_s is None else round(members_s, 1),
             "member epochs": plan.get("epochs"), "final estimate s": spent.get("final_estimate_s"),
             "start-up s": spent["other_s"],
             "final model": (work / "b" / "final" / "model.json").is_file(), "other processes' cores": round(others.cores, 2)}
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--budget", default="150s", help="the demo's smallest final stage (3 one-epoch members) takes ~40 s quiet, ~70 s busy")
+    p.add_argument("--budget", default="300s", help="the demo's smallest final stage (3 one-epoch members) takes ~40 s "
+                   "quiet, ~70 s busy; below 300 s a trial's first epoch with its start (10-20 s busy) is a coarse grain")
     p.add_argument("--real", metavar="DATA_DIR", help="the real-data run on this folder instead of the demo")
     p.add_argument("--keep", type=Path, metavar="DIR", help="keep each run's folder under DIR (run.log, the experiment)")
     p.add_argument("--conditions", nargs="+", choices=("quiet", "busy"),

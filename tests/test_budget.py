@@ -55,6 +55,23 @@ def test_trials_stop_starting_when_what_is_left_is_what_the_final_stage_needs():
     assert budget.decide_no_more_trials()  # once decided, it stays decided
 
 
+def test_a_budget_spent_before_any_epoch_ends_the_starts_and_says_so(tmp_path):
+    """A loaded machine, or an --extend round with a short budget of its own: no epoch measured when the time is up.
+    The decision is recorded (it was not, and printing it crashed the run), saved, and the trials in flight stop at
+    their first epoch."""
+    clock = FakeClock()
+    budget = Budget(total_s=45, final_members=3, final_epochs=2, member_slots=2, clock=clock, path=tmp_path / "budget.json")
+    clock.now += 44
+    assert not budget.decide_no_more_trials() and budget.starts_trials()  # nothing measured, time left: go on
+    clock.now += 2
+    assert budget.decide_no_more_trials() and not budget.starts_trials()
+    assert budget.decision["final_estimate_s"] is None and budget.decision["left_s"] == -1.0
+    assert "before any trial finished an epoch: no new trials" in budget.decision_text()
+    budget.save()
+    budget.note_epoch(20.0, trial_id="a", score=0.5)
+    assert budget.decide_stop("a")
+
+
 def test_the_first_wave_starts_processes_as_long_as_the_search_s_first_trial_waited_for_its_first_epoch():
     clock = FakeClock()
     budget = Budget(total_s=600, final_members=3, final_epochs=2, member_slots=1, robustness_passes=40, clock=clock)

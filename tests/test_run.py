@@ -217,9 +217,13 @@ def test_extend_adds_trials_the_study_keeps_and_archives_the_previous_report_wit
     assert len(stopped) == spent["trials_stopped_by_budget"]
     assert all(states[i] == "COMPLETE" for i in stopped["trial_index"])  # stopped by the clock, not judged weak
     parts = spent["search_s"] + spent["final_stage_s"] + spent["other_s"]
-    assert spent["budget_s"] == 45 and parts == pytest.approx(spent["total_s"], abs=0.2) and spent["final_estimate_s"] > 0
+    assert spent["budget_s"] == 45 and parts == pytest.approx(spent["total_s"], abs=0.2)
     planned = plan["estimate_s"] if plan else saved["decision"]["final_estimate_s"]
-    assert spent["final_estimate_s"] == pytest.approx(planned - FINISH_S, abs=0.11)  # what final_stage_s measures
+    if planned is None:  # a loaded machine: the 45 s were spent before the round's first epoch, and no final stage ran
+        assert "final_estimate_s" not in spent and not plan and "before any trial finished an epoch" in extended.stdout
+    else:
+        assert spent["final_estimate_s"] > 0
+        assert spent["final_estimate_s"] == pytest.approx(planned - FINISH_S, abs=0.11)  # what final_stage_s measures
     assert (folder / "report-1" / "report.html").is_file() and "Time budget" in (folder / "report" / "report.html").read_text()
     best_changed = after.best["trial_id"] != before.best["trial_id"]
     assert (folder / "final-1" / "model.json").is_file() == best_changed  # kept only when a new final/ replaced it

@@ -207,13 +207,14 @@ class Budget:
         if self.decision is not None:
             return True
         final, left = self.final_estimate(), self.left()
-        if final is None:
-            return left <= 0
-        # a trial started now: its start (CPU trials reuse a finished trial's process) and first epoch
-        if left > final + MEMBER_START_S + self.next_epoch_bound():
+        # a trial started now: its start (CPU trials reuse a finished trial's process) and first epoch; with no epoch
+        # measured yet, only a spent budget stops the starts
+        if (left > 0) if final is None else (left > final + MEMBER_START_S + self.next_epoch_bound()):
             return False
-        self.decision = {"at_s": round(self.spent(), 1), "left_s": round(left, 1), "final_estimate_s": round(final, 1),
-                         "epoch_estimate_s": round(self.epoch_estimate(), 2), "epochs_measured": len(self.epoch_s)}
+        self.decision = {"at_s": round(self.spent(), 1), "left_s": round(left, 1),
+                         "final_estimate_s": None if final is None else round(final, 1),
+                         "epoch_estimate_s": None if final is None else round(self.epoch_estimate(), 2),
+                         "epochs_measured": len(self.epoch_s)}
         return True
 
     def decide_stop(self, trial_id: str) -> bool:
@@ -227,6 +228,10 @@ class Budget:
 
     def decision_text(self) -> str:
         d = self.decision
+        if d["final_estimate_s"] is None:
+            return (f"time budget: the {self.total_s:.0f} s were spent after {d['at_s']:.0f} s, before any trial finished "
+                    "an epoch: no new trials; trials in flight stop at their first epoch, and the final stage runs "
+                    "over the budget (a longer --time-budget fits it)")
         return (f"time budget: {d['left_s']:.0f} s of {self.total_s:.0f} s left after {d['at_s']:.0f} s; the final stage "
                 f"needs about {d['final_estimate_s']:.0f} s ({self.final_members} member(s) x {self.final_epochs} "
                 f"epoch(s) at {d['epoch_estimate_s']:.1f} s, {self.member_slots} at once, + start-up and finish): no "

@@ -33,6 +33,11 @@ CACHED_SIZE = 64  # image size the session's decoded data set is cached at
 
 
 LONG_RUNS = ("slow", "benchmark", "scale")  # markers of the end-to-end runs (tens of seconds each)
+DEMO_GROUP = "demo"  # the xdist_group of the tests that read the demo; xdist appends "@demo" to their node ids
+
+
+def _reads_demo(item: pytest.Item) -> bool:
+    return "demo" in item.fixturenames
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,8 +57,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     the demo runs once."""
     items.sort(key=lambda item: not any(item.get_closest_marker(m) for m in LONG_RUNS))
     for item in items:
-        if "demo" in item.fixturenames:
-            item.add_marker(pytest.mark.xdist_group("demo"))
+        if _reads_demo(item):
+            item.add_marker(pytest.mark.xdist_group(DEMO_GROUP))
 
 
 @pytest.fixture(scope="session")
@@ -274,7 +279,7 @@ def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     "Track in MLflow" says (the default store: <results>/mlflow.db), run once for every test that reads its results.
     A test that changes an experiment copies it first (copy_experiment)."""
     if getattr(request.config.option, "loadgroup", False):  # an xdist worker: its readers must all be in this one
-        lost = [i.nodeid for i in request.session.items if "demo" in i.fixturenames and not i.nodeid.endswith("@demo")]
+        lost = [i.nodeid for i in request.session.items if _reads_demo(i) and not i.nodeid.endswith(f"@{DEMO_GROUP}")]
         if lost:
             pytest.fail(f"pytest-xdist's groups were lost ({lost[0]} has none), so the demo would run in every worker: "
                         "install pytest below 9.2 (pytest-dev/pytest-xdist#1386; pip install -e '.[dev]') or run with -n 0")

@@ -207,14 +207,17 @@ class Budget:
         if self.decision is not None:
             return True
         final, left = self.final_estimate(), self.left()
-        # a trial started now: its start (CPU trials reuse a finished trial's process) and first epoch; with no epoch
-        # measured yet, only a spent budget stops the starts
-        if (left > 0) if final is None else (left > final + MEMBER_START_S + self.next_epoch_bound()):
-            return False
-        self.decision = {"at_s": round(self.spent(), 1), "left_s": round(left, 1),
-                         "final_estimate_s": None if final is None else round(final, 1),
-                         "epoch_estimate_s": None if final is None else round(self.epoch_estimate(), 2),
-                         "epochs_measured": len(self.epoch_s)}
+        if final is None:  # no epoch measured yet: only a spent budget stops the starts
+            if left > 0:
+                return False
+            epoch = None
+        else:
+            # a trial started now: its start (CPU trials reuse a finished trial's process) and first epoch
+            if left > final + MEMBER_START_S + self.next_epoch_bound():
+                return False
+            final, epoch = round(final, 1), round(self.epoch_estimate(), 2)
+        self.decision = {"at_s": round(self.spent(), 1), "left_s": round(left, 1), "final_estimate_s": final,
+                         "epoch_estimate_s": epoch, "epochs_measured": len(self.epoch_s)}
         return True
 
     def decide_stop(self, trial_id: str) -> bool:
